@@ -1,0 +1,41 @@
+"""GPT Explorer: `python app.py` starts the page (this is also what Hugging Face Spaces runs).
+
+    python app.py                                  # the bundled model, http://127.0.0.1:7860
+    python app.py --model gpt2 --precision int8    # another catalogue model
+    python app.py --add-model mine=/path/to/checkpoint --model mine
+
+Environment: GPT_EXPLORER_MODEL (default model), GPT_EXPLORER_PRECISION, GPT_EXPLORER_MODELS
+('NAME=SOURCE;…' extra catalogue entries), GPT_EXPLORER_CONCURRENCY, GPT_EXPLORER_QUEUE_SIZE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from demo.app_factory import create_app
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="GPT Explorer web app")
+    p.add_argument("--model", default=os.environ.get("GPT_EXPLORER_MODEL"), help="catalogue name to load first")
+    p.add_argument("--precision", default=os.environ.get("GPT_EXPLORER_PRECISION", "auto"),
+                   choices=["auto", "int8", "nf4", "fp16", "bf16", "fp32"])
+    p.add_argument("--add-model", action="append", default=[], metavar="NAME=SOURCE",
+                   help="add a local folder or hub id to the catalogue (repeatable)")
+    p.add_argument("--host", default=None, help="default 127.0.0.1 (GRADIO_SERVER_NAME on Spaces)")
+    p.add_argument("--port", type=int, default=None, help="default 7860 (GRADIO_SERVER_PORT)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    demo, launch_kwargs = create_app(model=args.model, precision=args.precision, extra_models=args.add_model)
+    demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""GPT Explorer: try a GPT language model and see inside it."""

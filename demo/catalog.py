@@ -1,0 +1,66 @@
+"""The model catalogue: which checkpoints the page may load (and nothing else)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CATALOG_FILE = REPO_ROOT / "models" / "catalog.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str  # a local folder or a Hugging Face Hub id
+    description: str = ""
+
+    @property
+    def local_path(self) -> Path | None:
+        """The folder for a local checkpoint (relative paths from the repository root), else None."""
+        p = Path(self.source).expanduser()
+        if not p.is_absolute():
+            p = REPO_ROOT / p
+        looks_local = self.source.startswith((".", "/", "~")) or p.exists() or self.source.startswith("models/")
+        return p if looks_local else None
+
+
+def parse_extra(entries: list[str]) -> list[ModelSpec]:
+    """'NAME=SOURCE' entries (from --add-model or GPT_EXPLORER_MODELS, ';'-separated) as specs."""
+    specs = []
+    for entry in entries:
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, source = entry.partition("=")
+        if not sep:
+            name, source = Path(entry).name or entry, entry
+        specs.append(ModelSpec(name.strip(), source.strip(), "Added by the operator."))
+    return specs
+
+
+def load_catalog(path: Path = CATALOG_FILE, extra: list[str] | None = None) -> list[ModelSpec]:
+    data = json.loads(Path(path).read_text())
+    specs = [ModelSpec(m["name"], m["source"], m.get("description", "")) for m in data["models"]]
+    env = os.environ.get("GPT_EXPLORER_MODELS", "")
+    added = parse_extra(env.split(";") + list(extra or []))
+    names = {s.name for s in specs}
+    for s in added:
+        if s.name in names:  # an operator entry replaces a catalogue entry of the same name
+            specs = [x for x in specs if x.name != s.name]
+        specs.append(s)
+        names.add(s.name)
+    return specs
+
+
+def find_spec(catalog: list[ModelSpec], name) -> ModelSpec:
+    if not isinstance(name, str):
+        raise ValidationError("model must be one of the catalogue's names")
+    for spec in catalog:
+        if spec.name == name:
+            return spec
+    raise ValidationError(f"unknown model {name[:80]!r}: choose one of {', '.join(s.name for s in catalog)}")

@@ -1,0 +1,54 @@
+"""Readable labels for tokens: leading spaces as '␣', newlines as '↵', partial UTF-8 as bytes."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's byte-to-unicode table used by byte-level BPE vocabularies."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes | None:
+    """The raw bytes of a byte-level BPE token, or None for other tokenizers / special tokens."""
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    if piece is None or piece in tokenizer.all_special_tokens:
+        return None
+    dec = _byte_decoder()
+    try:
+        return bytes(dec[ch] for ch in piece)
+    except KeyError:
+        return None
+
+
+def make_visible(text: str) -> str:
+    out = "".join(VISIBLE.get(ch, ch) for ch in text)
+    # other control characters as escapes so nothing invisible reaches a label
+    return "".join(ch if ch.isprintable() or ch in VISIBLE.values() else f"\\x{ord(ch):02x}" for ch in out)
+
+
+def display_token(tokenizer, token_id: int) -> str:
+    """One token as a label: '␣the', '↵', 'é', or '<0xE2><0x80>' for a piece of a multi-byte character."""
+    raw = token_bytes(tokenizer, token_id)
+    if raw is None:
+        return make_visible(tokenizer.decode([int(token_id)]))
+    text = raw.decode("utf-8", errors="replace")
+    if "\ufffd" in text and b"\xef\xbf\xbd" not in raw:
+        return "".join(make_visible(chr(b)) if b < 0x80 else f"<0x{b:02X}>" for b in raw)
+    return make_visible(text)
+
+
+def display_tokens(tokenizer, ids) -> list[str]:
+    return [display_token(tokenizer, i) for i in ids]

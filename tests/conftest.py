@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny GPT-2 checkpoints built on the fly (no network), and the bundled model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "models" / "gutenberg-gpt"
+
+
+def make_tiny_checkpoint(path: Path, n_layer: int = 2, n_embd: int = 32, n_head: int = 4, n_positions: int = 128,
+                         seed: int = 0) -> Path:
+    """A randomly initialised GPT-2 with the bundled tokenizer, saved as a normal HF folder."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(BUNDLED)
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                     bos_token_id=eos, eos_token_id=eos)
+    model = GPT2LMHeadModel(cfg)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_path):
+    from demo.catalog import ModelSpec
+
+    return ModelSpec("tiny", str(tiny_path), "tiny test model")
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_spec):
+    from demo.backend import load_model
+
+    return load_model(tiny_spec, "fp32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded_int8(tiny_spec):
+    from demo.backend import load_model
+
+    return load_model(tiny_spec, "int8", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def bundled_loaded():
+    from demo.backend import load_model
+    from demo.catalog import ModelSpec
+
+    return load_model(ModelSpec("gutenberg-gpt", str(BUNDLED)), "fp32", device="cpu")
