@@ -280,8 +280,9 @@ class GenerationUpdate:
     prompt_ids: list[int] | None = None  # the prompt as the model saw it (final update)
 
 
-class _CountingStreamer(TextIteratorStreamer):
-    """TextIteratorStreamer that also counts generated tokens and times the first and last."""
+class _TokenStreamer(TextIteratorStreamer):
+    """TextIteratorStreamer that releases text token by token rather than word by word, holding back
+    only an incomplete multi-byte character, and counts and times the generated tokens."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -290,12 +291,21 @@ class _CountingStreamer(TextIteratorStreamer):
         self.t_last: float | None = None
 
     def put(self, value):
-        if not (self.skip_prompt and self.next_tokens_are_prompt):
-            self.n_tokens += int(value.numel())
-            self.t_last = time.perf_counter()
-            if self.t_first is None:
-                self.t_first = self.t_last
-        super().put(value)
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        self.n_tokens += int(value.numel())
+        self.t_last = time.perf_counter()
+        if self.t_first is None:
+            self.t_first = self.t_last
+        self.token_cache.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if text.endswith("\ufffd"):
+            return  # the rest of a multi-byte character is still to come
+        printable, self.print_len = text[self.print_len:], len(text)
+        if text.endswith("\n"):  # keep re-decoding cheap on long texts
+            self.token_cache, self.print_len = [], 0
+        self.on_finalized_text(printable)
 
 
 class _StopOnEvent(StoppingCriteria):
@@ -331,7 +341,7 @@ def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: flo
     ids, dropped = prepare_prompt(loaded, request.prompt, request.max_new_tokens)
     tok = loaded.tokenizer
     input_ids = torch.tensor([ids], device=loaded.model.device)
-    streamer = _CountingStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=poll_s)
+    streamer = _TokenStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=poll_s)
     stop = threading.Event()
     chooser = TokenChooser(params.do_sample, params.seed)
     processors = build_processors(params)

@@ -10,10 +10,11 @@ from typing import Iterator
 import gradio as gr
 
 from . import backend
-from .backend import MAX_NEW_TOKENS, PRECISIONS, GenerationUpdate, ModelManager
+from .backend import PRECISIONS, GenerationUpdate, ModelManager
+from .components import CheckedSlider, SeedNumber
 from .errors import ExplorerError
 from .gpu import gpu
-from .sampling import LIMITS, PRESETS, SamplingParams, validate_sampling
+from .sampling import PRESETS, SamplingParams, validate_sampling
 from .tokens import display_token
 
 TITLE = "GPT Explorer"
@@ -155,20 +156,25 @@ def sampling_controls(defaults: SamplingParams = PRESETS["Balanced"]) -> dict:
     """The sampling sliders (shared by the Generate and Next-token tabs through the same components)."""
     c = {}
     c["preset"] = gr.Radio(list(PRESETS), value="Balanced", label="Preset", info="Sets the sliders below")
-    c["max_new_tokens"] = gr.Slider(1, 400, value=80, step=1, label="Max new tokens")
+    c["max_new_tokens"] = CheckedSlider(1, 512, value=80, step=1, name="max_new_tokens", integer=True,
+                                        label="Max new tokens")
     c["do_sample"] = gr.Checkbox(value=defaults.do_sample, label="Sample (off = greedy: always the most likely token)")
-    c["temperature"] = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature",
-                                 info="Below 1 sharpens the distribution, above 1 flattens it")
-    c["top_k"] = gr.Slider(0, 200, value=defaults.top_k, step=1, label="Top-k", info="Keep the k most likely tokens (0 = off)")
-    c["top_p"] = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.01, label="Top-p (nucleus)",
-                           info="Keep the smallest set of tokens whose probabilities add up to p")
-    c["min_p"] = gr.Slider(0.0, 0.5, value=defaults.min_p, step=0.01, label="Min-p",
-                           info="Drop tokens less likely than min-p × the top token's probability")
-    c["repetition_penalty"] = gr.Slider(1.0, 2.0, value=defaults.repetition_penalty, step=0.05,
-                                        label="Repetition penalty", info="Above 1 discourages tokens already used")
-    c["no_repeat_ngram_size"] = gr.Slider(0, 10, value=defaults.no_repeat_ngram_size, step=1,
-                                          label="No-repeat n-gram size", info="Forbid repeating any n-gram (0 = off)")
-    c["seed"] = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random; the same seed and settings give the same text")
+    c["temperature"] = CheckedSlider(0.05, 2.0, value=defaults.temperature, step=0.05, name="temperature",
+                                     label="Temperature", info="Below 1 sharpens the distribution, above 1 flattens it")
+    c["top_k"] = CheckedSlider(0, 200, value=defaults.top_k, step=1, name="top_k", integer=True, label="Top-k",
+                               info="Keep only the k most likely tokens (0 = off)")
+    c["top_p"] = CheckedSlider(0.05, 1.0, value=defaults.top_p, step=0.01, name="top_p", label="Top-p (nucleus)",
+                               info="Keep the smallest set of likely tokens whose probabilities add up to p")
+    c["min_p"] = CheckedSlider(0.0, 0.5, value=defaults.min_p, step=0.01, name="min_p", label="Min-p",
+                               info="Drop tokens less likely than min-p × the top token's probability (0 = off)")
+    c["repetition_penalty"] = CheckedSlider(1.0, 2.0, value=defaults.repetition_penalty, step=0.05,
+                                            name="repetition_penalty", label="Repetition penalty",
+                                            info="Above 1 discourages tokens already in the text")
+    c["no_repeat_ngram_size"] = CheckedSlider(0, 10, value=defaults.no_repeat_ngram_size, step=1, integer=True,
+                                              name="no_repeat_ngram_size", label="No-repeat n-gram size",
+                                              info="Forbid repeating any run of n tokens (0 = off)")
+    c["seed"] = SeedNumber(value=-1, precision=0, label="Seed",
+                           info="-1 = random; the same seed and settings give the same text")
     return c
 
 

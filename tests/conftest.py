@@ -64,3 +64,30 @@ def bundled_loaded():
     from demo.catalog import ModelSpec
 
     return load_model(ModelSpec("gutenberg-gpt", str(BUNDLED)), "fp32", device="cpu")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_app():
+    """The real app on the bundled model, served on a free localhost port: (demo, url)."""
+    from demo.app_factory import create_app
+
+    demo, launch_kwargs = create_app(model="gutenberg-gpt", precision="fp32", device="cpu")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
+    yield demo, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def client(live_app):
+    from gradio_client import Client
+
+    return Client(live_app[1], verbose=False)

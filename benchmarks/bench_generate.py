@@ -1,0 +1,145 @@
+"""Streaming overhead: raw ``model.generate`` versus what a gradio_client ``/generate`` call sees.
+
+    python benchmarks/bench_generate.py                      # bundled model, CPU, fp32
+    python benchmarks/bench_generate.py --model gpt2 --precision int8 --tokens 200
+
+Both sides run greedy decoding of the same prompt for the same number of new tokens, so they do the
+same work. Raw: time to first token (TTFT) is a 1-token ``generate``; decode speed is
+(N-1) / (T(N) - T(1)). Client: TTFT is submit → first streamed update; decode speed is
+(N-1) / (last update - first update). Each figure is the median of --repeats runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def wait_for(url: str, proc, timeout: float = 180):
+    import urllib.request
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"the app exited with code {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit("the app did not start in time")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raw_figures(loaded, prompt: str, n: int, repeats: int) -> dict:
+    import torch
+
+    tok, model = loaded.tokenizer, loaded.model
+    ids = tok(prompt, return_tensors="pt").input_ids.to(model.device)
+    kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=tok.eos_token_id,
+              eos_token_id=None)  # no early stop: exactly n tokens
+
+    def timed(k):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=k, min_new_tokens=k, **kw)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        assert out.shape[1] - ids.shape[1] == k
+        return time.perf_counter() - t
+
+    timed(n)  # warm-up
+    t1 = statistics.median(timed(1) for _ in range(repeats))
+    tn = statistics.median(timed(n) for _ in range(repeats))
+    return {"ttft_ms": t1 * 1000, "tokens_per_s": (n - 1) / (tn - t1)}
+
+
+def client_figures(url: str, prompt: str, n: int, repeats: int) -> dict:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    args = dict(prompt=prompt, max_new_tokens=n, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                repetition_penalty=1.0, no_repeat_ngram_size=0, do_sample=False, seed=0, api_name="/generate")
+    ttfts, rates, counts = [], [], []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        job = client.submit(**args)
+        stamps, last = [], None
+        for update in job:
+            stamps.append(time.perf_counter())
+            last = update
+        m = re.search(r"(\d+) tokens generated", last[1])
+        count = int(m.group(1))
+        if i == 0:
+            continue  # warm-up
+        ttfts.append((stamps[0] - t0) * 1000)
+        rates.append((count - 1) / (stamps[-1] - stamps[0]))
+        counts.append(count)
+    return {"ttft_ms": statistics.median(ttfts), "tokens_per_s": statistics.median(rates),
+            "tokens": statistics.median(counts)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="catalogue name (default: the bundled model)")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--prompt", default="It was a dark and stormy night, and the")
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    args = p.parse_args(argv)
+
+    from demo.backend import ModelManager
+    from demo.catalog import load_catalog
+
+    # The app runs in its own process, as in production: the client's work must not share its GIL.
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--precision", args.precision]
+    if args.model:
+        cmd += ["--model", args.model]
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/", server)
+        manager = ModelManager(load_catalog())
+        loaded = manager.load(args.model or manager.names[0], args.precision)
+        raw = raw_figures(loaded, args.prompt, args.tokens, args.repeats)
+        client = client_figures(f"http://127.0.0.1:{port}/", args.prompt, args.tokens, args.repeats)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    info = loaded.info()
+    ratio = client["tokens_per_s"] / raw["tokens_per_s"]
+    overhead = client["ttft_ms"] - raw["ttft_ms"]
+    print(f"model {info['name']} · {info['device']} · {info['precision']} · {args.tokens} new tokens, greedy, "
+          f"median of {args.repeats}")
+    print(f"{'':24}{'TTFT (ms)':>12}{'tokens/s':>12}")
+    print(f"{'raw model.generate':24}{raw['ttft_ms']:12.1f}{raw['tokens_per_s']:12.1f}")
+    print(f"{'gradio_client /generate':24}{client['ttft_ms']:12.1f}{client['tokens_per_s']:12.1f}")
+    print(f"client/raw tokens/s: {ratio:.1%} (goal >= 95%)   TTFT overhead: {overhead:+.1f} ms (goal <= 50 ms)")
+    if client["tokens"] != args.tokens:
+        print(f"note: the client run stopped after {client['tokens']} tokens (the model ended the text)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": info, "tokens": args.tokens, "raw": raw, "client": client,
+                                               "ratio": ratio, "ttft_overhead_ms": overhead}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Gradio inputs whose server-side check names the setting and explains the problem.
+
+Gradio's own Slider check says only "Value 1000 is greater than maximum value 400." and lets NaN or
+a string through to fail obscurely; these templates (rendered exactly like the originals) reject
+wrong types, NaN/inf and out-of-range values with a message that names the parameter."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .errors import ValidationError
+from .sampling import check_number, check_seed
+
+from gradio.events import Dependency
+
+class CheckedSlider(gr.Slider):
+    is_template = True  # rendered by the frontend as a plain slider
+
+    def __init__(self, minimum: float, maximum: float, *, name: str, integer: bool = False, **kwargs):
+        super().__init__(minimum, maximum, **kwargs)
+        self.param_name, self.integer = name, integer
+
+    def preprocess(self, payload):
+        try:
+            return check_number(self.param_name, payload, self.minimum, self.maximum, integer=self.integer)
+        except ValidationError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class SeedNumber(gr.Number):
+    """A seed box: a whole number in [0, 2^32), or -1 / empty for a random seed (passed on as None)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return check_seed(payload)
+        except ValidationError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component

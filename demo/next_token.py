@@ -1,0 +1,457 @@
+"""Next-token analysis: the full-vocabulary distribution before and after the sampling settings,
+one-token steps, the logit lens, and branching a finished generation. Plain data, no Gradio.
+
+The "after" distribution is computed by the very processors generation uses
+(:func:`demo.sampling.build_processors`, applied in list order like ``LogitsProcessorList``), so the
+bars can never disagree with the sampler. Running the model is the only expensive part, so the raw
+logits of the last position are cached per (model, precision, token ids): moving a slider re-applies
+the processors to cached logits and never reruns the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .errors import ValidationError
+from .sampling import MAX_SEED, SamplingParams, build_processors, check_number
+from .tokens import display_token, make_visible
+
+MAX_TOP_N = 200
+LENS_MAX_POSITIONS = 32
+LOG2E = 1.0 / math.log(2.0)
+
+
+# ----------------------------------------------------------------------------- tokens and context window
+
+
+def text_ids(loaded, text: str) -> list[int]:
+    """All token ids of a (validated) text, as the tokenizer splits it."""
+    ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValidationError("the text is empty after tokenization")
+    return [int(i) for i in ids]
+
+
+def model_window(loaded, ids: list[int]) -> tuple[list[int], int]:
+    """The last ``context_length`` ids (what the model can see) and how many were dropped."""
+    ctx = loaded.context_length
+    dropped = max(0, len(ids) - ctx)
+    return list(ids[dropped:]), dropped
+
+
+def decode(loaded, ids: list[int]) -> str:
+    return loaded.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)
+
+
+def vocab_size(loaded) -> int:
+    return int(loaded.model.get_output_embeddings().weight.shape[0])
+
+
+def check_token_id(loaded, token_id) -> int:
+    return check_number("token id", token_id, 0, vocab_size(loaded) - 1, integer=True)
+
+
+# ----------------------------------------------------------------------------- raw logits, cached
+
+
+class LogitsCache:
+    """Bounded LRU of last-position logits keyed by (id(model), name, precision, token ids).
+
+    Thread-safe: the lock guards the dictionary only; the model runs outside it, so two requests
+    for different texts run concurrently (two for the same uncached text both compute it once)."""
+
+    def __init__(self, maxsize: int = 64):
+        self.maxsize = maxsize
+        self._data: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(loaded, window_ids: list[int]) -> tuple:
+        return (id(loaded.model), loaded.name, loaded.precision, tuple(window_ids))
+
+    def get(self, loaded, window_ids: list[int]) -> torch.Tensor:
+        key = self.key(loaded, window_ids)
+        with self._lock:
+            hit = self._data.get(key)
+            if hit is not None:
+                self._data.move_to_end(key)
+                self.hits += 1
+                return hit
+            self.misses += 1
+        logits = forward_last_logits(loaded, window_ids)
+        with self._lock:
+            self._data[key] = logits
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        return logits
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def forward_last_logits(loaded, window_ids: list[int]) -> torch.Tensor:
+    """Run the model once; the logits of the last position as a float32 CPU tensor of shape (vocab,).
+    float32 like ``generate``, which upcasts the logits before the processors see them."""
+    model = loaded.model
+    input_ids = torch.tensor([window_ids], dtype=torch.long, device=model.device)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
+    return out.logits[0, -1, :].detach().to(device="cpu", dtype=torch.float32).clone()
+
+
+CACHE = LogitsCache()
+
+
+# ----------------------------------------------------------------------------- the distribution
+
+
+@dataclass
+class TokenRow:
+    rank: int  # 1 = the model's most likely token (raw)
+    id: int
+    token: str  # display label: '␣the', '↵', '<0xE2>'
+    text: str  # the decoded text of the token alone
+    raw_prob: float  # softmax of the model's logits
+    prob: float  # probability after the sampling settings (what the sampler draws from)
+    kept: bool  # False when a filter removed it (probability 0 after the settings)
+    rank_after: int | None  # rank in the filtered distribution (None when filtered)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FilterStep:
+    name: str  # 'repetition penalty', 'temperature', 'top-k', …
+    value: float
+    survivors: int  # tokens with a non-zero probability after this step
+
+
+@dataclass
+class Distribution:
+    model: str
+    params: SamplingParams
+    window_ids: list[int]
+    dropped: int  # tokens cut from the start of the text to fit the context window
+    raw_probs: torch.Tensor  # (vocab,)
+    probs: torch.Tensor  # (vocab,) after the settings
+    steps: list[FilterStep] = field(default_factory=list)
+    _raw_rank: torch.Tensor | None = None
+    _after_rank: torch.Tensor | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.raw_probs.shape[0])
+
+    @property
+    def kept(self) -> torch.Tensor:
+        return self.probs > 0
+
+    @property
+    def survivors(self) -> int:
+        return int(self.kept.sum())
+
+    @property
+    def entropy_before(self) -> float:
+        return entropy_bits(self.raw_probs)
+
+    @property
+    def entropy_after(self) -> float:
+        return entropy_bits(self.probs)
+
+    @property
+    def greedy_id(self) -> int:
+        """What greedy decoding (and 'Append most likely') picks: argmax after the settings."""
+        return int(self.probs.argmax())
+
+    def _ranks(self):
+        if self._raw_rank is None:
+            self._raw_rank = ranks_of(self.raw_probs)
+            after = torch.where(self.kept, self.probs, torch.full_like(self.probs, -1.0))
+            self._after_rank = ranks_of(after)
+        return self._raw_rank, self._after_rank
+
+    def row(self, loaded, token_id: int) -> TokenRow:
+        raw_rank, after_rank = self._ranks()
+        t = int(token_id)
+        kept = bool(self.kept[t])
+        return TokenRow(rank=int(raw_rank[t]), id=t, token=display_token(loaded.tokenizer, t),
+                        text=decode(loaded, [t]), raw_prob=float(self.raw_probs[t]), prob=float(self.probs[t]),
+                        kept=kept, rank_after=int(after_rank[t]) if kept else None)
+
+    def top_ids(self, n: int) -> list[int]:
+        """The n tokens that matter most to either distribution (largest of raw and after), in the
+        model's own (raw) order. Without a repetition penalty this is exactly the raw top n, since the
+        other settings keep the order of the tokens they keep."""
+        n = max(1, min(int(n), self.vocab_size))
+        score = torch.maximum(self.raw_probs, self.probs)
+        ids = torch.topk(score, n).indices
+        raw_rank, _ = self._ranks()
+        return sorted((int(i) for i in ids), key=lambda i: int(raw_rank[i]))
+
+    def rows(self, loaded, n: int) -> list[TokenRow]:
+        return [self.row(loaded, i) for i in self.top_ids(n)]
+
+    def as_dict(self, loaded, n: int = 20) -> dict:
+        """Everything the view and the API show, JSON-able."""
+        g = self.greedy_id
+        return {
+            "model": self.model,
+            "settings": self.params.as_dict(),
+            "greedy": not self.params.do_sample,
+            "context_tokens": len(self.window_ids),
+            "truncated_tokens": self.dropped,
+            "last_token": display_token(loaded.tokenizer, self.window_ids[-1]),
+            "vocab_size": self.vocab_size,
+            "survivors": self.survivors,
+            "entropy_before_bits": round(self.entropy_before, 4),
+            "entropy_after_bits": round(self.entropy_after, 4),
+            "most_likely": self.row(loaded, g).as_dict(),
+            "steps": [asdict(s) for s in self.steps],
+            "rows": [r.as_dict() for r in self.rows(loaded, n)],
+        }
+
+
+def entropy_bits(probs: torch.Tensor) -> float:
+    p = probs[probs > 0].double()
+    return float(-(p * p.log()).sum() * LOG2E) if p.numel() else 0.0
+
+
+def ranks_of(values: torch.Tensor) -> torch.Tensor:
+    """rank[i] = 1 + position of i when sorted by value, largest first (ties: lower id first)."""
+    order = torch.argsort(values, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(1, order.numel() + 1)
+    return rank
+
+
+STEP_NAMES = {
+    "RepetitionPenaltyLogitsProcessor": ("repetition penalty", "penalty"),
+    "NoRepeatNGramLogitsProcessor": ("no-repeat n-gram", "ngram_size"),
+    "TemperatureLogitsWarper": ("temperature", "temperature"),
+    "TopKLogitsWarper": ("top-k", "top_k"),
+    "TopPLogitsWarper": ("top-p", "top_p"),
+    "MinPLogitsWarper": ("min-p", "min_p"),
+}
+
+
+def apply_settings(params: SamplingParams, window_ids: list[int], logits: torch.Tensor
+                   ) -> tuple[torch.Tensor, list[FilterStep]]:
+    """Processed scores (1, vocab) and the survivors after each processor: the processors from
+    ``build_processors(params)``, called one by one in list order exactly as ``LogitsProcessorList``
+    (and so ``generate``) calls them."""
+    input_ids = torch.tensor([window_ids], dtype=torch.long, device=logits.device)
+    scores = logits.reshape(1, -1).clone()
+    steps = []
+    for proc in build_processors(params):
+        scores = proc(input_ids, scores)
+        name, attr = STEP_NAMES.get(type(proc).__name__, (type(proc).__name__, None))
+        value = float(getattr(proc, attr)) if attr and getattr(proc, attr, None) is not None else float("nan")
+        steps.append(FilterStep(name, value, int(torch.isfinite(scores).sum())))
+    return scores, steps
+
+
+def distribution(loaded, ids: list[int], params: SamplingParams, cache: LogitsCache | None = CACHE) -> Distribution:
+    """The next-token distribution after ``ids`` (the last context_length of them), raw and after
+    ``params``. Reruns the model only for ids it has not seen (see :data:`CACHE`)."""
+    window, dropped = model_window(loaded, ids)
+    logits = cache.get(loaded, window) if cache is not None else forward_last_logits(loaded, window)
+    scores, steps = apply_settings(params, window, logits)
+    raw = torch.softmax(logits.double(), dim=-1).float()
+    after = torch.softmax(scores[0].float(), dim=-1)
+    return Distribution(loaded.name, params, window, dropped, raw, after, steps)
+
+
+def lookup(loaded, dist: Distribution, query: str) -> list[dict]:
+    """Probability and rank of a typed token or word. A word's next-token probability is that of its
+    first token; both spellings, without and with a leading space, are given. '␣' and '↵' may be
+    typed for a space and a newline."""
+    if not isinstance(query, str):
+        raise ValidationError("the token to look up must be text")
+    q = query.replace("␣", " ").replace("↵", "\n")
+    if not q or len(q) > 200:
+        raise ValidationError("type a token or a word (at most 200 characters) to look up")
+    variants = [q] if q[0].isspace() else [q, " " + q]
+    out = []
+    for v in variants:
+        ids = loaded.tokenizer(v, add_special_tokens=False)["input_ids"]
+        if not ids:
+            continue
+        row = dist.row(loaded, ids[0]).as_dict()
+        row.update(query=v, query_label=make_visible(v), n_tokens=len(ids),
+                   pieces=[display_token(loaded.tokenizer, i) for i in ids])
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- one step at a time
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A 63-bit generator seed derived from (seed, step): the same text and seed give the same draw,
+    whatever was clicked before."""
+    digest = hashlib.sha256(f"gpt-explorer:{int(seed)}:{int(step)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class Step:
+    token_id: int
+    prob: float  # its probability in the distribution it was drawn from (after the settings)
+    raw_prob: float
+    mode: str  # 'most likely', 'sampled', 'chosen'
+    seed: int | None = None
+    step: int | None = None  # position of the new token in the text (0-based), mixed into the seed
+
+
+def next_step(loaded, ids: list[int], params: SamplingParams, mode: str, token_id: int | None = None,
+              cache: LogitsCache | None = CACHE) -> Step:
+    """The next token: 'most likely' (argmax after the settings, as greedy generation picks it),
+    'sampled' (a draw from the after-settings distribution with a generator seeded from (seed, step);
+    with sampling off in the settings this is the most likely token too), or 'chosen' (token_id)."""
+    dist = distribution(loaded, ids, params, cache)
+    probs = dist.probs.reshape(1, -1)
+    if mode == "most likely" or (mode == "sampled" and not params.do_sample):
+        choice = int(probs.argmax(dim=-1))
+        return Step(choice, float(probs[0, choice]), float(dist.raw_probs[choice]), "most likely")
+    if mode == "sampled":
+        seed = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(step_seed(seed, len(ids)))
+        choice = int(torch.multinomial(probs, 1, generator=gen))
+        return Step(choice, float(probs[0, choice]), float(dist.raw_probs[choice]), "sampled", seed, len(ids))
+    if mode == "chosen":
+        t = check_token_id(loaded, token_id)
+        return Step(t, float(probs[0, t]), float(dist.raw_probs[t]), "chosen")
+    raise ValidationError(f"unknown step mode {str(mode)[:20]!r}")
+
+
+# ----------------------------------------------------------------------------- logit lens
+
+
+def _find(model, paths: list[str]):
+    for path in paths:
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    return None
+
+
+def lens_parts(model):
+    """(blocks, final norm, unembedding) for the architectures the catalogue holds, else ValidationError."""
+    blocks = _find(model, ["transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers"])
+    norm = _find(model, ["transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm"])
+    head = model.get_output_embeddings()
+    if blocks is None or norm is None or head is None:
+        raise ValidationError("the logit lens is not available for this model's architecture")
+    return blocks, norm, head
+
+
+@dataclass
+class LensResult:
+    layers: list[str]  # 'embeddings', 'layer 1', …, 'layer L' (bottom to top)
+    positions: list[int]  # positions in the model's window
+    input_tokens: list[str]  # the token at each position (the prediction is for the one after it)
+    next_tokens: list[str | None]  # the token that actually follows (None after the last)
+    top_ids: list[list[int]]  # [layer][position]
+    top_tokens: list[list[str]]
+    top_probs: list[list[float]]
+    alternatives: list[list[list[tuple[str, float]]]]  # [layer][position] -> top few (label, prob)
+    final_probs_of_top: list[list[float]]  # [layer][position] prob, at that layer, of the final layer's top token
+    dropped: int
+    shown_from: int  # first position shown (earlier ones were computed by the model but not shown)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def logit_lens(loaded, ids: list[int], max_positions: int = 16, top: int = 3) -> LensResult:
+    """For each of the last ``max_positions`` positions, the next-token prediction read from every
+    layer's residual stream through the final layer norm and the unembedding (the "logit lens").
+    The last row is the model's own prediction."""
+    max_positions = check_number("positions", max_positions, 1, LENS_MAX_POSITIONS, integer=True)
+    window, dropped = model_window(loaded, ids)
+    model = loaded.model
+    blocks, norm, head = lens_parts(model)
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    handles = [b.register_forward_hook(hook) for b in blocks]
+    input_ids = torch.tensor([window], dtype=torch.long, device=model.device)
+    try:
+        with torch.inference_mode():
+            out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
+                        output_hidden_states=True)
+            if len(captured) != len(blocks):
+                raise ValidationError("the logit lens could not read this model's layers")
+            k = min(max_positions, len(window))
+            streams = [out.hidden_states[0]] + captured  # embeddings, then each block's output
+            head_dtype = head.weight.dtype if head.weight.dtype.is_floating_point else torch.float32
+            per_layer = []
+            for h in streams:
+                x = norm(h[:, -k:, :].to(head_dtype))
+                per_layer.append(torch.softmax(head(x)[0].float(), dim=-1).cpu())  # (k, vocab)
+    finally:
+        for hd in handles:
+            hd.remove()
+    tok = loaded.tokenizer
+    final_top = per_layer[-1].argmax(dim=-1)
+    top_ids, top_tokens, top_probs, alts, final_probs = [], [], [], [], []
+    for probs in per_layer:
+        t = torch.topk(probs, k=min(top, probs.shape[-1]), dim=-1)
+        top_ids.append([int(i) for i in t.indices[:, 0]])
+        top_tokens.append([display_token(tok, int(i)) for i in t.indices[:, 0]])
+        top_probs.append([float(p) for p in t.values[:, 0]])
+        alts.append([[(display_token(tok, int(i)), float(p)) for i, p in zip(ii, pp)]
+                     for ii, pp in zip(t.indices.tolist(), t.values.tolist())])
+        final_probs.append([float(probs[j, final_top[j]]) for j in range(probs.shape[0])])
+    start = len(window) - k
+    positions = list(range(start, len(window)))
+    return LensResult(
+        layers=["embeddings"] + [f"layer {i + 1}" for i in range(len(blocks))],
+        positions=positions,
+        input_tokens=[display_token(tok, window[p]) for p in positions],
+        next_tokens=[display_token(tok, window[p + 1]) if p + 1 < len(window) else None for p in positions],
+        top_ids=top_ids, top_tokens=top_tokens, top_probs=top_probs, alternatives=alts,
+        final_probs_of_top=final_probs, dropped=dropped, shown_from=start,
+    )
+
+
+# ----------------------------------------------------------------------------- branching a generation
+
+
+def branch_prompt(loaded, record: dict, position, token_id) -> str:
+    """The prompt that continues a finished generation from another token: the original prompt, the
+    generated text before ``position``, then ``token_id`` in place of the token that was drawn there."""
+    if not isinstance(record, dict) or not record.get("tokens"):
+        raise ValidationError("generate some text first: there is nothing to branch from yet")
+    if record.get("model") != loaded.name:
+        raise ValidationError(f"that text was generated by {record.get('model')!r}, but {loaded.name!r} is loaded "
+                              "now: generate again first")
+    tokens = record["tokens"]
+    pos = check_number("position", position, 0, len(tokens) - 1, integer=True)
+    t = check_token_id(loaded, token_id)
+    prefix = [int(x["id"]) for x in tokens[:pos]]
+    return str(record.get("prompt", "")) + decode(loaded, prefix + [t])

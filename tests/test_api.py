@@ -1,0 +1,82 @@
+"""The launched app through gradio_client: the named /generate endpoint, its errors, cancellation."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+from gradio_client.exceptions import AppError
+
+from demo.backend import live_generation_threads
+
+GOOD = dict(prompt="The old sea captain said", max_new_tokens=40, temperature=0.8, top_k=0, top_p=0.95, min_p=0.0,
+            repetition_penalty=1.1, no_repeat_ngram_size=0, do_sample=True, seed=7)
+
+
+def test_generate_endpoint_streams_growing_text(client):
+    job = client.submit(**GOOD, api_name="/generate")
+    updates = list(job)
+    assert len(updates) >= 5
+    texts = [u[0] for u in updates]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    assert texts[-1].strip()
+    assert "40 tokens generated" in updates[-1][1] or "model ended the text" in updates[-1][1]
+    assert "seed 7" in updates[-1][1]
+
+
+def test_endpoint_parameters_are_named_like_transformers(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/generate"]
+    names = [p["parameter_name"] for p in api["parameters"]]
+    assert names == ["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                     "no_repeat_ngram_size", "do_sample", "seed"]
+
+
+def test_same_seed_same_text_through_the_api(client):
+    a = client.predict(**GOOD, api_name="/generate")
+    b = client.predict(**GOOD, api_name="/generate")
+    assert a[0] == b[0]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("prompt", "", "prompt is empty"),
+    ("prompt", "x" * 60_000, "prompt is too long"),
+    ("max_new_tokens", 0, "max_new_tokens must be in"),
+    ("max_new_tokens", 10**7, "max_new_tokens must be in"),
+    ("max_new_tokens", "ten", "max_new_tokens must be a number"),
+    ("temperature", -1, "temperature must be in"),
+    ("temperature", "hot", "temperature must be a number"),
+    ("top_k", 2.5, "top_k must be a whole number"),
+    ("top_p", 7, "top_p must be in"),
+    ("do_sample", "maybe", "do_sample must be true or false"),
+    ("seed", -7, "seed must be in"),
+    ("seed", "abc", "seed must be a number"),
+])
+def test_bad_values_get_a_clear_error_and_the_next_request_works(client, field, value, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(**{**GOOD, field: value, "max_new_tokens": GOOD["max_new_tokens"]
+                          if field != "max_new_tokens" else value}, api_name="/generate")
+    ok = client.predict(**{**GOOD, "max_new_tokens": 5}, api_name="/generate")
+    assert ok[0]
+
+
+def test_client_cancel_stops_the_generation_thread(client):
+    job = client.submit(**{**GOOD, "max_new_tokens": 500, "seed": 1}, api_name="/generate")
+    t0 = time.perf_counter()
+    while not live_generation_threads() and time.perf_counter() - t0 < 10:
+        time.sleep(0.02)
+    assert live_generation_threads(), "generation did not start"
+    time.sleep(0.3)
+    job.cancel()
+    t1 = time.perf_counter()
+    while live_generation_threads() and time.perf_counter() - t1 < 1.5:
+        time.sleep(0.02)
+    assert not live_generation_threads(), "generation still running 1.5 s after the client cancelled"
+
+
+def test_load_model_offline_hub_keeps_serving(client, live_app):
+    status = client.predict(name="gpt2", precision="auto", api_name="/load_model")
+    assert "Hugging Face Hub" in status and "gutenberg-gpt" in status
+    assert live_app[0].manager.require().name == "gutenberg-gpt"
+    with pytest.raises(AppError, match="not in the list of choices"):
+        client.predict(name="/etc/passwd", precision="auto", api_name="/load_model")

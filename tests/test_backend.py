@@ -1,0 +1,189 @@
+"""The generation backend on real (tiny and bundled) checkpoints: loading, streaming, seeds, Stop."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from demo.backend import (
+    ModelManager,
+    live_generation_threads,
+    load_model,
+    stream_generate,
+    validate_request,
+)
+from demo.catalog import ModelSpec
+from demo.errors import ModelLoadError, NoModelError, ValidationError
+from demo.sampling import PRESETS, SamplingParams, validate_sampling
+
+GREEDY = SamplingParams(do_sample=False, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
+
+
+def run(loaded, prompt, n, params):
+    return list(stream_generate(loaded, validate_request(prompt, n, params)))
+
+
+def test_load_fp32_reports_device_precision_memory(tiny_loaded):
+    info = tiny_loaded.info()
+    assert info["precision"] == "fp32" and info["device"].startswith("CPU")
+    assert info["memory_mb"] > 0 and info["context_length"] == 128
+    assert tiny_loaded.model.config._attn_implementation == "eager"
+    assert next(tiny_loaded.model.parameters()).dtype == torch.float32
+
+
+def test_load_int8_on_cpu_quantizes_linear_layers(tiny_loaded, tiny_loaded_int8):
+    import bitsandbytes as bnb
+
+    assert tiny_loaded_int8.precision == "int8"
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in tiny_loaded_int8.model.modules())
+    assert tiny_loaded_int8.memory_bytes < tiny_loaded.memory_bytes
+    ups = run(tiny_loaded_int8, "The ship", 8, GREEDY)
+    assert ups[-1].done and ups[-1].n_tokens == 8
+
+
+def test_auto_precision_is_fp32_on_cpu_and_int8_on_gpu():
+    from demo.backend import resolve_precision
+
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda") == "int8"
+    with pytest.raises(ValidationError):
+        resolve_precision("fp8", "cpu")
+
+
+def test_greedy_stream_equals_plain_generate(bundled_loaded):
+    prompt, n = "It was a dark and stormy night, and", 60
+    ups = run(bundled_loaded, prompt, n, GREEDY)
+    assert len(ups) >= 10, "streaming should deliver many increments"
+    texts = [u.text for u in ups]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:])), "each update extends the previous text"
+    tok, model = bundled_loaded.tokenizer, bundled_loaded.model
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                             pad_token_id=tok.eos_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    final = ups[-1]
+    assert [c.token_id for c in final.chosen] == new
+    assert final.text == tok.decode(new, skip_special_tokens=True)
+    assert final.n_tokens == len(new) and final.ttft_s > 0 and final.tokens_per_s > 0
+
+
+def test_same_seed_same_text_different_seed_differs(bundled_loaded):
+    p = validate_sampling(temperature=1.0, top_p=1.0, repetition_penalty=1.0, seed=1234)
+    a = run(bundled_loaded, "Once upon a time", 40, p)[-1]
+    b = run(bundled_loaded, "Once upon a time", 40, p)[-1]
+    c = run(bundled_loaded, "Once upon a time", 40, validate_sampling(temperature=1.0, top_p=1.0, seed=99))[-1]
+    assert a.text == b.text and a.seed == 1234
+    assert a.text != c.text
+
+
+def test_random_seed_is_reported_and_reproduces(bundled_loaded):
+    p = validate_sampling(seed=-1)
+    a = run(bundled_loaded, "The garden", 20, p)[-1]
+    assert a.seed is not None
+    b = run(bundled_loaded, "The garden", 20, validate_sampling(seed=a.seed))[-1]
+    assert a.text == b.text
+
+
+def test_multibyte_characters_never_half_decoded(tiny_loaded):
+    # a random model emits arbitrary byte tokens: no update may contain a replacement character
+    # unless the final decoded text has one at the same place
+    for seed in range(3):
+        ups = run(tiny_loaded, "Café ☕ 東京", 40, validate_sampling(temperature=1.5, top_p=1.0, seed=seed))
+        final = ups[-1].text
+        for u in ups[:-1]:
+            assert final.startswith(u.text)
+
+
+def test_closing_the_stream_stops_the_generation_thread(bundled_loaded):
+    stream = stream_generate(bundled_loaded, validate_request("The old man", 500, PRESETS["Balanced"]))
+    for _ in range(3):
+        next(stream)
+    assert live_generation_threads()
+    t0 = time.perf_counter()
+    stream.close()
+    while live_generation_threads() and time.perf_counter() - t0 < 1.5:
+        time.sleep(0.01)
+    assert not live_generation_threads(), "generation thread still running 1.5 s after Stop"
+
+
+def test_long_prompt_keeps_the_most_recent_tokens(tiny_loaded):
+    prompt = "word " * 400  # ~400 tokens, context is 128
+    final = run(tiny_loaded, prompt, 20, GREEDY)[-1]
+    assert final.truncated_tokens > 0
+    assert final.prompt_tokens == 128 - 20
+    assert final.n_tokens == 20
+
+
+def test_max_new_tokens_must_fit_the_context(tiny_loaded):
+    with pytest.raises(ValidationError, match="context window"):
+        run(tiny_loaded, "hello", 200, GREEDY)
+
+
+def test_model_error_in_thread_reaches_the_consumer(tiny_loaded, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(tiny_loaded.model, "generate", boom)
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="kaboom"):
+        run(tiny_loaded, "hello", 5, GREEDY)
+    assert time.perf_counter() - t0 < 5
+
+
+# ----------------------------------------------------------------------------- model manager
+
+
+def test_failed_load_keeps_previous_model(tiny_spec, tmp_path):
+    missing = ModelSpec("missing", str(tmp_path / "nope"))
+    mgr = ModelManager([tiny_spec, missing], device="cpu")
+    with pytest.raises(NoModelError):
+        mgr.require()
+    mgr.load("tiny", "fp32")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        mgr.load("missing", "fp32")
+    assert mgr.require().name == "tiny"
+    assert "does not exist" in mgr.last_error
+
+
+def test_only_catalogue_models_load(tiny_spec):
+    mgr = ModelManager([tiny_spec], device="cpu")
+    for bad in ["/etc", "../models/x", "gpt2", 42, None]:
+        with pytest.raises(ValidationError):
+            mgr.load(bad, "fp32")
+
+
+def test_hub_model_offline_gives_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="Hugging Face Hub"):
+        load_model(ModelSpec("gpt2", "openai-community/gpt2"), "fp32", device="cpu")
+
+
+def test_pickle_checkpoint_is_refused(tiny_loaded, tmp_path):
+    path = tmp_path / "pickled"
+    tiny_loaded.model.config.save_pretrained(path)
+    tiny_loaded.tokenizer.save_pretrained(path)
+    torch.save(tiny_loaded.model.state_dict(), path / "pytorch_model.bin")
+    assert list(path.glob("*.bin")) and not list(path.glob("*.safetensors"))
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_model(ModelSpec("pickled", str(path)), "fp32", device="cpu")
+
+
+def test_non_causal_checkpoint_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(ModelLoadError, match="not a causal language model"):
+        load_model(ModelSpec("vit", str(tmp_path)), "fp32", device="cpu")
+
+
+def test_catalogue_lists_bundled_model_first_and_accepts_operator_models(monkeypatch, tiny_path):
+    from demo.catalog import load_catalog
+
+    monkeypatch.setenv("GPT_EXPLORER_MODELS", f"mine={tiny_path}")
+    cat = load_catalog(extra=["other=openai-community/gpt2"])
+    names = [s.name for s in cat]
+    assert names[0] == "gutenberg-gpt"
+    assert {"gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "mine", "other"} <= set(names)
+    assert next(s for s in cat if s.name == "mine").local_path == tiny_path
