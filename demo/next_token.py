@@ -196,14 +196,14 @@ class Distribution:
                         kept=kept, rank_after=int(after_rank[t]) if kept else None)
 
     def top_ids(self, n: int) -> list[int]:
-        """The n tokens that matter most to either distribution (largest of raw and after), in the
-        model's own (raw) order. Without a repetition penalty this is exactly the raw top n, since the
-        other settings keep the order of the tokens they keep."""
+        """The model's n most likely tokens (ranks 1..n), plus any of the n most likely after the
+        settings that are not among them (a repetition penalty can promote a token), in raw order.
+        Without a penalty the second set is inside the first: the other settings keep the order."""
         n = max(1, min(int(n), self.vocab_size))
-        score = torch.maximum(self.raw_probs, self.probs)
-        ids = torch.topk(score, n).indices
-        raw_rank, _ = self._ranks()
-        return sorted((int(i) for i in ids), key=lambda i: int(raw_rank[i]))
+        raw_rank, after_rank = self._ranks()
+        wanted = (raw_rank <= n) | (self.kept & (after_rank <= n))
+        ids = torch.nonzero(wanted).flatten().tolist()
+        return sorted(ids, key=lambda i: int(raw_rank[i]))
 
     def rows(self, loaded, n: int) -> list[TokenRow]:
         return [self.row(loaded, i) for i in self.top_ids(n)]

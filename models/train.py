@@ -488,8 +488,8 @@ def cmd_pretrain(args):
 
 
 def cmd_finetune(args):
-    tokenizer = load_tokenizer(args.model)
     model = load_causal_lm(args.model)
+    tokenizer = load_tokenizer(args.model)
     context = min(args.context or 10**9, getattr(model.config, "n_positions", 1024))
     train_docs, val_docs, train_ids, val_ids = _prepare(args, tokenizer, context)
     summary = run_training(model, tokenizer, train_ids, val_ids, _cfg(args, context, patience=args.patience))

@@ -1,0 +1,307 @@
+"""Plotly figures of attention weights, and the plain-language notes that go beside them.
+
+Input is the plain data of :mod:`demo.attention` (an :class:`AttentionResult`: numpy weights and
+token labels); output is a ``plotly.graph_objects.Figure``. No Gradio here.
+
+Readability rules shared by every view: rows are the token doing the looking (query) and run top to
+bottom, columns are the token looked at (key); the empty upper triangle is grey (NaN over a grey
+background) while a weight of 0 is white; the colour bar is titled "attention weight"; hovering a
+square gives query, key and weight. A matrix of more than ``FULL_CAP`` tokens is shown in blocks of
+several tokens (a notice says so); each small multiple of the all-heads view is capped at
+``GRID_CAP`` blocks a side.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .attention import (
+    AGGREGATES,
+    AttentionResult,
+    aggregate_matrix,
+    axis_labels,
+    block_ranges,
+    block_size,
+    check_aggregate,
+    check_head,
+    check_layer,
+    check_scope,
+    check_token,
+    focus_matrix,
+    head_matrix,
+    layer_heads,
+    pool_causal,
+)
+
+FULL_CAP = 256  # tokens shown one by one in a big heatmap; more are grouped in blocks
+GRID_CAP = 96  # blocks per side in each small multiple of the all-heads view
+COLORSCALE = "Blues"
+EMPTY_COLOR = "#d4d4d4"  # the causal triangle (nothing there) shows the plot background
+FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=12)
+X_TITLE = "token looked at (key)"
+Y_TITLE = "token doing the looking (query)"
+COLORBAR_TITLE = "attention weight"
+
+HOW_TO_READ = (
+    "**How to read it.** Each **row** is a token *doing the looking* (the query); each **column** is a token it "
+    "*looks at* (the key). The darker the square, the more attention that row's token pays to that column's "
+    "token; every row adds up to 1 (100 %). The **grey triangle** at the top right is empty because a GPT only "
+    "looks back: a token cannot see the tokens after it. Hover a square for the exact numbers.")
+
+PATTERNS = (
+    "**Patterns to look for.** A dark line just left of the diagonal: a *previous-token head* (each token looks "
+    "at the one before it). A dark first column: the head *parks* its attention on the first token when nothing "
+    "else is useful. A dark diagonal: tokens looking at themselves. Diagonal stripes further away when a phrase "
+    "repeats: an *induction-like* head (it looks at what followed the same words last time).")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _short(label: str, n: int = 10) -> str:
+    return label if len(label) <= n else label[: n - 1] + "…"
+
+
+def block_labels(tokens, block: int) -> list[str]:
+    """Axis labels: '␣the (5)' per token, or '8–15: ␣the…␣sea' per block of tokens (always unique)."""
+    if block <= 1:
+        return axis_labels(tokens)
+    return [f"{a}–{b}: {_short(tokens[a])}…{_short(tokens[b])}" if b > a else f"{a}: {_short(tokens[a])}"
+            for a, b in block_ranges(len(tokens), block)]
+
+
+def _masked(matrix: np.ndarray) -> np.ndarray:
+    """A causal [T, T] matrix with the upper triangle set to NaN (drawn as the grey background)."""
+    m = np.array(matrix, dtype=np.float32, copy=True)
+    t = m.shape[-1]
+    m[..., np.triu_indices(t, 1)[0], np.triu_indices(t, 1)[1]] = np.nan
+    return m
+
+
+def _prepare(matrix: np.ndarray, tokens, cap: int) -> tuple[np.ndarray, list[str], int]:
+    """Mask (and block-pool when longer than `cap`) a causal matrix; returns (z, labels, block)."""
+    block = block_size(len(tokens), cap)
+    z = _masked(matrix) if block == 1 else pool_causal(matrix, block)
+    return z, block_labels(tokens, block), block
+
+
+def _zmax(z: np.ndarray) -> float:
+    finite = z[np.isfinite(z)]
+    top = float(finite.max()) if finite.size else 1.0
+    return top if top > 0 else 1.0
+
+
+def _hover(block: int, what: str = "weight") -> str:
+    if block == 1:
+        return ("query (looking): %{y}<br>key (looked at): %{x}<br>" + what + ": %{z:.4f}<extra></extra>")
+    return ("queries (looking): tokens %{y}<br>keys (looked at): tokens %{x}<br>" + what +
+            ", summed over the block's keys and averaged over its queries: %{z:.4f}<extra></extra>")
+
+
+def _tick_font(n: int) -> int:
+    return 11 if n <= 48 else 10 if n <= 96 else 9
+
+
+def _axes(fig: go.Figure, n: int, row=None, col=None, show_labels: bool = True, titles: bool = True):
+    every = n <= 64
+    common = dict(type="category", showgrid=False, zeroline=False, showticklabels=show_labels,
+                  tickfont=dict(size=_tick_font(n)), ticks="", automargin=True)
+    if every:
+        common["dtick"] = 1
+    fig.update_xaxes(title_text=X_TITLE if titles else None, tickangle=-60, side="bottom", row=row, col=col, **common)
+    fig.update_yaxes(title_text=Y_TITLE if titles else None, autorange="reversed", row=row, col=col, **common)
+
+
+def _layout(fig: go.Figure, title: str, height: int):
+    fig.update_layout(
+        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)),
+        height=height, margin=dict(l=10, r=10, t=60, b=10), font=FONT,
+        plot_bgcolor=EMPTY_COLOR, paper_bgcolor="white", hoverlabel=dict(font_size=13),
+    )
+
+
+def _colorbar(zmax: float) -> dict:
+    return dict(title=dict(text=COLORBAR_TITLE, side="right"), thickness=14, len=0.8, tickformat=".2f")
+
+
+def _height(n: int) -> int:
+    return int(min(820, max(420, 230 + 9 * n)))
+
+
+def _square_heatmap(z, labels, block, title, hover_what="weight") -> go.Figure:
+    n = len(labels)
+    zmax = _zmax(z)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=labels, y=labels, colorscale=COLORSCALE, zmin=0.0, zmax=zmax, hoverongaps=False,
+        colorbar=_colorbar(zmax), hovertemplate=_hover(block, hover_what), xgap=0.5 if n <= 64 else 0,
+        ygap=0.5 if n <= 64 else 0))
+    _axes(fig, n)
+    fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
+    fig.update_xaxes(constrain="domain")
+    _layout(fig, title, _height(n))
+    return fig
+
+
+# ----------------------------------------------------------------------------- views
+
+
+def head_figure(result: AttentionResult, layer, head, cap: int = FULL_CAP) -> go.Figure:
+    """One head of one layer as a [query x key] heatmap."""
+    layer, head = check_layer(result, layer), check_head(result, head)
+    z, labels, block = _prepare(head_matrix(result, layer, head), result.tokens, cap)
+    title = f"Layer {layer}, head {head} — where each token looks"
+    return _square_heatmap(z, labels, block, title)
+
+
+def aggregate_figure(result: AttentionResult, aggregate, layer=0, head=0, cap: int = FULL_CAP) -> go.Figure:
+    """Mean or max over heads / layers / everything, as one heatmap."""
+    agg = check_aggregate(aggregate)
+    layer, head = check_layer(result, layer), check_head(result, head)
+    m = aggregate_matrix(result, agg, layer, head)
+    z, labels, block = _prepare(m, result.tokens, cap)
+    how, _, over = agg.partition("-")
+    what = "average weight" if how == "mean" else "strongest weight"
+    scope = {"heads": f"the {result.n_heads} heads of layer {layer}",
+             "layers": f"head {head} of all {result.n_layers} layers",
+             "all": f"all {result.n_layers * result.n_heads} heads of all {result.n_layers} layers"}[over]
+    title = f"{'Average' if how == 'mean' else 'Maximum'} over {scope}"
+    return _square_heatmap(z, labels, block, title, hover_what=what)
+
+
+def heads_figure(result: AttentionResult, layer, cap: int = GRID_CAP, cols: int | None = None) -> go.Figure:
+    """All heads of one layer as small multiples with one shared colour scale (0 to 1)."""
+    layer = check_layer(result, layer)
+    stack = layer_heads(result, layer)
+    n_heads = stack.shape[0]
+    block = block_size(result.n_tokens, cap)
+    z_all = _masked(stack) if block == 1 else pool_causal(stack, block)
+    labels = block_labels(result.tokens, block)
+    n = len(labels)
+    cols = cols or min(4, n_heads)
+    rows = math.ceil(n_heads / cols)
+    show_labels = n <= 16
+    gx = 0.03 if not show_labels else 0.09
+    gy = (0.05 if not show_labels else 0.11) if rows > 1 else 0.0
+    w = (1 - (cols - 1) * gx) / cols
+    hgt = (1 - (rows - 1) * gy) / rows
+    # Built as plain dicts (make_subplots + per-axis updates cost ~10 ms a head).
+    axis = dict(type="category", showgrid=False, zeroline=False, showticklabels=show_labels, ticks="",
+                tickfont=dict(size=9), constrain="domain")
+    if show_labels:
+        axis["dtick"] = 1
+    layout: dict = dict(coloraxis=dict(colorscale=COLORSCALE, cmin=0.0, cmax=1.0, colorbar=_colorbar(1.0)))
+    traces, annotations = [], []
+    for h in range(n_heads):
+        r, c = divmod(h, cols)
+        x0 = c * (w + gx)
+        y1 = 1 - r * (hgt + gy)
+        sfx = "" if h == 0 else str(h + 1)
+        layout[f"xaxis{sfx}"] = dict(axis, domain=[x0, x0 + w], anchor=f"y{sfx}", tickangle=-60)
+        layout[f"yaxis{sfx}"] = dict(axis, domain=[y1 - hgt, y1], anchor=f"x{sfx}", autorange="reversed",
+                                     scaleanchor=f"x{sfx}", scaleratio=1)
+        traces.append(go.Heatmap(z=z_all[h], x=labels, y=labels, coloraxis="coloraxis", hoverongaps=False,
+                                 xaxis=f"x{sfx}", yaxis=f"y{sfx}", hovertemplate=f"head {h}<br>" + _hover(block)))
+        annotations.append(dict(text=f"<b>head {h}</b>", x=x0 + w / 2, y=y1, xref="paper", yref="paper",
+                                xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=13)))
+    layout["annotations"] = annotations
+    fig = go.Figure(data=traces, layout=layout)
+    per_row = 250 if not show_labels else 330
+    _layout(fig, f"Layer {layer}: all {n_heads} heads (rows: token looking, columns: token looked at)",
+            90 + rows * per_row)
+    return fig
+
+
+def focus_figure(result: AttentionResult, token, scope="layer", layer=0, head=None) -> go.Figure:
+    """Where one query token looks: one row per head (of `layer`, or of every layer), one column per
+    token up to and including it."""
+    q = check_token(result, token)
+    scope = check_scope(scope)
+    layer = check_layer(result, layer)
+    rows_m, row_labels = focus_matrix(result, q, scope, layer)
+    col_labels = axis_labels(result.tokens[: q + 1])
+    n_rows = len(row_labels)
+    zmax = _zmax(rows_m)
+    fig = go.Figure(go.Heatmap(
+        z=rows_m, x=col_labels, y=row_labels, colorscale=COLORSCALE, zmin=0.0, zmax=zmax, colorbar=_colorbar(zmax),
+        xgap=0.5 if q < 64 else 0, ygap=0.5 if n_rows <= 32 else 0,
+        hovertemplate="%{y}<br>" + f"{axis_labels(result.tokens)[q]} looks at " +
+                      "%{x}<br>weight: %{z:.4f}<extra></extra>"))
+    _axes(fig, q + 1, titles=False)
+    fig.update_xaxes(title_text=X_TITLE)
+    fig.update_yaxes(title_text="layer L, head H", dtick=1 if n_rows <= 48 else None,
+                     tickfont=dict(size=11 if n_rows <= 32 else 8))
+    if scope == "all" and result.n_heads > 1:  # a line between layers
+        for lay in range(1, result.n_layers):
+            y = lay * result.n_heads - 0.5
+            fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=y, y1=y,
+                          line=dict(color="#444", width=1))
+    label = result.tokens[q]
+    where = f"every head of layer {layer}" if scope == "layer" else "every head of every layer"
+    row_px = 28 if n_rows <= 16 else max(7, int(900 / n_rows))
+    _layout(fig, f"Where “{label}” (token {q}) looks — {where}", int(min(1100, 190 + row_px * n_rows)))
+    return fig
+
+
+def figure_for(result: AttentionResult, view: str, layer=0, head=0, aggregate="mean-heads", token=None,
+               scope="layer") -> go.Figure:
+    if view == "head":
+        return head_figure(result, layer, head)
+    if view == "heads":
+        return heads_figure(result, layer)
+    if view == "aggregate":
+        return aggregate_figure(result, aggregate, layer, head)
+    if view == "token":
+        return focus_figure(result, token, scope, layer)
+    raise ValueError(f"unknown view {view!r}")
+
+
+# ----------------------------------------------------------------------------- plain-language notes
+
+
+def caption(view: str, result: AttentionResult | None = None, layer=0, head=0, aggregate="mean-heads",
+            token=None, scope="layer") -> str:
+    """The note shown beside a view: what it shows and how to read it (markdown)."""
+    if view == "head":
+        return (f"### One head\nAn attention head is one of the small \"looking\" units inside a layer: "
+                f"layer {layer}, head {head} here (counting from 0).\n\n{HOW_TO_READ}\n\n{PATTERNS}")
+    if view == "heads":
+        return (f"### All heads of layer {layer}\nEvery head of the layer side by side, all on the same colour "
+                "scale (0 to 1), so you can compare them at a glance and spot the ones with a clear pattern. "
+                "Rows are the tokens doing the looking, columns the tokens looked at, exactly as in *One head*. "
+                "Hover a square for the tokens and the weight. To see a head big, choose it in **Head** and "
+                f"press **Open this head**.\n\n{PATTERNS}")
+    if view == "aggregate":
+        agg = check_aggregate(aggregate)
+        how = agg.split("-")[0]
+        extra = ("The **average** shows where the heads look *together*; each row still adds up to 1."
+                 if how == "mean" else
+                 "The **maximum** keeps, for each square, the strongest weight any of the heads gives it: "
+                 "one head staring at a token is enough to make it dark. Rows no longer add up to 1.")
+        return (f"### {AGGREGATES[agg]}\nMany heads combined into one picture. {extra}\n\n{HOW_TO_READ}")
+    if view == "token":
+        who = ""
+        if result is not None:
+            q = check_token(result, token)
+            who = f" — here “{result.tokens[q]}” (token {q})"
+        rows = (f"each **row** is one head of layer {layer}" if check_scope(scope) == "layer" else
+                "each **row** is one head (L = layer, H = head; layer 0 at the top)")
+        return (f"### Where one token looks{who}\nOne token, every head at once: {rows}; each **column** is a token "
+                "it can look at (the earlier tokens and itself). Dark squares show what that head pays attention "
+                "to when the model is at this token, i.e. when it predicts the *next* token. Each row adds up "
+                "to 1.\n\nChoose the token in **Token**, or click it in the text under the plot.")
+    raise ValueError(f"unknown view {view!r}")
+
+
+def pooling_notice(result: AttentionResult, view: str) -> str | None:
+    """A sentence when the view shows blocks of tokens instead of single tokens."""
+    cap = GRID_CAP if view == "heads" else FULL_CAP if view in ("head", "aggregate") else None
+    if cap is None or result.n_tokens <= cap:
+        return None
+    block = block_size(result.n_tokens, cap)
+    return (f"ℹ️ {result.n_tokens} tokens are too many squares to read one by one, so each square here is a block "
+            f"of {block} tokens (its shade is the attention the block's tokens pay to the other block's tokens, "
+            f"summed over those and averaged over these). For token-by-token detail use the *One token* view "
+            "or export the exact numbers.")

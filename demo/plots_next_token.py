@@ -1,0 +1,221 @@
+"""Figures and HTML for the next-token view: probability bars (raw vs after the settings), the logit
+lens heatmap, and generated text coloured by the probability of each token. Input is the plain data
+of :mod:`demo.next_token` (dicts and lists); token text is untrusted and always escaped."""
+
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+
+RAW_COLOR = "#9ecae1"  # the model's own probability
+RAW_FILTERED_COLOR = "#d9d9d9"
+AFTER_COLOR = "#1f5fa8"  # after the sampling settings
+FILTERED_TEXT = "#8c8c8c"
+MONO = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace"
+
+# probability of a generated token -> background colour (expected: blue … surprising: red)
+PROB_BINS = [
+    (0.8, "#c6dbef", "80–100%"),
+    (0.5, "#d9f0d3", "50–80%"),
+    (0.2, "#fff2a8", "20–50%"),
+    (0.05, "#fdc48a", "5–20%"),
+    (0.0, "#f59a8c", "under 5%"),
+]
+
+
+def fmt_prob(p: float | None) -> str:
+    """12.3% · 0.42% · 0.0031% · 0 — enough digits to tell small probabilities apart."""
+    if p is None:
+        return "–"
+    if p <= 0:
+        return "0"
+    pct = p * 100
+    if pct >= 10:
+        return f"{pct:.1f}%"
+    if pct >= 0.1:
+        return f"{pct:.2f}%"
+    return f"{pct:.2g}%"
+
+
+def _esc(label: str) -> str:
+    """Escape a token label for plotly's pseudo-HTML (it decodes &lt; &gt; &amp; &quot;)."""
+    return html.escape(label, quote=True)
+
+
+def empty_figure(message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=_esc(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font=dict(size=14))
+    fig.update_layout(height=220, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+# ----------------------------------------------------------------------------- next-token bars
+
+
+def bar_label(row: dict) -> str:
+    label = f"{row['rank']}. {_esc(row['token'])}"
+    if not row["kept"]:
+        return f"<span style='color:{FILTERED_TEXT}'><s>{label}</s></span>"
+    return label
+
+
+def bars_figure(data: dict) -> go.Figure:
+    """Horizontal bars for each row of :meth:`Distribution.as_dict`: the model's probability (light)
+    and the probability after the settings (dark); filtered tokens greyed and struck through."""
+    rows = data["rows"]
+    if not rows:
+        return empty_figure("No tokens to show")
+    labels = [bar_label(r) for r in rows]
+    raw = [r["raw_prob"] for r in rows]
+    after = [r["prob"] for r in rows]
+    custom = [[_esc(r["token"]), r["id"], fmt_prob(r["raw_prob"]), fmt_prob(r["prob"]),
+               f"rank {r['rank_after']} after the settings" if r["kept"] else "filtered out by the settings"]
+              for r in rows]
+    hover = ("<b>%{customdata[0]}</b> (id %{customdata[1]})<br>model: %{customdata[2]}<br>"
+             "after the settings: %{customdata[3]}<br>%{customdata[4]}<extra></extra>")
+    greedy = data.get("greedy")
+    fig = go.Figure()
+    fig.add_bar(y=labels, x=raw, orientation="h", name="the model's probability",
+                marker=dict(color=[RAW_COLOR if r["kept"] else RAW_FILTERED_COLOR for r in rows]),
+                text=[fmt_prob(p) for p in raw], textposition="outside", cliponaxis=False,
+                textfont=dict(size=11, color="#555"), customdata=custom, hovertemplate=hover)
+    fig.add_bar(y=labels, x=after, orientation="h",
+                name="after the penalties (greedy takes the top one)" if greedy else "after the sampling settings",
+                marker=dict(color=AFTER_COLOR),
+                text=[fmt_prob(r["prob"]) if r["kept"] else "✕ filtered" for r in rows], textposition="outside",
+                cliponaxis=False, textfont=dict(size=11), customdata=custom, hovertemplate=hover)
+    top = max(max(raw), max(after), 1e-9)
+    n = len(rows)
+    fig.update_layout(
+        barmode="group", bargap=0.25, bargroupgap=0.05, height=max(320, 120 + 34 * n),
+        margin=dict(l=10, r=30, t=60, b=50),
+        legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0),
+        xaxis=dict(title="probability of being the next token", range=[0, top * 1.25], tickformat=".0%",
+                   rangemode="tozero", zeroline=True, fixedrange=True),
+        yaxis=dict(autorange="reversed", tickfont=dict(family=MONO, size=13), fixedrange=True, type="category"),
+        hoverlabel=dict(font=dict(family=MONO)),
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- logit lens
+
+
+def _short(label: str, n: int = 8) -> str:
+    return label if len(label) <= n else label[: n - 1] + "…"
+
+
+def lens_figure(data: dict) -> go.Figure:
+    """Heatmap: one row per layer (embeddings at the bottom), one column per position; each cell shows
+    the most likely next token read from that layer, coloured by its probability."""
+    layers, tokens = data["layers"], data["input_tokens"]
+    if not tokens:
+        return empty_figure("No tokens")
+    x = [f"{p}: {_esc(_short(t, 10))}" for p, t in zip(data["positions"], tokens)]
+    text = [[_esc(_short(t)) for t in row] for row in data["top_tokens"]]
+    nexts = data["next_tokens"]
+    custom = []
+    for li, layer in enumerate(layers):
+        row = []
+        for pi, tok in enumerate(tokens):
+            alts = "<br>".join(f"{_esc(lab)}: {fmt_prob(p)}" for lab, p in data["alternatives"][li][pi])
+            actual = f"actually followed by {_esc(nexts[pi])}" if nexts[pi] is not None else "the next token is unknown yet"
+            row.append([_esc(layer), _esc(tok), alts, actual, fmt_prob(data["final_probs_of_top"][li][pi])])
+        custom.append(row)
+    fig = go.Figure(go.Heatmap(
+        z=data["top_probs"], x=x, y=layers, text=text, texttemplate="%{text}", textfont=dict(family=MONO, size=11),
+        zmin=0, zmax=1, colorscale="Blues", customdata=custom, xgap=1, ygap=1,
+        colorbar=dict(title=dict(text="probability<br>of the top<br>token", side="top"), tickformat=".0%", len=0.9),
+        hovertemplate=("%{customdata[0]}, after <b>%{customdata[1]}</b><br>top predictions:<br>%{customdata[2]}"
+                       "<br>%{customdata[3]}<br>final layer's top token here: %{customdata[4]}<extra></extra>"),
+    ))
+    nl = len(layers)
+    fig.update_layout(
+        height=max(260, 110 + (34 if nl <= 13 else 20) * nl), margin=dict(l=10, r=10, t=30, b=90),
+        xaxis=dict(title="position: input token (each column predicts the token after it)", tickangle=-45,
+                   tickfont=dict(family=MONO, size=11), type="category", fixedrange=True),
+        yaxis=dict(title="read from", fixedrange=True, type="category"),
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------- probability-coloured text
+
+
+TOKEN_VIEW_CSS = """
+.tokview { white-space: pre-wrap; word-break: break-word; line-height: 1.9; font-size: 1.02rem;
+           padding: 10px 12px; border: 1px solid var(--border-color-primary, #ddd); border-radius: 8px; }
+.tokview .prompt { opacity: 0.6; }
+.tokview .tok { color: #1a1a1a; border-radius: 3px; padding: 1px 0; position: relative; cursor: pointer;
+                box-shadow: inset -1px 0 0 rgba(0,0,0,0.12); }
+.tokview .tok:hover, .tokview .tok:focus { outline: 2px solid #1f5fa8; outline-offset: 0; z-index: 5; }
+.tokview .tok.sel { outline: 3px solid #d62728; outline-offset: 0; }
+.tokview .tip { display: none; position: absolute; left: 0; top: 1.7em; z-index: 20; min-width: 13em;
+                background: #222; color: #f5f5f5; padding: 6px 8px; border-radius: 6px; font-size: 0.82rem;
+                line-height: 1.45; white-space: pre; font-family: ui-monospace, Menlo, Consolas, monospace;
+                box-shadow: 0 2px 8px rgba(0,0,0,0.3); pointer-events: none; }
+.tokview .tok:hover .tip, .tokview .tok:focus .tip { display: block; }
+.toklegend { font-size: 0.85rem; margin-top: 6px; display: flex; flex-wrap: wrap; gap: 6px; align-items: center; }
+.toklegend span.sw { color: #1a1a1a; padding: 1px 7px; border-radius: 3px; }
+"""
+
+# clicks (and Enter on a focused token) select a position for branching
+TOKEN_VIEW_JS = """
+const pick = (el) => { if (el) trigger('token_click', {pos: parseInt(el.dataset.pos)}); };
+element.addEventListener('click', (e) => pick(e.target.closest('[data-pos]')));
+element.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' || e.key === ' ') { const el = e.target.closest('[data-pos]'); if (el) { e.preventDefault(); pick(el); } }
+});
+"""
+
+
+def prob_color(p: float) -> str:
+    for lo, color, _ in PROB_BINS:
+        if p >= lo:
+            return color
+    return PROB_BINS[-1][1]
+
+
+def legend_html() -> str:
+    sw = "".join(f"<span class='sw' style='background:{c}'>{html.escape(lab)}</span>" for _, c, lab in PROB_BINS)
+    return f"<div class='toklegend'><span>Probability the token had when it was drawn:</span>{sw}</div>"
+
+
+def _visible_piece(tok: dict) -> str:
+    """The token's text as shown in the flow of the text: its own text, a visible ↵ before a line
+    break, its byte label when it is only part of a character."""
+    text = tok.get("text", "")
+    if "\ufffd" in text or not text:
+        return tok.get("label", "")
+    if "\n" in text:
+        return text.replace("\n", "↵\n")
+    return text
+
+
+def token_view_html(record: dict | None, selected: int | None = None, max_prompt_chars: int = 600) -> str:
+    """The prompt (faded) then each generated token on a background coloured by its probability; a
+    hover (or keyboard focus) shows the top alternatives; ``selected`` is outlined."""
+    if not record or not record.get("tokens"):
+        return ("<div class='tokview'><span class='prompt'>Generate some text: each new token will appear here "
+                "coloured by how likely it was.</span></div>")
+    prompt = str(record.get("prompt", ""))
+    if len(prompt) > max_prompt_chars:
+        prompt = "…" + prompt[-max_prompt_chars:]
+    parts = [f"<div class='tokview'><span class='prompt'>{html.escape(prompt)}</span>"]
+    for i, tok in enumerate(record["tokens"]):
+        p = float(tok.get("prob", 0.0))
+        lines = [f"#{i + 1} {tok.get('label', '')}   p = {fmt_prob(p)}", "alternatives:"]
+        for alt in tok.get("alternatives", []):
+            mark = "  ← drawn" if alt.get("id") == tok.get("id") else ""
+            lines.append(f"  {alt.get('label', ''):<14} {fmt_prob(alt.get('prob', 0.0)):>7}{mark}")
+        lines.append("click to branch from here")
+        tip = html.escape("\n".join(lines))
+        cls = "tok sel" if selected == i else "tok"
+        parts.append(f"<span class='{cls}' data-pos='{i}' tabindex='0' style='background:{prob_color(p)}'>"
+                     f"{html.escape(_visible_piece(tok))}<span class='tip'>{tip}</span></span>")
+    parts.append("</div>")
+    parts.append(legend_html())
+    return "".join(parts)

@@ -1,0 +1,197 @@
+"""The training CLI (models/train.py) on tiny corpora and tiny configs, and the bundled checkpoint."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import train
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "models" / "gutenberg-gpt"
+PASSAGE = Path(__file__).parent / "data" / "held_out_passage.txt"
+# Bits per byte of the bundled model on PASSAGE when it was shipped, plus a margin; a broken or
+# swapped checkpoint lands far above it (an untrained one scores ~3.6).
+BUNDLED_PASSAGE_BPB_BOUND = 2.0
+
+LINES = [
+    "The little dog ran down the lane to meet the farmer's cart.",
+    "The farmer laughed and threw the little dog a crust of bread.",
+    "In the evening the children sat by the fire and told old stories.",
+    "The old woman who lived by the mill baked bread for the village.",
+    "When the snow came, the mill stopped and the river froze.",
+    "The children ran to the river to slide upon the ice.",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Four small 'books' (two plain, two gzipped) of simple repetitive English."""
+    d = tmp_path_factory.mktemp("corpus")
+    for i in range(4):
+        text = "\n".join(LINES[(i + j) % len(LINES)] for j in range(240)) + "\n"
+        if i % 2:
+            (d / f"book{i}.txt.gz").write_bytes(gzip.compress(text.encode()))
+        else:
+            (d / f"book{i}.txt").write_text(text)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tok")
+    assert train.main(["tokenizer", "--data", str(corpus), "--out", str(out), "--vocab-size", "400"]) == 0
+    return out
+
+
+def pretrain_args(corpus, tokenizer_dir, out, steps=40, extra=()):
+    return ["pretrain", "--data", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(out),
+            "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--context", "64", "--batch-size", "8",
+            "--lr", "3e-3", "--warmup-steps", "5", "--max-steps", str(steps), "--eval-every", "10",
+            "--eval-batches", "2", "--val-fraction", "0.25", "--threads", "1", *extra]
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus, tokenizer_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pretrained")
+    assert train.main(pretrain_args(corpus, tokenizer_dir, out)) == 0
+    return out
+
+
+def test_tokenizer_round_trips_text_exactly(tokenizer_dir):
+    tok = train.load_tokenizer(tokenizer_dir)
+    assert tok.eos_token == "<|endoftext|>"
+    for text in ["The little dog ran.", "  spaces\tand\nnewlines  ", "Café — naïve 東京 🙂", "<|endoftext|>x"]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+
+
+def test_documents_are_held_out_whole(corpus):
+    docs = train.find_documents([corpus])
+    tr, val = train.split_documents(docs, 0.25, seed=1)
+    assert len(val) == 1 and len(tr) == 3 and not set(d.path for d in tr) & set(d.path for d in val)
+    assert train.split_documents(docs, 0.25, seed=1) == (tr, val), "the split is deterministic"
+
+
+def test_pretrain_lowers_loss_and_writes_a_checkpoint_the_app_loads(pretrained):
+    summary = json.loads((pretrained / "training_summary.json").read_text())
+    hist = summary["history"]
+    assert hist[-1]["val_loss"] < hist[0]["val_loss"] - 0.5
+    assert summary["best_val_loss"] == min(h["val_loss"] for h in hist)
+    for name in ["config.json", "generation_config.json", "tokenizer.json", "model.safetensors"]:
+        assert (pretrained / name).exists(), name
+    assert not list(pretrained.glob("*.bin"))
+
+    from demo.backend import load_model, stream_generate, validate_request
+    from demo.catalog import ModelSpec
+    from demo.sampling import PRESETS
+
+    loaded = load_model(ModelSpec("mine", str(pretrained)), "fp32", device="cpu")
+    final = list(stream_generate(loaded, validate_request("The little dog", 10, PRESETS["Greedy"])))[-1]
+    assert final.done and final.n_tokens > 0
+
+
+def test_resume_continues_from_the_saved_step(corpus, tokenizer_dir, tmp_path, capsys):
+    assert train.main(pretrain_args(corpus, tokenizer_dir, tmp_path, steps=10)) == 0
+    assert json.loads((tmp_path / "training_state" / "meta.json").read_text())["step"] == 10
+    assert train.main(pretrain_args(corpus, tokenizer_dir, tmp_path, steps=20, extra=["--resume"])) == 0
+    assert "resumed at step 10" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "training_state" / "meta.json").read_text())
+    assert meta["step"] == 20 and [h["step"] for h in meta["history"]] == [10, 20]
+
+
+def test_finetune_lowers_the_loss_of_the_new_text(pretrained, tmp_path):
+    text_dir = tmp_path / "mine"
+    text_dir.mkdir()
+    special = "The brave knight rode across the golden hills to find the dragon's cave.\n" * 150
+    (text_dir / "knight.txt").write_text(special)
+    model = train.load_causal_lm(str(pretrained))
+    tok = train.load_tokenizer(pretrained)
+    before = train.bits_per_byte(model, tok, [special[:2000]])["bits_per_byte"]
+    out = tmp_path / "ft"
+    assert train.main(["finetune", "--model", str(pretrained), "--data", str(text_dir), "--out", str(out),
+                       "--max-steps", "30", "--eval-every", "10", "--eval-batches", "2", "--batch-size", "8",
+                       "--lr", "3e-3", "--warmup-steps", "3", "--threads", "1"]) == 0
+    after = train.bits_per_byte(train.load_causal_lm(str(out)), tok, [special[:2000]])["bits_per_byte"]
+    assert after < before * 0.8
+
+
+def test_evaluate_matches_a_hand_computation(pretrained):
+    model = train.load_causal_lm(str(pretrained))
+    tok = train.load_tokenizer(pretrained)
+    text = "The children sat by the fire. Café!"
+    ids = [tok.convert_tokens_to_ids("<|endoftext|>")] + tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    nll = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="sum").item()
+    expected = nll / math.log(2) / len(text.encode("utf-8"))
+    got = train.bits_per_byte(model, tok, [text])
+    assert got["bits_per_byte"] == pytest.approx(expected, rel=1e-5)
+    assert got["tokens"] == len(ids) - 1
+    assert got["perplexity"] == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-5)
+
+
+def test_sliding_window_scores_every_token_once(pretrained):
+    model = train.load_causal_lm(str(pretrained))
+    tok = train.load_tokenizer(pretrained)
+    text = " ".join(LINES * 6)  # longer than the 64-token context
+    n_tokens = len(tok(text, add_special_tokens=False)["input_ids"])
+    assert n_tokens > 64
+    for stride in (16, 32, 63):
+        r = train.bits_per_byte(model, tok, [text], stride=stride)
+        assert r["tokens"] == n_tokens
+        assert 0 < r["bits_per_byte"] < 10
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda d: None, "no .txt or .txt.gz files"),
+    (lambda d: (d / "x.txt").write_bytes(b"\x00\x01\x02binary"), "binary"),
+    (lambda d: (d / "x.txt").write_bytes(b"caf\xe9 latin-1"), "not UTF-8"),
+])
+def test_bad_data_gets_a_clear_message(tmp_path, tokenizer_dir, capsys, setup, message):
+    d = tmp_path / "data"
+    d.mkdir()
+    setup(d)
+    code = train.main(["pretrain", "--data", str(d), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "o")])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_finetune_refuses_a_checkpoint_that_is_not_a_causal_lm(tmp_path, corpus, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    code = train.main(["finetune", "--model", str(tmp_path), "--data", str(corpus), "--out", str(tmp_path / "o")])
+    assert code == 2 and "not a causal language model" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the bundled model
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_bundled_model_loads_and_generates(precision):
+    from demo.backend import load_model, stream_generate, validate_request
+    from demo.catalog import ModelSpec
+    from demo.sampling import PRESETS
+
+    loaded = load_model(ModelSpec("gutenberg-gpt", str(BUNDLED)), precision, device="cpu")
+    final = list(stream_generate(loaded, validate_request("It was a dark and stormy night", 30, PRESETS["Greedy"])))[-1]
+    assert final.n_tokens == 30 and len(final.text.split()) >= 5
+
+
+def test_bundled_model_bits_per_byte_on_a_held_out_passage():
+    model = train.load_causal_lm(str(BUNDLED), dtype=torch.float32)
+    tok = train.load_tokenizer(BUNDLED)
+    r = train.bits_per_byte(model, tok, [PASSAGE.read_text()])
+    assert r["bits_per_byte"] < BUNDLED_PASSAGE_BPB_BOUND
+
+
+def test_bundled_checkpoint_is_safetensors_and_small():
+    files = list(BUNDLED.glob("*.safetensors"))
+    assert files and not list(BUNDLED.glob("*.bin"))
+    assert sum(f.stat().st_size for f in files) <= 60 * 2**20
+    assert all(f.stat().st_size <= 15 * 2**20 for f in files)
+    cfg = json.loads((BUNDLED / "config.json").read_text())
+    assert cfg["model_type"] == "gpt2" and cfg["n_positions"] >= 512
