@@ -20,6 +20,11 @@ class CheckedSlider(gr.Slider):
         super().__init__(minimum, maximum, **kwargs)
         self.param_name, self.integer = name, integer
 
+    def get_config(self, cls=None):
+        # Gradio sends the page the arguments named in the class's __init__ signature: use Slider's
+        # (label, value, step, info, ...), not this narrower one, or the page gets unlabelled sliders.
+        return super().get_config(cls or gr.Slider)
+
     def preprocess(self, payload):
         try:
             return check_number(self.param_name, payload, self.minimum, self.maximum, integer=self.integer)
