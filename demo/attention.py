@@ -114,7 +114,7 @@ def token_limit(loaded) -> int:
 
 
 def tokenize(loaded, text: str) -> list[int]:
-    ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = loaded.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     if not ids:
         raise ValidationError("text is empty after tokenization: type some words")
     return list(ids)

@@ -154,6 +154,7 @@ class Distribution:
     steps: list[FilterStep] = field(default_factory=list)
     _raw_rank: torch.Tensor | None = None
     _after_rank: torch.Tensor | None = None
+    _kept: torch.Tensor | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -161,7 +162,10 @@ class Distribution:
 
     @property
     def kept(self) -> torch.Tensor:
-        return self.probs > 0
+        """True for the tokens the settings leave drawable (a filter sets the others' score to -inf)."""
+        if self._kept is None:
+            self._kept = self.probs > 0
+        return self._kept
 
     @property
     def survivors(self) -> int:
@@ -229,8 +233,8 @@ class Distribution:
 
 
 def entropy_bits(probs: torch.Tensor) -> float:
-    p = probs[probs > 0].double()
-    return float(-(p * p.log()).sum() * LOG2E) if p.numel() else 0.0
+    """Shannon entropy in bits (0 · log 0 = 0)."""
+    return float(torch.special.entr(probs.double()).sum() * LOG2E)
 
 
 def ranks_of(values: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,9 @@ HOW_TO_READ = (
     "**How to read it.** Each **row** is a token *doing the looking* (the query); each **column** is a token it "
     "*looks at* (the key). The darker the square, the more attention that row's token pays to that column's "
     "token; every row adds up to 1 (100 %). The **grey triangle** at the top right is empty because a GPT only "
-    "looks back: a token cannot see the tokens after it. Hover a square for the exact numbers.")
+    "looks back: a token cannot see the tokens after it. Hover a square for the exact numbers. (The colour scale "
+    "stops at the strongest weight below the first row: the first token can only look at itself, so its square "
+    "is always 1.)")
 
 PATTERNS = (
     "**Patterns to look for.** A dark line just left of the diagonal: a *previous-token head* (each token looks "
@@ -88,8 +90,11 @@ def _prepare(matrix: np.ndarray, tokens, cap: int) -> tuple[np.ndarray, list[str
     return z, block_labels(tokens, block), block
 
 
-def _zmax(z: np.ndarray) -> float:
-    finite = z[np.isfinite(z)]
+def _zmax(z: np.ndarray, skip_first_row: bool = True) -> float:
+    """Top of the colour scale: the strongest weight, leaving out the first row (the first token can
+    only look at itself, so it is always 1 and would wash out every other square)."""
+    body = z[1:] if skip_first_row and z.shape[0] > 1 else z
+    finite = body[np.isfinite(body)]
     top = float(finite.max()) if finite.size else 1.0
     return top if top > 0 else 1.0
 
@@ -128,7 +133,7 @@ def _colorbar(zmax: float) -> dict:
 
 
 def _height(n: int) -> int:
-    return int(min(820, max(420, 230 + 9 * n)))
+    return int(min(900, max(560, 360 + 12 * n)))
 
 
 def _square_heatmap(z, labels, block, title, hover_what="weight") -> go.Figure:
@@ -139,8 +144,6 @@ def _square_heatmap(z, labels, block, title, hover_what="weight") -> go.Figure:
         colorbar=_colorbar(zmax), hovertemplate=_hover(block, hover_what), xgap=0.5 if n <= 64 else 0,
         ygap=0.5 if n <= 64 else 0))
     _axes(fig, n)
-    fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
-    fig.update_xaxes(constrain="domain")
     _layout(fig, title, _height(n))
     return fig
 
@@ -172,7 +175,7 @@ def aggregate_figure(result: AttentionResult, aggregate, layer=0, head=0, cap: i
 
 
 def heads_figure(result: AttentionResult, layer, cap: int = GRID_CAP, cols: int | None = None) -> go.Figure:
-    """All heads of one layer as small multiples with one shared colour scale (0 to 1)."""
+    """All heads of one layer as small multiples with one shared colour scale."""
     layer = check_layer(result, layer)
     stack = layer_heads(result, layer)
     n_heads = stack.shape[0]
@@ -180,7 +183,7 @@ def heads_figure(result: AttentionResult, layer, cap: int = GRID_CAP, cols: int 
     z_all = _masked(stack) if block == 1 else pool_causal(stack, block)
     labels = block_labels(result.tokens, block)
     n = len(labels)
-    cols = cols or min(4, n_heads)
+    cols = cols or (2 if n_heads <= 4 else 3 if n_heads in (6, 9) else 4)
     rows = math.ceil(n_heads / cols)
     show_labels = n <= 16
     gx = 0.03 if not show_labels else 0.09
@@ -192,15 +195,18 @@ def heads_figure(result: AttentionResult, layer, cap: int = GRID_CAP, cols: int 
                 tickfont=dict(size=9), constrain="domain")
     if show_labels:
         axis["dtick"] = 1
-    layout: dict = dict(coloraxis=dict(colorscale=COLORSCALE, cmin=0.0, cmax=1.0, colorbar=_colorbar(1.0)))
+    zmax = max(_zmax(z) for z in z_all)  # one scale for every head, so they compare at a glance
+    layout: dict = dict(coloraxis=dict(colorscale=COLORSCALE, cmin=0.0, cmax=zmax, colorbar=_colorbar(zmax)))
     traces, annotations = [], []
     for h in range(n_heads):
         r, c = divmod(h, cols)
         x0 = c * (w + gx)
         y1 = 1 - r * (hgt + gy)
         sfx = "" if h == 0 else str(h + 1)
-        layout[f"xaxis{sfx}"] = dict(axis, domain=[x0, x0 + w], anchor=f"y{sfx}", tickangle=-60)
-        layout[f"yaxis{sfx}"] = dict(axis, domain=[y1 - hgt, y1], anchor=f"x{sfx}", autorange="reversed",
+        layout[f"xaxis{sfx}"] = dict(axis, domain=[round(x0, 6), min(1.0, round(x0 + w, 6))], anchor=f"y{sfx}",
+                                     tickangle=-60)
+        layout[f"yaxis{sfx}"] = dict(axis, domain=[max(0.0, round(y1 - hgt, 6)), round(y1, 6)], anchor=f"x{sfx}",
+                                     autorange="reversed",
                                      scaleanchor=f"x{sfx}", scaleratio=1)
         traces.append(go.Heatmap(z=z_all[h], x=labels, y=labels, coloraxis="coloraxis", hoverongaps=False,
                                  xaxis=f"x{sfx}", yaxis=f"y{sfx}", hovertemplate=f"head {h}<br>" + _hover(block)))
@@ -208,7 +214,7 @@ def heads_figure(result: AttentionResult, layer, cap: int = GRID_CAP, cols: int 
                                 xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=13)))
     layout["annotations"] = annotations
     fig = go.Figure(data=traces, layout=layout)
-    per_row = 250 if not show_labels else 330
+    per_row = (330 if cols <= 2 else 250) if not show_labels else 360
     _layout(fig, f"Layer {layer}: all {n_heads} heads (rows: token looking, columns: token looked at)",
             90 + rows * per_row)
     return fig
@@ -223,7 +229,7 @@ def focus_figure(result: AttentionResult, token, scope="layer", layer=0, head=No
     rows_m, row_labels = focus_matrix(result, q, scope, layer)
     col_labels = axis_labels(result.tokens[: q + 1])
     n_rows = len(row_labels)
-    zmax = _zmax(rows_m)
+    zmax = _zmax(rows_m, skip_first_row=False) if q > 0 else 1.0
     fig = go.Figure(go.Heatmap(
         z=rows_m, x=col_labels, y=row_labels, colorscale=COLORSCALE, zmin=0.0, zmax=zmax, colorbar=_colorbar(zmax),
         xgap=0.5 if q < 64 else 0, ygap=0.5 if n_rows <= 32 else 0,
@@ -269,7 +275,7 @@ def caption(view: str, result: AttentionResult | None = None, layer=0, head=0, a
                 f"layer {layer}, head {head} here (counting from 0).\n\n{HOW_TO_READ}\n\n{PATTERNS}")
     if view == "heads":
         return (f"### All heads of layer {layer}\nEvery head of the layer side by side, all on the same colour "
-                "scale (0 to 1), so you can compare them at a glance and spot the ones with a clear pattern. "
+                "scale, so you can compare them at a glance and spot the ones with a clear pattern. "
                 "Rows are the tokens doing the looking, columns the tokens looked at, exactly as in *One head*. "
                 "Hover a square for the tokens and the weight. To see a head big, choose it in **Head** and "
                 f"press **Open this head**.\n\n{PATTERNS}")

@@ -39,8 +39,9 @@ def fmt_prob(p: float | None) -> str:
 
 
 def _esc(label: str) -> str:
-    """Escape a token label for plotly's pseudo-HTML (it decodes &lt; &gt; &amp; &quot;)."""
-    return html.escape(label, quote=True)
+    """Escape a token label for plotly's pseudo-HTML. Only & < > (plotly decodes &amp; &lt; &gt; but
+    shows &quot; literally); with no '<' left, no tag can be formed, so quotes are harmless."""
+    return html.escape(label, quote=False)
 
 
 def empty_figure(message: str) -> go.Figure:
@@ -64,7 +65,8 @@ def bar_label(row: dict) -> str:
 
 def bars_figure(data: dict) -> go.Figure:
     """Horizontal bars for each row of :meth:`Distribution.as_dict`: the model's probability (light)
-    and the probability after the settings (dark); filtered tokens greyed and struck through."""
+    and the probability after the settings (dark); filtered tokens greyed and struck through.
+    Built from plain dicts without plotly's per-property validation (5x faster on every slider move)."""
     rows = data["rows"]
     if not rows:
         return empty_figure("No tokens to show")
@@ -77,28 +79,27 @@ def bars_figure(data: dict) -> go.Figure:
     hover = ("<b>%{customdata[0]}</b> (id %{customdata[1]})<br>model: %{customdata[2]}<br>"
              "after the settings: %{customdata[3]}<br>%{customdata[4]}<extra></extra>")
     greedy = data.get("greedy")
-    fig = go.Figure()
-    fig.add_bar(y=labels, x=raw, orientation="h", name="the model's probability",
-                marker=dict(color=[RAW_COLOR if r["kept"] else RAW_FILTERED_COLOR for r in rows]),
-                text=[fmt_prob(p) for p in raw], textposition="outside", cliponaxis=False,
-                textfont=dict(size=11, color="#555"), customdata=custom, hovertemplate=hover)
-    fig.add_bar(y=labels, x=after, orientation="h",
-                name="after the penalties (greedy takes the top one)" if greedy else "after the sampling settings",
-                marker=dict(color=AFTER_COLOR),
-                text=[fmt_prob(r["prob"]) if r["kept"] else "✕ filtered" for r in rows], textposition="outside",
-                cliponaxis=False, textfont=dict(size=11), customdata=custom, hovertemplate=hover)
+    common = dict(type="bar", y=labels, orientation="h", textposition="outside", cliponaxis=False,
+                  customdata=custom, hovertemplate=hover)
+    traces = [
+        dict(common, x=raw, name="the model's probability",
+             marker=dict(color=[RAW_COLOR if r["kept"] else RAW_FILTERED_COLOR for r in rows]),
+             text=[fmt_prob(p) for p in raw], textfont=dict(size=11, color="#555")),
+        dict(common, x=after, marker=dict(color=AFTER_COLOR), textfont=dict(size=11),
+             name="after the penalties (greedy takes the top one)" if greedy else "after the sampling settings",
+             text=[fmt_prob(r["prob"]) if r["kept"] else "✕ filtered" for r in rows]),
+    ]
     top = max(max(raw), max(after), 1e-9)
-    n = len(rows)
-    fig.update_layout(
-        barmode="group", bargap=0.25, bargroupgap=0.05, height=max(320, 120 + 34 * n),
+    layout = dict(
+        barmode="group", bargap=0.25, bargroupgap=0.05, height=max(320, 120 + 34 * len(rows)),
         margin=dict(l=10, r=30, t=60, b=50),
         legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0),
-        xaxis=dict(title="probability of being the next token", range=[0, top * 1.25], tickformat=".0%",
+        xaxis=dict(title=dict(text="probability of being the next token"), range=[0, top * 1.25], tickformat=".0%",
                    rangemode="tozero", zeroline=True, fixedrange=True),
         yaxis=dict(autorange="reversed", tickfont=dict(family=MONO, size=13), fixedrange=True, type="category"),
         hoverlabel=dict(font=dict(family=MONO)),
     )
-    return fig
+    return go.Figure(dict(data=traces, layout=layout), _validate=False)
 
 
 # ----------------------------------------------------------------------------- logit lens
@@ -125,21 +126,21 @@ def lens_figure(data: dict) -> go.Figure:
             actual = f"actually followed by {_esc(nexts[pi])}" if nexts[pi] is not None else "the next token is unknown yet"
             row.append([_esc(layer), _esc(tok), alts, actual, fmt_prob(data["final_probs_of_top"][li][pi])])
         custom.append(row)
-    fig = go.Figure(go.Heatmap(
-        z=data["top_probs"], x=x, y=layers, text=text, texttemplate="%{text}", textfont=dict(family=MONO, size=11),
-        zmin=0, zmax=1, colorscale="Blues", customdata=custom, xgap=1, ygap=1,
+    trace = dict(
+        type="heatmap", z=data["top_probs"], x=x, y=layers, text=text, texttemplate="%{text}",
+        textfont=dict(family=MONO, size=11), zmin=0, zmax=1, colorscale="Blues", customdata=custom, xgap=1, ygap=1,
         colorbar=dict(title=dict(text="probability<br>of the top<br>token", side="top"), tickformat=".0%", len=0.9),
         hovertemplate=("%{customdata[0]}, after <b>%{customdata[1]}</b><br>top predictions:<br>%{customdata[2]}"
                        "<br>%{customdata[3]}<br>final layer's top token here: %{customdata[4]}<extra></extra>"),
-    ))
-    nl = len(layers)
-    fig.update_layout(
-        height=max(260, 110 + (34 if nl <= 13 else 20) * nl), margin=dict(l=10, r=10, t=30, b=90),
-        xaxis=dict(title="position: input token (each column predicts the token after it)", tickangle=-45,
-                   tickfont=dict(family=MONO, size=11), type="category", fixedrange=True),
-        yaxis=dict(title="read from", fixedrange=True, type="category"),
     )
-    return fig
+    nl = len(layers)
+    layout = dict(
+        height=max(260, 110 + (34 if nl <= 13 else 20) * nl), margin=dict(l=10, r=10, t=30, b=90),
+        xaxis=dict(title=dict(text="position: input token (each column predicts the token after it)"), tickangle=-45,
+                   tickfont=dict(family=MONO, size=11), type="category", fixedrange=True),
+        yaxis=dict(title=dict(text="read from"), fixedrange=True, type="category"),
+    )
+    return go.Figure(dict(data=[trace], layout=layout), _validate=False)
 
 
 # ----------------------------------------------------------------------------- probability-coloured text

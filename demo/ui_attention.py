@@ -213,31 +213,41 @@ def export_files(result: A.AttentionResult, p: dict) -> list[str]:
 
 
 def make_handlers(manager) -> dict:
-    def analyse(text, view, layer, head, aggregate, token, scope):
-        """Run (or reuse) the forward pass for `text` and show the chosen view; resets what no longer fits."""
+    def analyse(text, analysed, view, layer, head, aggregate, token, scope):
+        """Run (or reuse) the forward pass for `text` and show the chosen view; resets what no longer fits
+        (a new text starts on its last token; another model may have fewer layers or heads)."""
         try:
             loaded = manager.require()
             hit = A.CACHE.peek(loaded, text) is not None
             result = fetch(manager, text)
             layer = _clamp(layer, result.n_layers - 1)
             head = _clamp(head, result.n_heads - 1)
-            tok = token if isinstance(token, (int, float)) and not isinstance(token, bool) and 0 <= token < result.n_tokens \
-                else result.n_tokens - 1
+            same_text = isinstance(analysed, str) and analysed == result.text
+            tok = _clamp(token, result.n_tokens - 1) if same_text and token is not None else result.n_tokens - 1
             p = _view_params(result, view, layer, head, aggregate, tok, scope)
             fig, note, notice, strip = render(result, p, cached=hit)
         except Exception as exc:  # noqa: BLE001
             raise _as_gr_error(exc) from exc
         return (fig, note, notice, strip,
-                gr.Slider(maximum=result.n_layers - 1, value=p["layer"], interactive=result.n_layers > 1),
-                gr.Slider(maximum=result.n_heads - 1, value=p["head"], interactive=result.n_heads > 1),
+                gr.Slider(maximum=max(1, result.n_layers - 1), value=p["layer"], interactive=result.n_layers > 1),
+                gr.Slider(maximum=max(1, result.n_heads - 1), value=p["head"], interactive=result.n_heads > 1),
                 gr.Dropdown(choices=token_choices(result), value=p["token"]),
                 result.text)
 
     def switch(analysed, text, view, layer, head, aggregate, token, scope):
         """Another layer / head / view of the analysed text (cached: no forward pass)."""
         try:
-            result = fetch(manager, analysed or text)
-            p = _view_params(result, view, layer, head, aggregate, token, scope)
+            loaded = manager.require()
+            source = analysed or text
+            fresh = A.CACHE.peek(loaded, source) is None
+            result = fetch(manager, source)
+            try:
+                p = _view_params(result, view, layer, head, aggregate, token, scope)
+            except A.ValidationError as exc:
+                if fresh:  # another model was loaded since the controls were set
+                    raise A.ValidationError(f"{exc}. The model changed: press Show attention to analyse the "
+                                            "text again.") from exc
+                raise
             return render(result, p)
         except Exception as exc:  # noqa: BLE001
             raise _as_gr_error(exc) from exc
@@ -343,13 +353,13 @@ def build_attention_tab(manager) -> dict:
 
     settings = [view, layer, head, aggregate, token, scope]
     shown = [plot, note, notice, strip]
-    analyse_event = dict(fn=h["analyse"], inputs=[text, *settings],
+    analyse_event = dict(fn=h["analyse"], inputs=[text, analysed, *settings],
                          outputs=[*shown, layer, head, token, analysed], api_visibility="private",
-                         **MODEL_QUEUE)
+                         show_progress_on=[plot], **MODEL_QUEUE)
     show_btn.click(**analyse_event)
     text.submit(**analyse_event)
     switch = dict(fn=h["switch"], inputs=[analysed, text, *settings], outputs=shown, api_visibility="private",
-                  show_progress="minimal")
+                  show_progress="minimal", show_progress_on=[plot])
     view.input(view_controls, view, [layer, head, aggregate, token, scope, open_btn], api_visibility="private",
                queue=False).then(**switch)
     for c in (layer, head):
@@ -371,15 +381,15 @@ def build_attention_tab(manager) -> dict:
     export_btn.click(h["export"], [analysed, text, *settings], files, api_visibility="private")
 
     if isinstance(tab, gr.Tab):  # first visit: show the default text without a click
-        def first_visit(done, *args):
+        def first_visit(text_, done, *args):
             if done is not None:
                 return (gr.skip(),) * 8
             try:
-                return h["analyse"](*args)
+                return h["analyse"](text_, done, *args)
             except gr.Error:
                 return (gr.skip(),) * 8
 
-        tab.select(first_visit, [analysed, text, *settings], [*shown, layer, head, token, analysed],
-                   api_visibility="private", **MODEL_QUEUE)
+        tab.select(first_visit, [text, analysed, *settings], [*shown, layer, head, token, analysed],
+                   api_visibility="private", show_progress_on=[plot], **MODEL_QUEUE)
 
     return {"text": text, "on_text": analyse_event}

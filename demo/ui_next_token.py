@@ -18,7 +18,7 @@ from . import plots_next_token as plots
 from .backend import clean_text
 from .errors import ValidationError
 from .gpu import gpu
-from .sampling import LIMITS, PRESETS, SamplingParams, check_number, validate_sampling
+from .sampling import PRESETS, SamplingParams, check_number, validate_sampling
 from .tokens import display_token
 
 SET_KEYS = ["do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "no_repeat_ngram_size", "seed"]
@@ -216,7 +216,7 @@ class NextTokenHandlers:
         """[plot, summary, note, table, choose dropdown, look-up]"""
         loaded = self.manager.require()
         choices = [(f"look-up: {r['query_label']} → first token {r['token']}   {plots.fmt_prob(r['raw_prob'])} → "
-                    f"{plots.fmt_prob(r['prob'])}", r["id"]) for r in found]
+                    f"{plots.fmt_prob(r['prob'])}{'' if r['kept'] else '  (filtered)'}", r["id"]) for r in found]
         choices += [(choice_label(r), r["id"]) for r in data["rows"]]
         value = None
         if found:
@@ -250,7 +250,8 @@ class NextTokenHandlers:
                 raise ValidationError("choose a token from the list first (or look one up)")
             s = nt.next_step(loaded, ids, params, mode, chosen, self.cache)
             new_ids = ids + [s.token_id]
-            history = (list(state.get("history", [])) if isinstance(state, dict) else []) + [{"text": text, "ids": ids}]
+            # an undo entry is the text and how many tokens it had: its ids are a prefix of the new ones
+            history = (list(state.get("history", [])) if isinstance(state, dict) else []) + [{"text": text, "n": len(ids)}]
             new_text = appended_text(loaded, text, ids, s.token_id)
             new_state = self._state(loaded, new_text, new_ids, None, history)
             label = display_token(loaded.tokenizer, s.token_id)
@@ -274,7 +275,10 @@ class NextTokenHandlers:
             history = list(state["history"])
             prev = history.pop()
             loaded = self.manager.require()
-            restored = {"model": loaded.name, "text": prev["text"], "ids": prev["ids"], "history": history}
+            ids = list(state.get("ids", []))[: int(prev["n"])]
+            if state.get("model") != loaded.name or nt.decode(loaded, ids) != prev["text"]:
+                ids = nt.text_ids(loaded, prev["text"])  # the text was edited in between: tokenize it again
+            restored = {"model": loaded.name, "text": prev["text"], "ids": ids, "history": history}
             data, new_state, found = self.analyse(prev["text"], restored, top_n, list(settings), query)
             return [prev["text"], new_state, *self.view(data, found), "Undone: back to the previous text."]
         except Exception as exc:  # noqa: BLE001
@@ -323,8 +327,13 @@ class NextTokenHandlers:
 
 
 def copy_settings(*values):
-    """Copy sampling values between the tabs' sliders (same order: SET_KEYS, then the preset)."""
-    return list(values)
+    """Copy sampling values between the tabs' sliders (same order: SET_KEYS, then maybe the preset).
+    A seed box may hand over None for "random": shown as -1."""
+    values = list(values)
+    seed_at = SET_KEYS.index("seed")
+    if len(values) > seed_at and (values[seed_at] is None or values[seed_at] == ""):
+        values[seed_at] = -1
+    return values
 
 
 def apply_local_preset(name):
@@ -366,13 +375,13 @@ def build_next_token_tab(manager, controls: dict) -> dict:
                               placeholder="Type a text: the bars show what could come next")
             with gr.Row():
                 show_btn = gr.Button("Show the next token", variant="primary")
-                greedy_btn = gr.Button("➕ Most likely")
-                sample_btn = gr.Button("🎲 Sampled")
+                greedy_btn = gr.Button("+ Most likely")
+                sample_btn = gr.Button("+ Sampled")
                 undo_btn = gr.Button("↶ Undo")
             with gr.Row(equal_height=True):
                 choose = gr.Dropdown(choices=[], value=None, label="…or choose any token from the list",
                                      scale=4, allow_custom_value=False)
-                choose_btn = gr.Button("➕ Append chosen", scale=1)
+                choose_btn = gr.Button("+ Append chosen", scale=1)
             step_md = gr.Markdown("")
             summary = gr.Markdown("")
             plot = gr.Plot(plots.empty_figure("Press “Show the next token”"), show_label=False)
@@ -443,7 +452,7 @@ def build_next_token_tab(manager, controls: dict) -> dict:
 
     def on_text(text_, top_n_, query_, *gen_values):
         """Text (and settings) arrive from the Generate tab: copy the settings, start a fresh history."""
-        values = list(gen_values)
+        values = copy_settings(*gen_values)
         out = h.refresh(text_, None, top_n_, query_, *values[: len(SET_KEYS)])
         return values + out
 
@@ -498,9 +507,12 @@ class TokenViewHandlers:
             if token_id is None or token_id == "":
                 raise ValidationError("choose the token to put in its place")
             new_prompt = nt.branch_prompt(loaded, record, position, token_id)
-            label = display_token(loaded.tokenizer, int(token_id))
-            msg = (f"✂️ Cut after token #{int(position)} and put in {_code(label)}. The prompt above now ends there: "
-                   "press **Generate** to continue this branch.")
+            pos = check_number("position", position, 0, len(record["tokens"]) - 1, integer=True)  # valid by now
+            label = display_token(loaded.tokenizer, nt.check_token_id(loaded, token_id))
+            old = record["tokens"][pos]["label"]
+            where = f"Cut after token #{pos}" if pos else "Cut at the start of the generated text"
+            msg = (f"✂ {where} and put {_code(label)} in place of token #{pos + 1} {_code(old)}. The prompt above "
+                   "now ends there: press **Generate** to continue this branch.")
             return new_prompt, msg
         except Exception as exc:  # noqa: BLE001
             raise _gr_error(exc) from exc
@@ -516,7 +528,7 @@ def build_token_view(manager, last_generation, prompt, controls) -> dict:
             position = gr.Dropdown(choices=[], value=None, label="Token to change", scale=2)
             alternative = gr.Radio(choices=[], value=None, label="Put this token in its place", scale=3)
         with gr.Row():
-            branch_btn = gr.Button("✂️ Branch: cut here and put in this token", size="sm")
+            branch_btn = gr.Button("✂ Branch: cut here and put in this token", size="sm")
         branch_md = gr.Markdown("")
     common = dict(api_visibility="private")
     view.token_click(h.clicked, [last_generation], [position, alternative, view], **common)

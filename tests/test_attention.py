@@ -1,0 +1,354 @@
+"""Attention tab: extraction (against a manual computation), cache, views, validation, /attention API."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from demo import attention as A
+from demo import plots_attention as P
+
+TEXT = "It was a dark and stormy night, and the old captain said: It was a dark and stormy night."
+
+
+class FakeManager:
+    """The bit of backend.ModelManager the tab uses."""
+
+    def __init__(self, loaded):
+        self.current = loaded
+
+    def require(self):
+        return self.current
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    A.CACHE.clear()
+    yield
+    A.CACHE.clear()
+
+
+@pytest.fixture
+def handlers(tiny_loaded):
+    from demo.ui_attention import make_handlers
+
+    return make_handlers(FakeManager(tiny_loaded))
+
+
+def fake_result(n_layers=2, n_heads=3, t=40, seed=0) -> A.AttentionResult:
+    rng = np.random.default_rng(seed)
+    w = np.tril(rng.random((n_layers, n_heads, t, t))).astype(np.float32)
+    w /= w.sum(-1, keepdims=True)
+    w.setflags(write=False)
+    return A.AttentionResult("fake", "fp32", "x", tuple(range(t)), tuple(f"␣w{i % 7}" for i in range(t)), w, t,
+                             1024, 0.0)
+
+
+def manual_attention(loaded, text) -> np.ndarray:
+    """softmax(Q K^T / sqrt(d) + causal mask) from each layer's own c_attn projection, [L, H, T, T]."""
+    model = loaded.model
+    cfg = model.config
+    ids = torch.tensor([loaded.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    inputs = []  # the hidden states entering each attention block (output of ln_1)
+    hooks = [block.ln_1.register_forward_hook(lambda m, i, o: inputs.append(o.detach()))
+             for block in model.transformer.h]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    out = []
+    n_head, d = cfg.n_head, cfg.n_embd // cfg.n_head
+    for block, h in zip(model.transformer.h, inputs):
+        with torch.no_grad():
+            q, k, _ = block.attn.c_attn(h).split(cfg.n_embd, dim=2)
+        q = q.view(1, -1, n_head, d).transpose(1, 2).double()
+        k = k.view(1, -1, n_head, d).transpose(1, 2).double()
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d)
+        t = scores.shape[-1]
+        causal = torch.tril(torch.ones(t, t, dtype=torch.bool))
+        scores = scores.masked_fill(~causal, float("-inf"))
+        out.append(torch.softmax(scores, dim=-1)[0].numpy())
+    return np.stack(out)
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def test_weights_equal_manual_computation(tiny_loaded):
+    r = A.compute_attention(tiny_loaded, TEXT)
+    cfg = tiny_loaded.model.config
+    assert r.weights.shape == (cfg.n_layer, cfg.n_head, r.n_tokens, r.n_tokens)
+    assert r.weights.dtype == np.float32
+    np.testing.assert_allclose(r.weights, manual_attention(tiny_loaded, TEXT), atol=1e-5, rtol=0)
+
+
+def test_rows_sum_to_one_and_upper_triangle_is_zero(tiny_loaded):
+    w = A.compute_attention(tiny_loaded, TEXT).weights
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    iu = np.triu_indices(w.shape[-1], 1)
+    assert np.all(w[..., iu[0], iu[1]] == 0)
+    assert np.all(w >= 0)
+
+
+def test_int8_weights_close_to_fp32(tiny_loaded, tiny_loaded_int8):
+    w32 = A.compute_attention(tiny_loaded, TEXT).weights
+    w8 = A.compute_attention(tiny_loaded_int8, TEXT).weights
+    assert w8.shape == w32.shape and w8.dtype == np.float32
+    np.testing.assert_allclose(w8, w32, atol=2e-3)
+    np.testing.assert_allclose(w8.sum(-1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("text", [TEXT, "  two  spaces,\nnew line\tand tab", "café — “quoted” 😀 ünïcödé\n\n"])
+def test_token_labels_round_trip(tiny_loaded, text):
+    r = A.compute_attention(tiny_loaded, text)
+    assert A.labels_to_text(r.tokens) == text
+    assert all(t and t.isprintable() for t in r.tokens)  # nothing invisible in a label
+    assert " " not in "".join(r.tokens)  # leading spaces are made visible
+    assert tiny_loaded.tokenizer.decode(list(r.token_ids)) == text
+
+
+def test_long_text_is_cut_at_the_context_with_a_notice(tiny_loaded):
+    text = "the cat sat on the mat and " * 60  # far more than the tiny model's 128 positions
+    r = A.compute_attention(tiny_loaded, text)
+    assert r.n_tokens == A.token_limit(tiny_loaded) == 128
+    assert r.total_tokens > 128 and r.truncated == r.total_tokens - 128
+    assert "first 128" in r.notice()
+
+
+def test_memory_budget_limits_tokens():
+    class Cfg:
+        num_hidden_layers, num_attention_heads = 12, 12
+
+    class Loaded:
+        context_length = 1024
+        model = type("M", (), {"config": Cfg()})()
+
+    n = A.token_limit(Loaded())
+    assert n < 1024 and 12 * 12 * n * n * 4 <= A.MAX_RESULT_BYTES
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_switching_layer_head_view_runs_the_model_once(tiny_loaded, handlers):
+    calls = []
+    hook = tiny_loaded.model.transformer.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out = handlers["analyse"](TEXT, None, "head", 0, 0, "mean-heads", None, "layer")
+        analysed = out[-1]
+        for layer in (0, 1):
+            for head in range(4):
+                handlers["switch"](analysed, TEXT, "head", layer, head, "mean-heads", None, "layer")
+        for view in ("heads", "aggregate", "token"):
+            handlers["switch"](analysed, TEXT, view, 1, 2, "max-layers", 3, "all")
+        handlers["api_attention"](TEXT, 1, 3, "head", "mean-heads", -1, "layer")
+        handlers["export"](analysed, TEXT, "head", 1, 1, "mean-heads", None, "layer")
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    assert A.CACHE.misses == 1 and A.CACHE.hits >= 10
+
+
+def test_cache_is_bounded_and_keyed_by_model(tiny_loaded, tiny_loaded_int8):
+    cache = A.AttentionCache(max_entries=2)
+    a = cache.get(tiny_loaded, "one")
+    cache.get(tiny_loaded, "two")
+    cache.get(tiny_loaded, "three")
+    assert len(cache) == 2 and cache.peek(tiny_loaded, "one") is None
+    assert cache.get(tiny_loaded, "three") is cache.get(tiny_loaded, "three")
+    b = cache.get(tiny_loaded_int8, "one")  # another model: another entry
+    assert b is not a and b.precision == "int8"
+    assert cache.misses == 4
+
+
+def test_cache_computes_once_under_concurrency(tiny_loaded):
+    import threading
+
+    cache = A.AttentionCache()
+    n = []
+
+    def compute(loaded, text):
+        n.append(1)
+        return A.compute_attention(loaded, text)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get(tiny_loaded, TEXT, compute)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(n) == 1 and len({id(r) for r in results}) == 1
+
+
+# ----------------------------------------------------------------------------- aggregates and figures
+
+
+def test_aggregates_and_focus():
+    r = fake_result()
+    w = r.weights
+    np.testing.assert_allclose(A.aggregate_matrix(r, "mean-heads", 1), w[1].mean(0), atol=1e-6)
+    np.testing.assert_allclose(A.aggregate_matrix(r, "max-layers", 0, 2), w[:, 2].max(0))
+    np.testing.assert_allclose(A.aggregate_matrix(r, "mean-all"), w.mean((0, 1)), atol=1e-6)
+    rows, labels = A.focus_matrix(r, 5, "all")
+    assert rows.shape == (6, 6) and labels[4] == "L1 H1"
+    np.testing.assert_allclose(rows[4], w[1, 1, 5, :6])
+    rows, labels = A.focus_matrix(r, -1, "layer", 1)
+    assert rows.shape == (3, 40) and labels == ["L1 H0", "L1 H1", "L1 H2"]
+
+
+def test_pooling_keeps_rows_summing_to_one_and_the_triangle_empty():
+    r = fake_result(t=37)
+    pooled = A.pool_causal(r.weights[0, 0], 4)
+    assert pooled.shape == (10, 10)
+    np.testing.assert_allclose(np.nansum(pooled, -1), 1.0, atol=1e-5)
+    assert np.isnan(pooled[np.triu_indices(10, 1)]).all() and not np.isnan(np.diag(pooled)).any()
+
+
+def test_head_figure_is_readable():
+    r = fake_result(t=64)
+    fig = P.head_figure(r, 1, 2)
+    tr = fig.data[0]
+    z = np.asarray(tr.z, dtype=float)
+    assert z.shape == (64, 64)
+    assert np.isnan(z[np.triu_indices(64, 1)]).all()  # the empty triangle is drawn as the grey background
+    np.testing.assert_allclose(np.nan_to_num(z), r.weights[1, 2], atol=1e-6)
+    assert len(set(tr.x)) == 64 and tr.x[5] == "␣w5 (5)" and list(tr.x) == list(tr.y)
+    assert "query" in tr.hovertemplate and "key" in tr.hovertemplate and "weight" in tr.hovertemplate
+    assert tr.colorbar.title.text == "attention weight"
+    assert fig.layout.xaxis.title.text == "token looked at (key)"
+    assert fig.layout.yaxis.title.text == "token doing the looking (query)"
+    assert fig.layout.plot_bgcolor == P.EMPTY_COLOR
+    json.loads(fig.to_json())
+
+
+def test_long_texts_are_shown_in_blocks_with_a_notice():
+    r = fake_result(n_layers=1, n_heads=2, t=300)
+    fig = P.head_figure(r, 0, 1)
+    assert np.asarray(fig.data[0].z).shape == (150, 150)
+    assert "150" in fig.data[0].x[-1] or "299" in fig.data[0].x[-1]
+    assert "block of 2 tokens" in P.pooling_notice(r, "head")
+    grid = P.heads_figure(r, 0)
+    assert len(grid.data) == 2 and max(np.asarray(t.z).shape[0] for t in grid.data) <= P.GRID_CAP
+    assert P.pooling_notice(fake_result(t=64), "head") is None
+
+
+@pytest.mark.parametrize("view", list(A.VIEWS))
+def test_every_view_builds_with_a_caption(view):
+    r = fake_result()
+    fig = P.figure_for(r, view, 1, 2, "max-heads", 7, "all")
+    assert fig.data and fig.layout.title.text
+    text = P.caption(view, r, 1, 2, "max-heads", 7, "all")
+    assert len(text) > 80
+    json.loads(fig.to_json())
+
+
+def test_heads_view_has_one_panel_per_head():
+    r = fake_result(n_heads=3, t=12)
+    fig = P.heads_figure(r, 1)
+    assert len(fig.data) == 3
+    assert [a.text for a in fig.layout.annotations] == ["<b>head 0</b>", "<b>head 1</b>", "<b>head 2</b>"]
+    assert fig.layout.coloraxis.colorbar.title.text == "attention weight"
+
+
+# ----------------------------------------------------------------------------- handlers and validation
+
+
+def test_api_handler_returns_tokens_and_matrix(tiny_loaded, handlers):
+    fig, data = handlers["api_attention"](TEXT, 1, 3, "head", "mean-heads", -1, "layer")
+    r = A.get_attention(tiny_loaded, TEXT)
+    assert data["tokens"] == list(r.tokens) and data["layer"] == 1 and data["head"] == 3
+    np.testing.assert_allclose(np.array(data["weights"]), r.weights[1, 3], atol=1e-6)
+    json.dumps(data)
+    _, data = handlers["api_attention"](TEXT, 0, 0, "token", "mean-heads", 4, "all")
+    assert len(data["view_weights"]) == 8 and len(data["view_weights"][0]) == 5
+
+
+BAD = [
+    dict(layer=float("nan")), dict(layer="abc"), dict(layer=2), dict(layer=-1), dict(layer=0.5), dict(layer=True),
+    dict(layer=None), dict(layer=[1]), dict(head=4), dict(head=float("inf")), dict(view="pie"), dict(view=3),
+    dict(aggregate="median-heads"), dict(token=10_000), dict(token="x"), dict(scope="everything"), dict(text=""),
+    dict(text="   \n"), dict(text=None), dict(text=123), dict(text="x" * 60_000),
+]
+
+
+@pytest.mark.parametrize("bad", BAD, ids=[next(iter(b)) + "=" + repr(next(iter(b.values())))[:12] for b in BAD])
+def test_api_handler_rejects_bad_input_with_a_clear_error(handlers, bad):
+    import gradio as gr
+
+    args = dict(text=TEXT, layer=0, head=0, view="head", aggregate="mean-heads", token=-1, scope="layer", **{})
+    args.update(bad)
+    with pytest.raises(gr.Error) as info:
+        handlers["api_attention"](*args.values())
+    msg = str(info.value)
+    assert not msg.startswith("Something went wrong"), msg
+    assert next(iter(bad)) in msg
+
+
+def test_analyse_clamps_stale_controls_and_exports(tiny_loaded, handlers, tmp_path):
+    fig, note, notice, strip, layer, head, token, analysed = handlers["analyse"](TEXT, None, "heads", 9, 9,
+                                                                                   "mean-heads", 5, "layer")
+    n = A.get_attention(tiny_loaded, TEXT).n_tokens
+    assert layer.value == 1 and head.value == 3 and token.value == n - 1  # a new text starts on its last token
+    assert handlers["analyse"](TEXT, TEXT, "token", 0, 0, "mean-heads", 5, "layer")[6].value == 5  # kept
+    assert handlers["analyse"](TEXT, TEXT, "token", 0, 0, "mean-heads", 999, "layer")[6].value == n - 1
+    assert analysed == TEXT and "tokens" in notice and "heads" in note.lower()
+    for view in A.VIEWS:
+        csv_path, json_path = handlers["export"](analysed, TEXT, view, 1, 2, "max-all", 3, "all")
+        data = json.loads(open(json_path, encoding="utf-8").read())
+        assert data["view"] == view and data["tokens"]
+        assert open(csv_path, encoding="utf-8").read().count("\n") >= 4
+
+
+# ----------------------------------------------------------------------------- the real app and its API
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_path):
+    from demo.app_factory import create_app
+
+    demo, launch_kwargs = create_app(model="tiny", precision="fp32", extra_models=[f"tiny={tiny_path}"],
+                                     device="cpu")
+    assert demo.manager.current is not None
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch_kwargs)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+def test_attention_endpoint_through_gradio_client(app_url, tiny_path):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    fig, data = client.predict(TEXT, 1, 2, "head", "mean-heads", -1, "layer", api_name="/attention")
+    assert data["layer"] == 1 and data["head"] == 2 and data["model"] == "tiny"
+    w = np.array(data["weights"])
+    assert w.shape == (len(data["tokens"]),) * 2
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-4)
+    assert np.all(w[np.triu_indices(len(w), 1)] == 0)
+    assert A.labels_to_text(data["tokens"]) == TEXT
+    plot = fig if isinstance(fig, dict) else json.loads(fig)
+    figure = json.loads(plot["plot"]) if isinstance(plot.get("plot"), str) else plot
+    assert figure["data"][0]["type"] == "heatmap"
+
+    with pytest.raises(Exception, match="layer must be in"):
+        client.predict(TEXT, 7, 0, "head", "mean-heads", -1, "layer", api_name="/attention")
+    with pytest.raises(Exception, match="text is empty"):
+        client.predict("  ", 0, 0, "head", "mean-heads", -1, "layer", api_name="/attention")
+    with pytest.raises(Exception, match="head must be"):
+        client.predict(TEXT, 0, "two", "head", "mean-heads", -1, "layer", api_name="/attention")
