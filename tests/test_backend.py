@@ -187,3 +187,23 @@ def test_catalogue_lists_bundled_model_first_and_accepts_operator_models(monkeyp
     assert names[0] == "gutenberg-gpt"
     assert {"gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "mine", "other"} <= set(names)
     assert next(s for s in cat if s.name == "mine").local_path == tiny_path
+
+
+@pytest.mark.parametrize("fixture", ["tiny_loaded", "tiny_loaded_int8"])
+def test_concurrent_generations_on_one_model_match_sequential_ones(fixture, request):
+    import threading
+
+    loaded = request.getfixturevalue(fixture)
+
+    def text(seed):
+        return run(loaded, "The ship sailed", 30, validate_sampling(temperature=1.2, top_p=1.0, seed=seed))[-1].text
+
+    sequential = {s: text(s) for s in range(4)}
+    concurrent = {}
+    threads = [threading.Thread(target=lambda s=s: concurrent.__setitem__(s, text(s))) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert concurrent == sequential
+    assert len(set(sequential.values())) > 1

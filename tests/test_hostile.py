@@ -1,0 +1,263 @@
+"""Hostile input through the public API, and model safety.
+
+Every named endpoint the app publishes (listed by ``view_api``; an endpoint missing from this build
+is skipped) is called directly over HTTP with wrong types, NaN/inf, negative and huge numbers,
+empty, 1-MB and past-the-context texts, control characters, lone surrogates, emoji/CJK and HTML/JS.
+Each call must end in a clear error (a sentence, no traceback, no generic "Something went wrong")
+or a correct result shaped like a normal call's, and the next normal request must work.
+
+The calls go through the raw HTTP API (POST /gradio_api/call/<name>, then its SSE stream) because
+NaN, Infinity and lone surrogates cannot be sent through gradio_client (its JSON encoder refuses them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client.exceptions import AppError
+
+from demo.backend import live_generation_threads
+
+REPO = Path(__file__).resolve().parent.parent
+NAN, INF = float("nan"), float("inf")
+TEXT = "The old sea captain said"
+
+# A known-good call per endpoint (keyword arguments; only what differs from the API's defaults).
+# Endpoints not listed here are called with their defaults and TEXT for any text without one.
+BASELINES = {
+    "/generate": dict(prompt=TEXT, max_new_tokens=4, temperature=0.8, top_k=0, top_p=0.95, min_p=0.0,
+                      repetition_penalty=1.1, no_repeat_ngram_size=0, do_sample=True, seed=1),
+    "/load_model": dict(name="gutenberg-gpt", precision="fp32"),
+    "/attention": dict(text=TEXT),
+    "/next_token": dict(text=TEXT, top_n=5),
+    "/logit_lens": dict(text=TEXT, positions=4),
+}
+KNOWN_ENDPOINTS = list(BASELINES)
+
+TEXTS = {
+    "empty": "",
+    "blank": " \n\t ",
+    "1 MB": "a" * (1 << 20),
+    "past the context window": "It was a dark night. " * 1500,  # ~7,500 tokens, under the 50,000-character limit
+    "control characters": "He said\x00\x01\x07\x1b[31m red\x7f\u200b\u202e done\r\n",
+    "lone surrogates": "bad \ud800 half \udfff end",
+    "emoji and CJK": "The 🚀 rocket 👩‍👩‍👧 family 日本語の文章 你好世界 한국어",
+    "HTML/JS": '<img src=x onerror=alert(1)><script>alert("x")</script> the',
+}
+NUMBERS = {
+    "negative": -1, "huge": 10**18, "huge float": 1e308, "fraction": 0.5,
+    "word": "ten", "numeric string": "3", "empty string": "", "NaN": NAN, "Infinity": INF, "-Infinity": -INF,
+}
+BOOLEANS = {"word": "maybe", "two": 2, "NaN": NAN}
+WRONG_TYPES = {"int": 123, "null": None, "bool": True, "list": [1, [2]], "dict": {"a": [None]}}
+MAX_MESSAGE = 2_000
+
+
+def hostile_values(param: dict) -> dict:
+    kind = param["type"].get("type")
+    values = dict(TEXTS if kind == "string" else NUMBERS if kind in ("number", "integer") else
+                  BOOLEANS if kind == "boolean" else {})
+    values.update({k: v for k, v in WRONG_TYPES.items() if not (k == "int" and kind in ("number", "integer"))})
+    return values
+
+
+# ----------------------------------------------------------------------------- raw HTTP calls
+
+
+_HTTP: list[httpx.Client] = []
+
+
+def http() -> httpx.Client:
+    """One keep-alive HTTP client for all the calls (a new one per call costs more CPU than the call)."""
+    if not _HTTP:
+        _HTTP.append(httpx.Client(timeout=120))
+    return _HTTP[0]
+
+
+def raw_call(base_url: str, api_name: str, data: list, timeout_s: float = 120) -> tuple[str, object]:
+    """('complete', outputs) or ('error', message) or ('http <status>', body) of one API call,
+    sent as JSON that may hold NaN, Infinity and lone surrogates."""
+    name = api_name.strip("/")
+    body = json.dumps({"data": data}, ensure_ascii=True, allow_nan=True)
+    r = http().post(f"{base_url}gradio_api/call/{name}", content=body, timeout=timeout_s,
+                    headers={"content-type": "application/json"})
+    if r.status_code >= 400:
+        return f"http {r.status_code}", r.text[:500]
+    event_id = r.json()["event_id"]
+    event = None
+    with http().stream("GET", f"{base_url}gradio_api/call/{name}/{event_id}", timeout=timeout_s) as s:
+        for line in s.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                payload = json.loads(line[5:].strip() or "null")
+                if event == "error":
+                    return "error", payload.get("error") if isinstance(payload, dict) else payload
+                return "complete", payload
+    return "no result", None
+
+
+def shape(outputs) -> list[str]:
+    return [type(o).__name__ for o in outputs] if isinstance(outputs, list) else [type(outputs).__name__]
+
+
+def problem_with(outcome: tuple[str, object], baseline_shape: list[str]) -> str | None:
+    """Why an outcome is not 'a clear error or a correct result' (None when it is)."""
+    kind, value = outcome
+    if kind == "error":
+        if not isinstance(value, str) or not value.strip() or value.strip() in ("None", "Error"):
+            return f"an error without a message: {value!r}"
+        if "Traceback" in value or value.startswith("Something went wrong"):
+            return f"an unhandled exception reached the user: {value[:300]!r}"
+        if len(value) > MAX_MESSAGE and not value.startswith("Value: "):  # Gradio's own choice check: see below
+            return f"an error message of {len(value):,} characters"
+        return None
+    if kind == "complete":
+        if shape(value) != baseline_shape:
+            return f"a result shaped {shape(value)} instead of {baseline_shape}"
+        return None
+    return f"{kind}: {str(value)[:300]!r}"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def endpoints(client) -> dict:
+    return client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+
+def call_args(endpoint: dict, api_name: str) -> dict:
+    """Keyword arguments of a normal call: the endpoint's defaults, overridden by BASELINES."""
+    args = {}
+    for p in endpoint["parameters"]:
+        if p.get("parameter_has_default"):
+            args[p["parameter_name"]] = p.get("parameter_default")
+        elif p["type"].get("type") == "string":
+            args[p["parameter_name"]] = TEXT
+    args.update(BASELINES.get(api_name, {}))
+    return args
+
+
+def check_endpoint(client, base_url: str, api_name: str, endpoint: dict) -> list[str]:
+    """Run the whole battery against one endpoint; the list of problems found."""
+    good = call_args(endpoint, api_name)
+    names = [p["parameter_name"] for p in endpoint["parameters"]]
+    baseline = raw_call(base_url, api_name, [good[n] for n in names])
+    assert baseline[0] == "complete", f"the normal {api_name} call failed: {baseline}"
+    base_shape = shape(baseline[1])
+    problems = []
+    for param in endpoint["parameters"]:
+        for label, value in hostile_values(param).items():
+            data = [value if n == param["parameter_name"] else good[n] for n in names]
+            why = problem_with(raw_call(base_url, api_name, data), base_shape)
+            if why:
+                problems.append(f"{api_name} {param['parameter_name']}={label}: {why}")
+        # after each parameter's battery: the server is up and a normal call works
+        after = raw_call(base_url, api_name, [good[n] for n in names])
+        assert after[0] == "complete", \
+            f"a normal {api_name} call failed after hostile {param['parameter_name']} values: {after}"
+    assert client.predict(**good, api_name=api_name) is not None  # and through gradio_client
+    return problems
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("api_name", KNOWN_ENDPOINTS)
+def test_hostile_values_get_a_clear_error_or_a_correct_result(client, live_app, endpoints, api_name):
+    if api_name not in endpoints:
+        pytest.skip(f"{api_name} is not an endpoint of this build")
+    problems = check_endpoint(client, live_app[1], api_name, endpoints[api_name])
+    assert not problems, "\n".join(problems)
+    assert live_app[0].manager.require().name == "gutenberg-gpt"
+    assert not live_generation_threads()
+
+
+def test_hostile_values_on_every_other_endpoint(client, live_app, endpoints):
+    """Endpoints added after this file was written get the same battery."""
+    others = [name for name in endpoints if name not in KNOWN_ENDPOINTS]
+    if not others:
+        pytest.skip("no endpoints besides " + ", ".join(KNOWN_ENDPOINTS))
+    problems = [p for name in others for p in check_endpoint(client, live_app[1], name, endpoints[name])]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_endpoint_is_listed_and_validated(endpoints):
+    assert {"/generate", "/load_model"} <= set(endpoints)
+    for name, ep in endpoints.items():
+        assert ep["parameters"], f"{name} takes no parameters?"
+
+
+def test_gradio_client_gets_the_same_clear_errors(client, endpoints):
+    """The typed client path: each endpoint's first parameter of the wrong type is an AppError with
+    a message, or is converted and answered."""
+    for name, ep in endpoints.items():
+        good = call_args(ep, name)
+        first = ep["parameters"][0]["parameter_name"]
+        try:
+            client.predict(**{**good, first: None}, api_name=name)
+        except AppError as exc:
+            assert str(exc).strip() and "Traceback" not in str(exc), (name, str(exc))
+        client.predict(**good, api_name=name)
+
+
+def test_prompt_past_the_context_window_keeps_its_end(client):
+    text, stats = client.predict(**{**BASELINES["/generate"], "prompt": TEXTS["past the context window"]},
+                                 api_name="/generate")
+    assert text and "longer than the model's context window" in stats
+    m = re.search(r"the first (\d+) tokens were dropped and the model saw the last (\d+)", stats)
+    assert m and int(m.group(1)) > 0 and int(m.group(2)) + 4 <= 512
+
+
+def test_unicode_prompts_come_back_as_valid_text(live_app):
+    for label in ("control characters", "lone surrogates", "emoji and CJK", "HTML/JS"):
+        kind, out = raw_call(live_app[1], "/generate", [TEXTS[label], 6, 0.8, 0, 0.95, 0.0, 1.1, 0, True, 3])
+        assert kind == "complete", (label, out)
+        assert isinstance(out[0], str) and out[0], (label, out)
+        assert "6 tokens generated" in out[1] or "model ended the text" in out[1], (label, out)
+        out[0].encode("utf-8")  # no lone surrogate comes back
+
+
+@pytest.mark.xfail(strict=True, reason="Gradio's Dropdown check echoes the whole rejected value: a 1-MB model "
+                                       "name comes back as a 1-MB error (see the issue 6 report for the fix)")
+def test_choice_errors_do_not_echo_a_megabyte_back(live_app):
+    kind, message = raw_call(live_app[1], "/load_model", [TEXTS["1 MB"], "fp32"])
+    assert kind == "error" and len(message) <= MAX_MESSAGE
+
+
+# ----------------------------------------------------------------------------- model safety
+
+
+@pytest.mark.parametrize("name", [
+    "models/gutenberg-gpt", "./models/gutenberg-gpt", "../", "../../etc", "/etc/passwd", "~/.cache/huggingface",
+    "openai-community/gpt2", "gutenberg-gpt/../gpt2", "file:///etc/passwd", "https://huggingface.co/gpt2",
+    "gutenberg-gpt ", "GUTENBERG-GPT",
+])
+def test_only_catalogue_names_load_from_the_page(client, live_app, name):
+    before = live_app[0].manager.current
+    with pytest.raises(AppError, match="not in the list of choices|must be one of"):
+        client.predict(name=name, precision="fp32", api_name="/load_model")
+    assert live_app[0].manager.current is before
+
+
+TRUST = re.compile(r"""trust_remote_code['"]?\s*[=:]\s*(?!False\b)""")
+
+
+def test_trust_remote_code_is_never_enabled():
+    assert TRUST.search('x(trust_remote_code=True)') and TRUST.search('{"trust_remote_code": flag}')
+    assert not TRUST.search("AutoConfig.from_pretrained(source, trust_remote_code=False)")
+    sources = [REPO / "app.py", *(REPO / "demo").rglob("*.py"), *(REPO / "models").rglob("*.py"),
+               *(REPO / "benchmarks").rglob("*.py")]
+    offenders = [f"{path.relative_to(REPO)}:{i}: {line.strip()}"
+                 for path in sources for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if TRUST.search(line)]
+    assert not offenders, "\n".join(offenders)
+    # and no checkpoint folder ships code of its own (auto_map would point transformers at it)
+    for config in (REPO / "models").glob("*/config.json"):
+        assert "auto_map" not in json.loads(config.read_text()), config
+        assert not list(config.parent.glob("*.py")), config.parent
