@@ -94,7 +94,7 @@ class LoadedModel:
 
     @property
     def parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return int(self.model.num_parameters())  # counts packed 4-bit weights right
 
     @property
     def device_name(self) -> str:

@@ -13,11 +13,13 @@ several tokens (a notice says so); each small multiple of the all-heads view is 
 
 from __future__ import annotations
 
+import html
 import math
 
 import numpy as np
 import plotly.graph_objects as go
 
+from .tokens import plot_escape
 from .attention import (
     AGGREGATES,
     AttentionResult,
@@ -70,8 +72,8 @@ def _short(label: str, n: int = 10) -> str:
 def block_labels(tokens, block: int) -> list[str]:
     """Axis labels: '␣the (5)' per token, or '8–15: ␣the…␣sea' per block of tokens (always unique)."""
     if block <= 1:
-        return axis_labels(tokens)
-    return [f"{a}–{b}: {_short(tokens[a])}…{_short(tokens[b])}" if b > a else f"{a}: {_short(tokens[a])}"
+        return [plot_escape(t) for t in axis_labels(tokens)]
+    return [plot_escape(f"{a}–{b}: {_short(tokens[a])}…{_short(tokens[b])}" if b > a else f"{a}: {_short(tokens[a])}")
             for a, b in block_ranges(len(tokens), block)]
 
 
@@ -227,14 +229,15 @@ def focus_figure(result: AttentionResult, token, scope="layer", layer=0, head=No
     scope = check_scope(scope)
     layer = check_layer(result, layer)
     rows_m, row_labels = focus_matrix(result, q, scope, layer)
-    col_labels = axis_labels(result.tokens[: q + 1])
+    col_labels = [plot_escape(t) for t in axis_labels(result.tokens[: q + 1])]
     n_rows = len(row_labels)
     zmax = _zmax(rows_m, skip_first_row=False) if q > 0 else 1.0
     fig = go.Figure(go.Heatmap(
         z=rows_m, x=col_labels, y=row_labels, colorscale=COLORSCALE, zmin=0.0, zmax=zmax, colorbar=_colorbar(zmax),
         xgap=0.5 if q < 64 else 0, ygap=0.5 if n_rows <= 32 else 0,
-        hovertemplate="%{y}<br>" + f"{axis_labels(result.tokens)[q]} looks at " +
-                      "%{x}<br>weight: %{z:.4f}<extra></extra>"))
+        # the query's label goes in as data: text spliced into a template could hold '%{'
+        customdata=[[plot_escape(axis_labels(result.tokens)[q])] * (q + 1)] * n_rows,
+        hovertemplate="%{y}<br>%{customdata} looks at %{x}<br>weight: %{z:.4f}<extra></extra>"))
     _axes(fig, q + 1, titles=False)
     fig.update_xaxes(title_text=X_TITLE)
     fig.update_yaxes(title_text="layer L, head H", dtick=1 if n_rows <= 48 else None,
@@ -291,7 +294,7 @@ def caption(view: str, result: AttentionResult | None = None, layer=0, head=0, a
         who = ""
         if result is not None:
             q = check_token(result, token)
-            who = f" — here “{result.tokens[q]}” (token {q})"
+            who = f" — here “{html.escape(result.tokens[q])}” (token {q})"  # token text is data, not markup
         rows = (f"each **row** is one head of layer {layer}" if check_scope(scope) == "layer" else
                 "each **row** is one head (L = layer, H = head; layer 0 at the top)")
         return (f"### Where one token looks{who}\nOne token, every head at once: {rows}; each **column** is a token "

@@ -8,6 +8,8 @@ import html
 
 import plotly.graph_objects as go
 
+from .tokens import plot_escape
+
 RAW_COLOR = "#9ecae1"  # the model's own probability
 RAW_FILTERED_COLOR = "#d9d9d9"
 AFTER_COLOR = "#1f5fa8"  # after the sampling settings
@@ -38,10 +40,7 @@ def fmt_prob(p: float | None) -> str:
     return f"{pct:.2g}%"
 
 
-def _esc(label: str) -> str:
-    """Escape a token label for plotly's pseudo-HTML. Only & < > (plotly decodes &amp; &lt; &gt; but
-    shows &quot; literally); with no '<' left, no tag can be formed, so quotes are harmless."""
-    return html.escape(label, quote=False)
+_esc = plot_escape
 
 
 def empty_figure(message: str) -> go.Figure:

@@ -39,11 +39,12 @@ class Range:
 
 # Server-side limits (the sliders show a friendlier subset; the API may send anything).
 LIMITS = {
-    "temperature": Range(0.0, 5.0, lo_open=True),
+    # Lower bounds keep logits / value finite in fp32 (1e-40 would overflow to inf and sampling to NaN).
+    "temperature": Range(0.01, 5.0),
     "top_k": Range(0, 100_000),
     "top_p": Range(0.0, 1.0, lo_open=True),
     "min_p": Range(0.0, 1.0),
-    "repetition_penalty": Range(0.0, 10.0, lo_open=True),
+    "repetition_penalty": Range(0.01, 10.0),
     "no_repeat_ngram_size": Range(0, 20),
 }
 
@@ -83,11 +84,11 @@ def _number(name: str, value, integer: bool) -> float | int:
     if isinstance(value, str):
         try:
             value = float(value.strip())
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValidationError(f"{name} must be a number, got {value[:40]!r}") from None
     try:
         value = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int like 10**400
         raise ValidationError(f"{name} must be a number, got {type(value).__name__}") from None
     if not math.isfinite(value):
         raise ValidationError(f"{name} must be a finite number, got {value}")

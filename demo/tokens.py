@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from functools import lru_cache
 
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
@@ -52,3 +53,9 @@ def display_token(tokenizer, token_id: int) -> str:
 
 def display_tokens(tokenizer, ids) -> list[str]:
     return [display_token(tokenizer, i) for i in ids]
+
+
+def plot_escape(label: str) -> str:
+    """Escape a label for plotly's pseudo-HTML (titles, tick labels, hover text). Only & < > matter:
+    plotly decodes &amp; &lt; &gt; but shows &quot; literally, and with no '<' left no tag can form."""
+    return html.escape(label, quote=False)

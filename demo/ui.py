@@ -74,9 +74,8 @@ def format_stats(u: GenerationUpdate) -> str:
     return line
 
 
-def generation_record(manager: ModelManager, prompt: str, u: GenerationUpdate, params: dict) -> dict:
-    """Plain data about a finished generation for the probability view (no tensors)."""
-    cur = manager.require()
+def generation_record(cur, prompt: str, u: GenerationUpdate, params: dict) -> dict:
+    """Plain data about a finished generation of model `cur` for the probability view (no tensors)."""
     tok = cur.tokenizer
     return {
         "model": cur.name,
@@ -111,16 +110,16 @@ def make_generate(manager: ModelManager):
             first = next(stream)  # validation that needs the model (context window) happens here
         except Exception as exc:  # noqa: BLE001
             raise as_gr_error(exc) from exc
+        def record(update):  # stamped with the model that generated, even if another loads meanwhile
+            return generation_record(loaded, request.prompt, update, {
+                **params.as_dict(), "seed": update.seed, "max_new_tokens": request.max_new_tokens})
+
         try:
-            update = first
-            yield update.text, format_stats(update), None
+            yield first.text, format_stats(first), record(first) if first.done else None
             last_sent = time.perf_counter()
             for update in stream:
                 if update.done:
-                    record = generation_record(manager, request.prompt, update,
-                                               {**params.as_dict(), "seed": update.seed,
-                                                "max_new_tokens": request.max_new_tokens})
-                    yield update.text, format_stats(update), record
+                    yield update.text, format_stats(update), record(update)
                 elif time.perf_counter() - last_sent >= MIN_UPDATE_INTERVAL_S:
                     # Faster than the eye can follow: tokens that arrive within one interval share a
                     # message, which keeps the server's per-message cost off the model's speed.

@@ -20,6 +20,7 @@ from .errors import ValidationError
 from .gpu import gpu
 from .sampling import PRESETS, SamplingParams, check_number, validate_sampling
 from .tokens import display_token
+from .ui_attention import MODEL_QUEUE
 
 SET_KEYS = ["do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "no_repeat_ngram_size", "seed"]
 DEFAULT_TEXT = "It was a dark and stormy night, and"
@@ -411,7 +412,8 @@ def build_next_token_tab(manager, controls: dict) -> dict:
     settings = [local[k] for k in SET_KEYS]
     view_in = [text, state, top_n, query] + settings
     view_out = [text, state, plot, summary, note, table, choose, lookup_md, step_md]
-    common = dict(api_visibility="private")
+    # Forward passes share the generation's concurrency group: one model on one device.
+    common = dict(api_visibility="private", **MODEL_QUEUE)
 
     refresh = gpu(h.refresh)
     show_btn.click(refresh, view_in, view_out, **common)
@@ -420,7 +422,7 @@ def build_next_token_tab(manager, controls: dict) -> dict:
     query.submit(refresh, view_in, view_out, **common)
     for comp in settings[:-1] + [top_n]:  # the seed only matters to sampled steps
         comp.input(refresh, view_in, view_out, trigger_mode="always_last", **common)
-    local["preset"].input(apply_local_preset, local["preset"], settings[:-1], **common).then(
+    local["preset"].input(apply_local_preset, local["preset"], settings[:-1], api_visibility="private").then(
         refresh, view_in, view_out, **common)
 
     def stepper(mode):
@@ -436,13 +438,13 @@ def build_next_token_tab(manager, controls: dict) -> dict:
     lens_btn.click(gpu(h.lens), [text, state, lens_n], [lens_plot, lens_md], **common)
 
     gen_settings = [controls[k] for k in SET_KEYS] + [controls["preset"]]
-    from_gen.click(copy_settings, gen_settings, settings + [local["preset"]], **common).then(
+    from_gen.click(copy_settings, gen_settings, settings + [local["preset"]], api_visibility="private").then(
         refresh, view_in, view_out, **common)
     to_gen.click(copy_settings, [local[k] for k in SET_KEYS if k != "preset"],
-                 [controls[k] for k in SET_KEYS], **common)
+                 [controls[k] for k in SET_KEYS], api_visibility="private")
 
-    gr.api(gpu(h.api_next_token), api_name="next_token")
-    gr.api(gpu(h.api_logit_lens), api_name="logit_lens")
+    gr.api(gpu(h.api_next_token), api_name="next_token", **MODEL_QUEUE)
+    gr.api(gpu(h.api_logit_lens), api_name="logit_lens", **MODEL_QUEUE)
 
     from gradio.context import Context
 

@@ -229,6 +229,21 @@ def test_head_figure_is_readable():
     json.loads(fig.to_json())
 
 
+def test_token_text_is_escaped_in_every_plot():
+    import dataclasses
+
+    tokens = ("<b>", "␣<img␣src=x␣onerror=alert(1)>", "␣%{z}", "␣&amp;") * 5
+    r = dataclasses.replace(fake_result(t=len(tokens)), tokens=tokens)
+    for view in ("head", "heads", "aggregate", "token"):
+        fig = P.figure_for(r, view, layer=0, head=0, token=len(tokens) - 1)
+        text = json.dumps(fig.to_plotly_json()["data"], ensure_ascii=False)
+        assert "<b>" not in text and "<img" not in text and "&amp;" not in text.replace("&amp;amp;", ""), view
+        assert "&lt;b&gt;" in text, view
+        for tr in fig.data:  # no token text inside a template, where '%{z}' would be filled in
+            assert "%{z}" not in (tr.hovertemplate or "").replace("weight: %{z", ""), view
+    assert "&lt;img" in P.caption("token", r, token=1)
+
+
 def test_long_texts_are_shown_in_blocks_with_a_notice():
     r = fake_result(n_layers=1, n_heads=2, t=300)
     fig = P.head_figure(r, 0, 1)
