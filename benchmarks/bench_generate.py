@@ -2,6 +2,7 @@
 
     python benchmarks/bench_generate.py                      # bundled model, CPU, fp32
     python benchmarks/bench_generate.py --model gpt2 --precision int8 --tokens 200
+    python benchmarks/bench_generate.py --gpt2-small-random --tokens 100   # GPT-2-small-size, no download
 
 Both sides run greedy decoding of the same prompt for the same number of new tokens, so they do the
 same work. Raw: time to first token (TTFT) is a 1-token ``generate``; decode speed is
@@ -44,6 +45,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def save_gpt2_small_random(path: Path) -> Path:
+    """GPT-2 small's shape with random weights and the bundled tokenizer (its ids fit the 50257 vocab)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(ROOT / "models" / "gutenberg-gpt")
+    torch.manual_seed(0)
+    eos = tok.eos_token_id
+    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                               bos_token_id=eos, eos_token_id=eos)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
 
 
 def raw_figures(loaded, prompt: str, n: int, repeats: int) -> dict:
@@ -104,20 +119,32 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--prompt", default="It was a dark and stormy night, and the")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--gpt2-small-random", action="store_true",
+                   help="a randomly initialised GPT-2-small-size model (12 x 768, vocab 50257) built here, no download")
     args = p.parse_args(argv)
 
     from demo.backend import ModelManager
     from demo.catalog import load_catalog
+
+    extra = []
+    if args.gpt2_small_random:
+        import tempfile
+
+        path = save_gpt2_small_random(Path(tempfile.mkdtemp(prefix="gpt2-small-random-")))
+        args.model = "gpt2-small-random"
+        extra = [f"{args.model}={path}"]
 
     # The app runs in its own process, as in production: the client's work must not share its GIL.
     port = free_port()
     cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--precision", args.precision]
     if args.model:
         cmd += ["--model", args.model]
+    for e in extra:
+        cmd += ["--add-model", e]
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(f"http://127.0.0.1:{port}/", server)
-        manager = ModelManager(load_catalog())
+        manager = ModelManager(load_catalog(extra=extra))
         loaded = manager.load(args.model or manager.names[0], args.precision)
         raw = raw_figures(loaded, args.prompt, args.tokens, args.repeats)
         client = client_figures(f"http://127.0.0.1:{port}/", args.prompt, args.tokens, args.repeats)

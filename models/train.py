@@ -5,6 +5,7 @@
                                      --n-layer 6 --n-embd 384 --n-head 6 --context 512 --max-steps 5000
     python -m models.train finetune  --model models/gutenberg-gpt --data MY_TEXTS --out models/my-ft
     python -m models.train evaluate  --model models/gutenberg-gpt --data DIR
+    python -m models.train sample    --model models/gutenberg-gpt --prompt "It was a dark and stormy night"
 
 ``pretrain`` and ``finetune`` run unchanged under ``accelerate launch`` on several GPUs (bf16 mixed
 precision on GPU, fp32 on CPU). Every output folder is a normal Hugging Face checkpoint
@@ -531,6 +532,21 @@ def cmd_evaluate(args):
     return result
 
 
+def cmd_sample(args):
+    import torch
+
+    tokenizer = load_tokenizer(args.model)
+    model = load_causal_lm(args.model, dtype=torch.float32).eval()
+    for prompt in args.prompt:
+        torch.manual_seed(args.seed)
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, do_sample=True, temperature=args.temperature, top_k=0, top_p=args.top_p,
+                                 max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.eos_token_id)
+        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        print(f"--- temperature {args.temperature}, top-p {args.top_p}, seed {args.seed}\n{prompt}{text}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -570,6 +586,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-chars", type=int, default=None, help="evaluate only the start of each file")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="print sampled continuations of prompts (a quick look at a checkpoint)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", nargs="+", required=True)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=80)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_sample)
 
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):

@@ -195,3 +195,12 @@ def test_bundled_checkpoint_is_safetensors_and_small():
     assert all(f.stat().st_size <= 15 * 2**20 for f in files)
     cfg = json.loads((BUNDLED / "config.json").read_text())
     assert cfg["model_type"] == "gpt2" and cfg["n_positions"] >= 512
+
+
+def test_sample_prints_reproducible_continuations(pretrained, capsys):
+    argv = ["sample", "--model", str(pretrained), "--prompt", "The ship", "--max-new-tokens", "8", "--seed", "3"]
+    assert train.main(argv) == 0
+    first = capsys.readouterr().out
+    assert train.main(argv) == 0
+    assert capsys.readouterr().out == first
+    assert "temperature 0.8, top-p 0.95, seed 3\nThe ship" in first and len(first.split("The ship", 1)[1]) > 1
