@@ -48,14 +48,16 @@ def free_port() -> int:
 
 
 def save_gpt2_small_random(path: Path) -> Path:
-    """GPT-2 small's shape with random weights and the bundled tokenizer (its ids fit the 50257 vocab)."""
+    """GPT-2 small's body (12 layers x 768, context 1024) with random weights and the bundled tokenizer's
+    8,192-token vocabulary: with GPT-2's 50,257 the random model would mostly emit ids that this
+    tokenizer cannot decode, and nothing would stream."""
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     tok = AutoTokenizer.from_pretrained(ROOT / "models" / "gutenberg-gpt")
     torch.manual_seed(0)
     eos = tok.eos_token_id
-    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=768, n_layer=12, n_head=12,
                                bos_token_id=eos, eos_token_id=eos)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", default="It was a dark and stormy night, and the")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.add_argument("--gpt2-small-random", action="store_true",
-                   help="a randomly initialised GPT-2-small-size model (12 x 768, vocab 50257) built here, no download")
+                   help="a randomly initialised GPT-2-small-size model (12 x 768, vocab 8192) built here, no download")
     args = p.parse_args(argv)
 
     from demo.backend import ModelManager
