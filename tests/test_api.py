@@ -80,3 +80,29 @@ def test_load_model_offline_hub_keeps_serving(client, live_app):
     assert live_app[0].manager.require().name == "gutenberg-gpt"
     with pytest.raises(AppError, match="not in the list of choices"):
         client.predict(name="/etc/passwd", precision="auto", api_name="/load_model")
+
+
+def test_a_generation_that_ends_at_once_still_gets_its_record(tmp_path):
+    """A model whose first token is <|endoftext|>: the first update is already the last one, and the
+    probability view must still receive the generation's record."""
+    import torch
+
+    from conftest import make_tiny_checkpoint
+    from demo.backend import ModelManager, load_model
+    from demo.catalog import ModelSpec
+    from demo.ui import make_generate
+
+    path = make_tiny_checkpoint(tmp_path / "eos-first")
+    spec = ModelSpec("eos-first", str(path))
+    loaded = load_model(spec, "fp32", device="cpu")
+    eos = loaded.tokenizer.eos_token_id
+    with torch.no_grad():  # every position's hidden state becomes the <|endoftext|> embedding, scaled up
+        ln_f = loaded.model.transformer.ln_f
+        ln_f.weight.zero_()
+        ln_f.bias.copy_(loaded.model.transformer.wte.weight[eos] * 100)
+    manager = ModelManager([spec], device="cpu")
+    manager._current = loaded
+    updates = list(make_generate(manager)("Hello there", 5, 1.0, 0, 1.0, 0.0, 1.0, 0, False, 0))
+    text, stats, record = updates[-1]
+    assert text == "" and "model ended the text" in stats
+    assert record is not None and [t["id"] for t in record["tokens"]] == [eos] and record["model"] == "eos-first"
