@@ -20,21 +20,37 @@ def load_history(path: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def figure(history: list[dict], bytes_per_token: float | None, title: str):
+def figure(history: list[dict], bytes_per_token: float | None, title: str, goal_bpb: float | None = None):
+    """Loss curves against tokens seen. With ``bytes_per_token`` the right axis reads the same curves in
+    bits per byte (nats / ln 2 / bytes per token), and ``goal_bpb`` draws that goal as a dashed line."""
     import plotly.graph_objects as go
 
     tokens = [h["tokens"] / 1e6 for h in history]
+    train = [h["train_loss"] for h in history]
+    val = [h.get("val_loss") for h in history]
     fig = go.Figure()
-    fig.add_scatter(x=tokens, y=[h["train_loss"] for h in history], name="train loss (smoothed)", mode="lines")
-    fig.add_scatter(x=tokens, y=[h.get("val_loss") for h in history], name="validation loss (held-out books)",
-                    mode="lines+markers")
+    fig.add_scatter(x=tokens, y=train, name="train loss (smoothed)", mode="lines")
+    fig.add_scatter(x=tokens, y=val, name="validation loss (held-out books)", mode="lines+markers")
+    values = [v for v in train + val if v is not None]
     if bytes_per_token:
-        fig.add_scatter(x=tokens, y=[h["val_loss"] / math.log(2) / bytes_per_token for h in history if "val_loss" in h],
-                        name="validation bits per byte", mode="lines", yaxis="y2", line=dict(dash="dot"))
-        fig.update_layout(yaxis2=dict(title="bits per byte", overlaying="y", side="right", rangemode="tozero"))
+        to_nats = math.log(2) * bytes_per_token
+        if goal_bpb:
+            goal = goal_bpb * to_nats
+            values.append(goal)
+            fig.add_hline(y=goal, line=dict(dash="dash", color="grey"),
+                          annotation_text=f"goal: {goal_bpb} bits per byte", annotation_position="bottom left")
+        lo, hi = min(values), max(values)
+        pad = 0.05 * (hi - lo or 1)
+        rng = [lo - pad, hi + pad]
+        fig.update_layout(yaxis=dict(range=rng),
+                          yaxis2=dict(title="bits per byte", overlaying="y", side="right", showgrid=False, tickmode="auto",
+                                      range=[r / to_nats for r in rng]))
+        # an invisible trace so the right axis is drawn; it reads the left axis's curves in bits per byte
+        fig.add_scatter(x=tokens[:1], y=[rng[0] / to_nats], yaxis="y2", showlegend=False, hoverinfo="skip",
+                        mode="markers", marker=dict(opacity=0))
     fig.update_layout(title=title, xaxis_title="training tokens seen (millions)",
                       yaxis_title="cross-entropy loss (nats per token)", template="plotly_white",
-                      width=900, height=500, legend=dict(x=0.45, y=0.95))
+                      width=900, height=500, legend=dict(x=0.55, y=0.98))
     return fig
 
 
@@ -44,8 +60,9 @@ def main(argv=None):
     p.add_argument("out", help="PNG to write")
     p.add_argument("--bytes-per-token", type=float, default=None, help="to add a bits-per-byte axis")
     p.add_argument("--title", default="Training curves")
+    p.add_argument("--goal-bpb", type=float, default=None, help="draw a goal in bits per byte")
     args = p.parse_args(argv)
-    figure(load_history(Path(args.log)), args.bytes_per_token, args.title).write_image(args.out, scale=1)
+    figure(load_history(Path(args.log)), args.bytes_per_token, args.title, args.goal_bpb).write_image(args.out, scale=1)
     print(f"wrote {args.out}")
 
 

@@ -204,3 +204,17 @@ def test_sample_prints_reproducible_continuations(pretrained, capsys):
     assert train.main(argv) == 0
     assert capsys.readouterr().out == first
     assert "temperature 0.8, top-p 0.95, seed 3\nThe ship" in first and len(first.split("The ship", 1)[1]) > 1
+
+
+def test_training_curves_read_the_loss_in_bits_per_byte_on_the_right_axis():
+    from models.plot_training import figure
+
+    history = [{"step": 1, "tokens": 10**6, "train_loss": 5.0, "val_loss": 5.2},
+               {"step": 2, "tokens": 2 * 10**6, "train_loss": 4.0, "val_loss": 4.3}]
+    fig = figure(history, bytes_per_token=3.6, title="t", goal_bpb=1.4)
+    nats_per_bit_byte = math.log(2) * 3.6
+    left, right = fig.layout.yaxis.range, fig.layout.yaxis2.range
+    assert right == pytest.approx([v / nats_per_bit_byte for v in left])
+    assert left[0] < 1.4 * nats_per_bit_byte < left[1]  # the goal line is in view
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["train loss (smoothed)",
+                                                                      "validation loss (held-out books)"]
