@@ -41,3 +41,18 @@ class SeedNumber(gr.Number):
             return check_seed(payload)
         except ValidationError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
+
+
+class ChoiceDropdown(gr.Dropdown):
+    """A single-choice dropdown whose server-side check quotes at most 40 characters of a rejected
+    value: Gradio's own check echoes all of it (a 1-MB model name came back as a 1-MB error)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        allowed = [value for _, value in self.choices]
+        if not isinstance(payload, str) or payload not in allowed:
+            shown = repr(payload) if len(repr(payload)) <= 40 else repr(payload)[:40] + "…"
+            raise gr.Error(f"{self.label or 'the value'} must be one of {', '.join(map(str, allowed))}; got {shown}",
+                           print_exception=False)
+        return super().preprocess(payload)

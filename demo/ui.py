@@ -12,7 +12,7 @@ import gradio as gr
 
 from . import backend
 from .backend import PRECISIONS, GenerationUpdate, ModelManager
-from .components import CheckedSlider, SeedNumber
+from .components import CheckedSlider, ChoiceDropdown, SeedNumber
 from .errors import ExplorerError
 from .gpu import gpu
 from .sampling import PRESETS, SamplingParams, validate_sampling
@@ -197,9 +197,9 @@ def build_app(manager: ModelManager, concurrency: int | None = None) -> gr.Block
         gr.Markdown(f"# {TITLE}\nTry a GPT language model and see inside it: generate text, watch where each "
                     "attention head looks, and see the probability of every possible next token.")
         with gr.Row(equal_height=True):
-            model_dd = gr.Dropdown(manager.names, value=manager.current.name if manager.current else None,
+            model_dd = ChoiceDropdown(manager.names, value=manager.current.name if manager.current else None,
                                    label="Model", scale=2)
-            precision_dd = gr.Dropdown(list(PRECISIONS), value=manager.current.precision if manager.current else "auto",
+            precision_dd = ChoiceDropdown(list(PRECISIONS), value=manager.current.precision if manager.current else "auto",
                                        label="Precision", scale=1,
                                        info="auto = 8-bit on GPU, fp32 on CPU")
             load_btn = gr.Button("Load model", scale=1)

@@ -78,7 +78,7 @@ def test_load_model_offline_hub_keeps_serving(client, live_app):
     status = client.predict(name="gpt2", precision="auto", api_name="/load_model")
     assert "Hugging Face Hub" in status and "gutenberg-gpt" in status
     assert live_app[0].manager.require().name == "gutenberg-gpt"
-    with pytest.raises(AppError, match="not in the list of choices"):
+    with pytest.raises(AppError, match="Model must be one of gutenberg-gpt, gpt2, .*; got '/etc/passwd'"):
         client.predict(name="/etc/passwd", precision="auto", api_name="/load_model")
 
 
