@@ -11,6 +11,10 @@ import gradio as gr
 from .errors import ValidationError
 from .sampling import check_number, check_seed
 
+# Every event that runs the model shares one concurrency group: one model on one device. The Generate
+# events set the group's limit; the others join it without a limit of their own.
+MODEL_QUEUE = dict(concurrency_id="model", concurrency_limit=None)
+
 
 class CheckedSlider(gr.Slider):
     is_template = True  # rendered by the frontend as a plain slider

@@ -446,6 +446,25 @@ def logit_lens(loaded, ids: list[int], max_positions: int = 16, top: int = 3) ->
 # ----------------------------------------------------------------------------- branching a generation
 
 
+def generation_record(cur, prompt: str, u, params: dict) -> dict:
+    """Plain data about a finished generation (a backend GenerationUpdate `u` of model `cur`) for the
+    probability view and branching (no tensors)."""
+    tok = cur.tokenizer
+    return {
+        "model": cur.name,
+        "prompt": prompt,
+        "text": u.text,
+        "prompt_ids": list(u.prompt_ids or []),
+        "settings": params,
+        "tokens": [
+            {"id": c.token_id, "label": display_token(tok, c.token_id), "text": tok.decode([c.token_id]),
+             "prob": c.prob,
+             "alternatives": [{"id": i, "label": display_token(tok, i), "prob": p} for i, p in c.alternatives]}
+            for c in (u.chosen or [])
+        ],
+    }
+
+
 def branch_prompt(loaded, record: dict, position, token_id) -> str:
     """The prompt that continues a finished generation from another token: the original prompt, the
     generated text before ``position``, then ``token_id`` in place of the token that was drawn there."""

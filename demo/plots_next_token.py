@@ -40,12 +40,9 @@ def fmt_prob(p: float | None) -> str:
     return f"{pct:.2g}%"
 
 
-_esc = plot_escape
-
-
 def empty_figure(message: str) -> go.Figure:
     fig = go.Figure()
-    fig.add_annotation(text=_esc(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+    fig.add_annotation(text=plot_escape(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
                        font=dict(size=14))
     fig.update_layout(height=220, xaxis=dict(visible=False), yaxis=dict(visible=False),
                       margin=dict(l=10, r=10, t=10, b=10))
@@ -56,7 +53,7 @@ def empty_figure(message: str) -> go.Figure:
 
 
 def bar_label(row: dict) -> str:
-    label = f"{row['rank']}. {_esc(row['token'])}"
+    label = f"{row['rank']}. {plot_escape(row['token'])}"
     if not row["kept"]:
         return f"<span style='color:{FILTERED_TEXT}'><s>{label}</s></span>"
     return label
@@ -72,7 +69,7 @@ def bars_figure(data: dict) -> go.Figure:
     labels = [bar_label(r) for r in rows]
     raw = [r["raw_prob"] for r in rows]
     after = [r["prob"] for r in rows]
-    custom = [[_esc(r["token"]), r["id"], fmt_prob(r["raw_prob"]), fmt_prob(r["prob"]),
+    custom = [[plot_escape(r["token"]), r["id"], fmt_prob(r["raw_prob"]), fmt_prob(r["prob"]),
                f"rank {r['rank_after']} after the settings" if r["kept"] else "filtered out by the settings"]
               for r in rows]
     hover = ("<b>%{customdata[0]}</b> (id %{customdata[1]})<br>model: %{customdata[2]}<br>"
@@ -114,16 +111,16 @@ def lens_figure(data: dict) -> go.Figure:
     layers, tokens = data["layers"], data["input_tokens"]
     if not tokens:
         return empty_figure("No tokens")
-    x = [f"{p}: {_esc(_short(t, 10))}" for p, t in zip(data["positions"], tokens)]
-    text = [[_esc(_short(t)) for t in row] for row in data["top_tokens"]]
+    x = [f"{p}: {plot_escape(_short(t, 10))}" for p, t in zip(data["positions"], tokens)]
+    text = [[plot_escape(_short(t)) for t in row] for row in data["top_tokens"]]
     nexts = data["next_tokens"]
     custom = []
     for li, layer in enumerate(layers):
         row = []
         for pi, tok in enumerate(tokens):
-            alts = "<br>".join(f"{_esc(lab)}: {fmt_prob(p)}" for lab, p in data["alternatives"][li][pi])
-            actual = f"actually followed by {_esc(nexts[pi])}" if nexts[pi] is not None else "the next token is unknown yet"
-            row.append([_esc(layer), _esc(tok), alts, actual, fmt_prob(data["final_probs_of_top"][li][pi])])
+            alts = "<br>".join(f"{plot_escape(lab)}: {fmt_prob(p)}" for lab, p in data["alternatives"][li][pi])
+            actual = f"actually followed by {plot_escape(nexts[pi])}" if nexts[pi] is not None else "the next token is unknown yet"
+            row.append([plot_escape(layer), plot_escape(tok), alts, actual, fmt_prob(data["final_probs_of_top"][li][pi])])
         custom.append(row)
     trace = dict(
         type="heatmap", z=data["top_probs"], x=x, y=layers, text=text, texttemplate="%{text}",

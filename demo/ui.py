@@ -11,12 +11,12 @@ from typing import Iterator
 import gradio as gr
 
 from . import backend
+from . import next_token as nt
 from .backend import PRECISIONS, GenerationUpdate, ModelManager
-from .components import CheckedSlider, ChoiceDropdown, SeedNumber
+from .components import MODEL_QUEUE, CheckedSlider, ChoiceDropdown, SeedNumber
 from .errors import ExplorerError
 from .gpu import gpu
 from .sampling import PRESETS, SamplingParams, validate_sampling
-from .tokens import display_token
 
 TITLE = "GPT Explorer"
 MIN_UPDATE_INTERVAL_S = 1 / 50  # at most 50 streamed updates a second per generation
@@ -74,24 +74,6 @@ def format_stats(u: GenerationUpdate) -> str:
     return line
 
 
-def generation_record(cur, prompt: str, u: GenerationUpdate, params: dict) -> dict:
-    """Plain data about a finished generation of model `cur` for the probability view (no tensors)."""
-    tok = cur.tokenizer
-    return {
-        "model": cur.name,
-        "prompt": prompt,
-        "text": u.text,
-        "prompt_ids": list(u.prompt_ids or []),
-        "settings": params,
-        "tokens": [
-            {"id": c.token_id, "label": display_token(tok, c.token_id), "text": tok.decode([c.token_id]),
-             "prob": c.prob,
-             "alternatives": [{"id": i, "label": display_token(tok, i), "prob": p} for i, p in c.alternatives]}
-            for c in (u.chosen or [])
-        ],
-    }
-
-
 # ----------------------------------------------------------------------------- handlers
 
 
@@ -111,7 +93,7 @@ def make_generate(manager: ModelManager):
         except Exception as exc:  # noqa: BLE001
             raise as_gr_error(exc) from exc
         def record(update):  # stamped with the model that generated, even if another loads meanwhile
-            return generation_record(loaded, request.prompt, update, {
+            return nt.generation_record(loaded, request.prompt, update, {
                 **params.as_dict(), "seed": update.seed, "max_new_tokens": request.max_new_tokens})
 
         try:
@@ -236,9 +218,9 @@ def build_app(manager: ModelManager, concurrency: int | None = None) -> gr.Block
 
         gen_inputs = [prompt] + [controls[k] for k in GEN_INPUTS]
         gen_event = gen_btn.click(make_generate(manager), gen_inputs, [output, stats, last_generation],
-                                  api_name="generate", concurrency_limit=concurrency, concurrency_id="model")
+                                  api_name="generate", **{**MODEL_QUEUE, "concurrency_limit": concurrency})
         submit_event = prompt.submit(make_generate(manager), gen_inputs, [output, stats, last_generation],
-                                     api_visibility="private", concurrency_limit=concurrency, concurrency_id="model")
+                                     api_visibility="private", **{**MODEL_QUEUE, "concurrency_limit": concurrency})
         for ev in (gen_event, submit_event):
             ev.then(**token_view["on_generation"])
         stop_btn.click(None, None, None, cancels=[gen_event, submit_event], api_visibility="private")

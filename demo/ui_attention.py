@@ -19,6 +19,7 @@ import numpy as np
 
 from . import attention as A
 from . import plots_attention as P
+from .components import MODEL_QUEUE
 from .gpu import gpu
 
 DEFAULT_TEXT = ("It was a dark and stormy night, and the old captain sat by the fire. "
@@ -36,9 +37,6 @@ INTRO = (
 EXPORT_MAX_NUMBERS = 4_000_000  # one export file holds at most this many weights
 EXPORT_DIR = Path(tempfile.gettempdir()) / "gpt-explorer-attention"
 EXPORT_KEEP_S = 15 * 60
-
-# Forward passes share the Generate tab's queue ("model"); None leaves its limit (set by ui.py) unchanged.
-MODEL_QUEUE = dict(concurrency_id="model", concurrency_limit=None)
 
 VIEW_CHOICES = [(label, key) for key, label in A.VIEWS.items()]
 AGG_CHOICES = [(label, key) for key, label in A.AGGREGATES.items()]

@@ -16,11 +16,11 @@ import gradio as gr
 from . import next_token as nt
 from . import plots_next_token as plots
 from .backend import clean_text
+from .components import MODEL_QUEUE
 from .errors import ValidationError
 from .gpu import gpu
 from .sampling import PRESETS, SamplingParams, check_number, validate_sampling
 from .tokens import display_token
-from .ui_attention import MODEL_QUEUE
 
 SET_KEYS = ["do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "no_repeat_ngram_size", "seed"]
 DEFAULT_TEXT = "It was a dark and stormy night, and"

@@ -336,12 +336,10 @@ def test_logit_lens_validates_positions(tiny_loaded):
 
 
 def test_branching_starts_with_the_chosen_prefix(manager, tiny_loaded):
-    from demo.ui import generation_record
-
     params = validate_sampling(temperature=1.2, top_p=1.0, seed=5)
     request = validate_request(PROMPT, 8, params)
     final = list(stream_generate(tiny_loaded, request))[-1]
-    record = generation_record(manager.require(), PROMPT, final, {**params.as_dict(), "max_new_tokens": 8})
+    record = nt.generation_record(manager.require(), PROMPT, final, {**params.as_dict(), "max_new_tokens": 8})
     gen_ids = [t["id"] for t in record["tokens"]]
     pos = 3
     drawn = gen_ids[pos]
