@@ -7,8 +7,9 @@
     python -m models.train evaluate  --model models/gutenberg-gpt --data DIR
     python -m models.train sample    --model models/gutenberg-gpt --prompt "It was a dark and stormy night"
 
-``pretrain`` and ``finetune`` run unchanged under ``accelerate launch`` on several GPUs (bf16 mixed
-precision on GPU, fp32 on CPU). Every output folder is a normal Hugging Face checkpoint
+``pretrain`` and ``finetune`` run unchanged under ``accelerate launch --multi_gpu --num_processes N`` on
+several GPUs (bf16 mixed precision on GPU, fp32 on CPU unless ``--mixed-precision bf16``); the same
+launch on a machine without GPUs joins N CPU processes over gloo, which is how the tests check it. Every output folder is a normal Hugging Face checkpoint
 (config.json, *.safetensors, tokenizer files, generation_config.json) loadable with
 ``AutoModelForCausalLM.from_pretrained``.
 """
@@ -96,7 +97,8 @@ def encode_documents(tokenizer, docs: Iterable[Document]) -> np.ndarray:
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
     parts = []
     for doc in docs:
-        ids = tokenizer(doc.read(), add_special_tokens=False)["input_ids"]
+        # verbose=False: a whole book is longer than the model's context; it is cut into windows later.
+        ids = tokenizer(doc.read(), add_special_tokens=False, verbose=False)["input_ids"]
         parts.append(np.asarray(ids + [eos_id], dtype=np.uint32))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
 
@@ -112,8 +114,15 @@ def cached_encode(tokenizer, docs: list[Document], cache_dir: Path | None) -> np
         return np.load(path)
     ids = encode_documents(tokenizer, docs)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.save(path, ids)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # several launched processes may write at once
+    np.save(tmp, ids)
+    os.replace(tmp, path)
     return ids
+
+
+def _main_process() -> bool:
+    """True in the one process that prints and writes (rank 0 under accelerate launch / torchrun)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -256,9 +265,12 @@ def run_training(model, tokenizer, train_ids: np.ndarray, val_ids: np.ndarray, c
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+    # cpu=True where there is no accelerator at all: it changes nothing for one process, and it is what
+    # makes accelerate join several launched processes over gloo (else each would train on its own).
     accelerator = Accelerator(
         mixed_precision=mixed,
         gradient_accumulation_steps=cfg.grad_accum,
+        cpu=not torch.accelerator.is_available(),
     )
     set_seed(cfg.seed)
     train = TokenWindows(train_ids, cfg.context)
@@ -329,7 +341,7 @@ def run_training(model, tokenizer, train_ids: np.ndarray, val_ids: np.ndarray, c
         bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             record = {"step": step, "tokens": step * tokens_per_step, "train_loss": ema,
-                      "elapsed_s": round(time.time() - t0, 1)}
+                      "lr": sched.get_last_lr()[0], "elapsed_s": round(time.time() - t0, 1)}
             if val is not None:
                 record["val_loss"] = v = evaluate()
                 if v < best:
@@ -466,8 +478,9 @@ def _prepare(args, tokenizer, context: int):
     else:  # a single document: hold out its last 10 % instead
         cut = int(len(train_ids) * 0.9)
         train_ids, val_ids = train_ids[:cut], train_ids[cut:]
-    print(f"data: {len(train_docs)} train docs ({len(train_ids):,} tokens), "
-          f"{len(val_docs)} validation docs ({len(val_ids):,} tokens): {', '.join(d.name for d in val_docs) or 'last 10 %'}")
+    if _main_process():
+        print(f"data: {len(train_docs)} train docs ({len(train_ids):,} tokens), "
+              f"{len(val_docs)} validation docs ({len(val_ids):,} tokens): {', '.join(d.name for d in val_docs) or 'last 10 %'}")
     if len(val_ids) <= context + 1:
         raise TrainError(f"validation text too short ({len(val_ids)} tokens) for context {context}: add more text "
                          f"or lower --context")
@@ -484,6 +497,8 @@ def _cfg(args, context: int, patience: int = 0) -> TrainConfig:
 
 
 def _write_summary(out: Path, summary: dict, extra: dict):
+    if not _main_process():
+        return
     out.mkdir(parents=True, exist_ok=True)
     (out / "training_summary.json").write_text(json.dumps({**extra, **summary}, indent=1))
 
@@ -497,7 +512,8 @@ def cmd_pretrain(args):
     train_docs, val_docs, train_ids, val_ids = _prepare(args, tokenizer, args.context)
     model = new_gpt2(tokenizer, args.n_layer, args.n_embd, args.n_head, args.context, args.dropout)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: GPT-2, {n_params / 1e6:.2f} M parameters")
+    if _main_process():
+        print(f"model: GPT-2, {n_params / 1e6:.2f} M parameters")
     summary = run_training(model, tokenizer, train_ids, val_ids, _cfg(args, args.context))
     _write_summary(Path(args.out), summary, {
         "command": "pretrain", "argv": sys.argv[1:], "parameters": n_params,

@@ -5,6 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,6 +108,34 @@ def test_resume_continues_from_the_saved_step(corpus, tokenizer_dir, tmp_path, c
     assert "resumed at step 10" in capsys.readouterr().out
     meta = json.loads((tmp_path / "training_state" / "meta.json").read_text())
     assert meta["step"] == 20 and [h["step"] for h in meta["history"]] == [10, 20]
+
+
+def test_two_processes_under_accelerate_launch_train_one_model_together(corpus, tokenizer_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` runs the same command as two ranks that share one
+    model (gloo on CPU here, NCCL on GPUs): twice the tokens per step, one summary, and the learning-rate
+    schedule of a single process (accelerate steps it once per rank)."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert train.main(pretrain_args(corpus, tokenizer_dir, single, steps=20)) == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(_free_port()), "-m", "models.train", *pretrain_args(corpus, tokenizer_dir, double, steps=20)]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one = json.loads((single / "training_summary.json").read_text())
+    two = json.loads((double / "training_summary.json").read_text())
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["tokens_seen"] == 2 * one["tokens_seen"]
+    assert [h["lr"] for h in two["history"]] == pytest.approx([h["lr"] for h in one["history"]])
+    assert run.stdout.count("model: GPT-2") == 1, "only rank 0 reports"
+    loaded = train.load_causal_lm(str(double))
+    assert loaded.config.n_layer == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_finetune_lowers_the_loss_of_the_new_text(pretrained, tmp_path):
