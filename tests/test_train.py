@@ -251,3 +251,17 @@ def test_training_curves_read_the_loss_in_bits_per_byte_on_the_right_axis():
     assert left[0] < 1.4 * nats_per_bit_byte < left[1]  # the goal line is in view
     assert [t.name for t in fig.data if t.showlegend is not False] == ["train loss (smoothed)",
                                                                       "validation loss (held-out books)"]
+
+
+def test_training_stages_are_drawn_one_after_the_other():
+    from models.plot_training import chain, figure
+
+    first = [{"step": 100, "tokens": 10**6, "train_loss": 5.0, "val_loss": 5.2},
+             {"step": 200, "tokens": 2 * 10**6, "train_loss": 4.0, "val_loss": 4.3}]
+    second = [{"step": 50, "tokens": 5 * 10**5, "train_loss": 3.9, "val_loss": 4.2}]
+    history, starts = chain([first, second])
+    assert [(h["step"], h["tokens"], h["stage"]) for h in history] == [
+        (100, 10**6, 1), (200, 2 * 10**6, 1), (250, 2_500_000, 2)]
+    assert starts == [2.0]
+    fig = figure(history, bytes_per_token=None, title="t", stage_starts=starts)
+    assert [s.x0 for s in fig.layout.shapes] == [2.0]
