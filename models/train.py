@@ -151,13 +151,25 @@ def train_tokenizer(data: Sequence[str], out: str | os.PathLike, vocab_size: int
     return tok
 
 
+def _source_error(path: str | os.PathLike, what: str, exc: BaseException) -> TrainError:
+    """A clear message for a checkpoint that would not load: a local folder, or a Hub id."""
+    text = str(path)
+    reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if Path(text).exists():
+        return TrainError(f"{text}: cannot load {what} ({reason})")
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
+        return TrainError(f"{text}: no such folder")
+    return TrainError(f"{text}: not a local folder, and fetching it from the Hugging Face Hub failed "
+                      f"(no network here?): {reason}")
+
+
 def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds here
-        raise TrainError(f"cannot load a tokenizer from {path}: {exc}") from exc
+        raise _source_error(path, "a tokenizer", exc) from exc
     if tok.eos_token is None:
         tok.eos_token = EOS
     return tok
@@ -173,7 +185,7 @@ def load_causal_lm(path: str, **kwargs):
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001
-        raise TrainError(f"{path}: not a Hugging Face checkpoint ({exc})") from exc
+        raise _source_error(path, "a Hugging Face config (config.json)", exc) from exc
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:

@@ -194,6 +194,16 @@ def test_bad_data_gets_a_clear_message(tmp_path, tokenizer_dir, capsys, setup, m
     assert code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("model,message", [
+    ("/no/such/checkpoint", "/no/such/checkpoint: no such folder"),
+    ("someone/some-gpt", "someone/some-gpt: not a local folder, and fetching it from the Hugging Face Hub failed"),
+])
+def test_a_checkpoint_that_cannot_be_found_gets_a_clear_message(tmp_path, corpus, capsys, monkeypatch, model, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no waiting on the network: the Hub is unreachable either way
+    code = train.main(["finetune", "--model", model, "--data", str(corpus), "--out", str(tmp_path / "o")])
+    assert code == 2 and message in capsys.readouterr().err
+
+
 def test_finetune_refuses_a_checkpoint_that_is_not_a_causal_lm(tmp_path, corpus, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
     code = train.main(["finetune", "--model", str(tmp_path), "--data", str(corpus), "--out", str(tmp_path / "o")])
