@@ -422,7 +422,7 @@ def bits_per_byte(model, tokenizer, texts: Sequence[str], context: int | None = 
     total_nll, total_tokens, total_bytes = 0.0, 0, 0
     model.eval()
     for text in texts:
-        ids = [eos_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = [eos_id] + tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         total_bytes += len(text.encode("utf-8"))
         windows = []  # (begin, end, n_new): score the last n_new tokens of ids[begin:end]
         prev_end = 1
