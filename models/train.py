@@ -469,7 +469,9 @@ def _train_args(p: argparse.ArgumentParser, lr: float, steps: int):
     p.add_argument("--max-steps", type=int, default=steps)
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-batches", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="initial weights and the order of training windows")
+    p.add_argument("--split-seed", type=int, default=1234,
+                   help="which whole documents are held out (keep it when comparing or continuing runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/training_state")
     p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--cache-dir", default=None, help="where to cache tokenized text (default: none)")
@@ -482,7 +484,7 @@ def _train_args(p: argparse.ArgumentParser, lr: float, steps: int):
 
 def _prepare(args, tokenizer, context: int):
     docs = find_documents(args.data)
-    train_docs, val_docs = split_documents(docs, args.val_fraction, args.seed)
+    train_docs, val_docs = split_documents(docs, args.val_fraction, args.split_seed)
     cache = Path(args.cache_dir) if args.cache_dir else None
     train_ids = cached_encode(tokenizer, train_docs, cache)
     if val_docs:
@@ -516,7 +518,7 @@ def _write_summary(out: Path, summary: dict, extra: dict):
 
 
 def cmd_tokenizer(args):
-    train_tokenizer(args.data, args.out, args.vocab_size, args.min_frequency, args.val_fraction, args.seed)
+    train_tokenizer(args.data, args.out, args.vocab_size, args.min_frequency, args.val_fraction, args.split_seed)
 
 
 def cmd_pretrain(args):
@@ -586,7 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--val-fraction", type=float, default=0.02, help="leave out the documents pretrain holds out")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--split-seed", "--seed", dest="split_seed", type=int, default=1234,
+                   help="as pretrain's --split-seed")
     p.set_defaults(func=cmd_tokenizer)
 
     p = sub.add_parser("pretrain", help="train a GPT-2 from scratch")

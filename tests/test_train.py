@@ -83,6 +83,18 @@ def test_documents_are_held_out_whole(corpus):
     assert train.split_documents(docs, 0.25, seed=1) == (tr, val), "the split is deterministic"
 
 
+def test_a_new_seed_keeps_the_held_out_documents(corpus, tokenizer_dir, tmp_path):
+    """--seed changes the initial weights and the windows drawn; only --split-seed changes which books are
+    held out, so runs with different seeds are scored on the same books and continuing never trains on them."""
+    held_out = {}
+    for name, extra in [("default", []), ("seed", ["--seed", "7"]), ("split", ["--split-seed", "7"])]:
+        out = tmp_path / name
+        assert train.main(pretrain_args(corpus, tokenizer_dir, out, steps=2, extra=extra)) == 0
+        held_out[name] = json.loads((out / "training_summary.json").read_text())["validation_documents"]
+    assert held_out["seed"] == held_out["default"]
+    assert held_out["split"] != held_out["default"]
+
+
 def test_pretrain_lowers_loss_and_writes_a_checkpoint_the_app_loads(pretrained):
     summary = json.loads((pretrained / "training_summary.json").read_text())
     hist = summary["history"]
