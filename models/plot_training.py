@@ -71,7 +71,7 @@ def figure(history: list[dict], bytes_per_token: float | None, title: str, goal_
                       annotation_position="top right")
     fig.update_layout(title=title, xaxis_title="training tokens seen (millions)",
                       yaxis_title="cross-entropy loss (nats per token)", template="plotly_white",
-                      width=900, height=500, legend=dict(x=0.55, y=0.98))
+                      width=900, height=500, legend=dict(x=0.55, y=0.88))
     return fig
 
 
