@@ -180,10 +180,10 @@ def build_app(manager: ModelManager, concurrency: int | None = None) -> gr.Block
                     "attention head looks, and see the probability of every possible next token.")
         with gr.Row(equal_height=True):
             model_dd = ChoiceDropdown(manager.names, value=manager.current.name if manager.current else None,
-                                   label="Model", scale=2)
-            precision_dd = ChoiceDropdown(list(PRECISIONS), value=manager.current.precision if manager.current else "auto",
-                                       label="Precision", scale=1,
-                                       info="auto = 8-bit on GPU, fp32 on CPU")
+                                      label="Model", scale=2)
+            precision_dd = ChoiceDropdown(list(PRECISIONS),
+                                          value=manager.current.precision if manager.current else "auto",
+                                          label="Precision", scale=1, info="auto = 8-bit on GPU, fp32 on CPU")
             load_btn = gr.Button("Load model", scale=1)
         model_status = gr.Markdown(format_model_status(manager), elem_classes="model-status")
 

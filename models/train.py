@@ -9,9 +9,9 @@
 
 ``pretrain`` and ``finetune`` run unchanged under ``accelerate launch --multi_gpu --num_processes N`` on
 several GPUs (bf16 mixed precision on GPU, fp32 on CPU unless ``--mixed-precision bf16``); the same
-launch on a machine without GPUs joins N CPU processes over gloo, which is how the tests check it. Every output folder is a normal Hugging Face checkpoint
-(config.json, *.safetensors, tokenizer files, generation_config.json) loadable with
-``AutoModelForCausalLM.from_pretrained``.
+launch on a machine without GPUs joins N CPU processes over gloo, which is how the tests check it.
+Every output folder is a normal Hugging Face checkpoint (config.json, *.safetensors, tokenizer files,
+generation_config.json) loadable with ``AutoModelForCausalLM.from_pretrained``.
 """
 
 from __future__ import annotations
