@@ -4,25 +4,27 @@
     python app.py --model gpt2 --precision int8    # another catalogue model
     python app.py --add-model mine=/path/to/checkpoint --model mine
 
-Environment: GPT_EXPLORER_MODEL (default model), GPT_EXPLORER_PRECISION, GPT_EXPLORER_MODELS
-('NAME=SOURCE;…' extra catalogue entries), GPT_EXPLORER_CONCURRENCY, GPT_EXPLORER_QUEUE_SIZE.
+The environment settings (GPT_EXPLORER_MODEL, GPT_EXPLORER_PRECISION, GPT_EXPLORER_MODELS,
+GPT_EXPLORER_CONCURRENCY, GPT_EXPLORER_QUEUE_SIZE, SPACES_ZERO_GPU) are read once, here, by
+demo.settings.Settings; the flags below override them. The README's "Settings" table lists them.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from demo.app_factory import create_app
+from demo.errors import ValidationError
+from demo.settings import PRECISION_CHOICES, Settings
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, settings: Settings | None = None):
+    settings = settings or Settings()
     p = argparse.ArgumentParser(description="GPT Explorer web app")
-    p.add_argument("--model", default=os.environ.get("GPT_EXPLORER_MODEL"), help="catalogue name to load first")
-    p.add_argument("--precision", default=os.environ.get("GPT_EXPLORER_PRECISION", "auto"),
-                   choices=["auto", "int8", "nf4", "fp16", "bf16", "fp32"])
+    p.add_argument("--model", default=settings.model, help="catalogue name to load first")
+    p.add_argument("--precision", default=settings.precision, choices=PRECISION_CHOICES)
     p.add_argument("--add-model", action="append", default=[], metavar="NAME=SOURCE",
                    help="add a local folder or hub id to the catalogue (repeatable)")
     p.add_argument("--host", default=None, help="default 127.0.0.1 (GRADIO_SERVER_NAME on Spaces)")
@@ -32,8 +34,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    args = parse_args(argv)
-    demo, launch_kwargs = create_app(model=args.model, precision=args.precision, extra_models=args.add_model)
+    try:
+        settings = Settings.from_env()
+    except ValidationError as exc:
+        sys.exit(f"gpt-explorer: {exc}")
+    args = parse_args(argv, settings)
+    demo, launch_kwargs = create_app(settings, model=args.model, precision=args.precision,
+                                     extra_models=args.add_model)
     demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs)
 
 

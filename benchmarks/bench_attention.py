@@ -30,11 +30,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from demo import attention as A  # noqa: E402
-from demo.backend import LoadedModel, load_model  # noqa: E402
-from demo.catalog import ModelSpec  # noqa: E402
+from demo import attention as A
+from demo.backend import LoadedModel, load_model
+from demo.catalog import ModelSpec
 
 BUNDLED = REPO / "models" / "gutenberg-gpt"
 SOURCE_TEXT = (
@@ -91,8 +91,8 @@ def switch_ms(handlers, result, view: str, pairs: list[tuple[int, int]]) -> floa
     times = []
     for layer, head in pairs:
         t0 = time.perf_counter()
-        fig, note, notice, strip_update = handlers["switch"](result.text, result.text, view, layer, head, "mean-heads",
-                                                             None, "layer")
+        fig, note, notice, strip_update = handlers.switch(result.text, result.text, view, layer, head, "mean-heads",
+                                                          None, "layer")
         plot.postprocess(fig)
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
@@ -110,20 +110,22 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from demo.ui_attention import make_handlers
+    from demo.cache import ModelCache
+    from demo.ui.attention_tab import AttentionHandlers
 
     rows = []
     for name in args.models:
         loaded = (load_model(ModelSpec("gutenberg-gpt", str(BUNDLED)), "fp32", device=args.device)
                   if name == "bundled" else gpt2_small_random(args.device))
         cfg = loaded.model.config
-        handlers = make_handlers(FakeManager(loaded))
+        cache = ModelCache()
+        handlers = AttentionHandlers(FakeManager(loaded), cache)
         for n in args.lengths:
             text = text_of(loaded.tokenizer, n)
             A.compute_attention(loaded, text)  # warm-up
-            extract = median_ms(lambda: A.compute_attention(loaded, text), args.repeats)
-            A.CACHE.clear()
-            result = A.get_attention(loaded, text)
+            extract = median_ms(lambda m=loaded, t=text: A.compute_attention(m, t), args.repeats)
+            cache.clear()
+            result = A.attention_of(loaded, text, cache)
             pairs = [(i % result.n_layers, (i * 7) % result.n_heads) for i in range(args.switches)]
             switch_ms(handlers, result, "head", pairs[:2])  # warm-up
             row = dict(model=name, shape=f"{cfg.n_layer}L x {cfg.n_head}H x {cfg.n_embd}", tokens=result.n_tokens,
@@ -132,15 +134,16 @@ def main(argv=None):
                        heads=switch_ms(handlers, result, "heads", pairs[: max(3, args.switches // 3)]),
                        aggregate=switch_ms(handlers, result, "aggregate", pairs[: max(3, args.switches // 3)]),
                        token=switch_ms(handlers, result, "token", pairs[: max(3, args.switches // 3)]),
-                       misses=A.CACHE.misses)
+                       misses=cache.misses)
             rows.append(row)
             print(f"  {name} {row['tokens']} tokens done", file=sys.stderr, flush=True)
         del loaded, handlers
-        A.CACHE.clear()
+        cache.clear()
 
     print(f"\nAttention tab benchmark — device {args.device}, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs visible")
-    head = (f"| {'model':<18} | {'layers x heads x width':<22} | {'tokens':>6} | {'extract ms':>10} | {'weights MB':>10} "
+    head = (f"| {'model':<18} | {'layers x heads x width':<22} | {'tokens':>6} | {'extract ms':>10} "
+            f"| {'weights MB':>10} "
             f"| {'switch head ms':>14} | {'all heads ms':>12} | {'average ms':>10} | {'one token ms':>12} |")
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")

@@ -92,8 +92,10 @@ def client_figures(url: str, prompt: str, n: int, repeats: int) -> dict:
     from gradio_client import Client
 
     client = Client(url, verbose=False)
-    args = dict(prompt=prompt, max_new_tokens=n, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
-                repetition_penalty=1.0, no_repeat_ngram_size=0, do_sample=False, seed=0, api_name="/generate")
+    from demo.sampling import SamplingParams
+
+    greedy = SamplingParams(do_sample=False, temperature=1.0, top_p=1.0, repetition_penalty=1.0, seed=0)
+    args = dict(prompt=prompt, max_new_tokens=n, **greedy.as_dict(), api_name="/generate")
     ttfts, rates, counts = [], [], []
     for i in range(repeats + 1):
         t0 = time.perf_counter()

@@ -42,15 +42,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 PROMPT = "It was a dark and stormy night, and the"
-GEN_PARAMS = ["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-              "no_repeat_ngram_size", "do_sample", "seed"]
 
 
 def generate_args(prompt: str = PROMPT, max_new_tokens: int = 64, seed: int = 1, **overrides) -> dict:
     """Arguments of one /generate call (Balanced preset, fixed seed)."""
-    args = dict(prompt=prompt, max_new_tokens=max_new_tokens, temperature=0.8, top_k=0, top_p=0.95, min_p=0.0,
-                repetition_penalty=1.1, no_repeat_ngram_size=0, do_sample=True, seed=seed)
-    args.update(overrides)
+    from demo.sampling import PRESETS
+
+    args = dict(prompt=prompt, max_new_tokens=max_new_tokens, **PRESETS["Balanced"].as_dict())
+    args.update(seed=seed, **overrides)
     return args
 
 
@@ -81,7 +80,7 @@ def serve(port: int, model: str | None, precision: str, device: str | None) -> i
     os.dup2(2, 1)  # everything else the app prints goes to stderr
     logging.basicConfig(level=logging.WARNING)
     from demo.app_factory import create_app
-    from demo.backend import live_generation_threads
+    from demo.generation import live_generation_threads
 
     demo, launch_kwargs = create_app(model=model, precision=precision, device=device)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
@@ -111,7 +110,7 @@ class AppServer:
         self._lines: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
 
-    def __enter__(self) -> "AppServer":
+    def __enter__(self) -> AppServer:
         self.start()
         return self
 
@@ -132,7 +131,7 @@ class AppServer:
             cmd += ["--device", self.device]
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
                "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **{k: str(v) for k, v in self.env.items()}}
-        log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
+        log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - the server's lifetime
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=log, text=True, bufsize=1)
         threading.Thread(target=self._read, daemon=True, name="bench-probe-reader").start()
@@ -292,7 +291,7 @@ def run_streams(url: str, n: int = 16, max_new_tokens: int = 64, prompt: str = P
         try:
             final = job.result(timeout=5)
             r.text, r.stats = final[0], final[1]
-        except Exception as exc:  # noqa: BLE001 - reported per stream
+        except Exception as exc:
             r.error = f"{type(exc).__name__}: {exc}"
     client.close()
     return LoadReport(results, wall, max_new_tokens)
@@ -314,7 +313,9 @@ def http():
 
 
 def _raw_start(url: str, args: dict) -> str:
-    r = http().post(f"{url}gradio_api/call/generate", json={"data": [args[k] for k in GEN_PARAMS]}, timeout=30)
+    from demo.ui.generate_tab import API_PARAMETERS
+
+    r = http().post(f"{url}gradio_api/call/generate", json={"data": [args[k] for k in API_PARAMETERS]}, timeout=30)
     r.raise_for_status()
     return r.json()["event_id"]
 

@@ -29,16 +29,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 SHORT = "It was a dark and stormy night, and the"
-SLIDER_MOVES = [  # (do_sample, temperature, top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size, seed)
-    [True, 0.8, 0, 0.95, 0.0, 1.1, 0, -1],
-    [True, 0.5, 0, 0.95, 0.0, 1.1, 0, -1],
-    [True, 1.5, 0, 0.95, 0.0, 1.1, 0, -1],
-    [True, 1.0, 40, 0.95, 0.0, 1.1, 0, -1],
-    [True, 1.0, 40, 0.6, 0.0, 1.1, 0, -1],
-    [True, 1.0, 0, 1.0, 0.1, 1.1, 0, -1],
-    [True, 1.0, 0, 1.0, 0.0, 1.6, 3, -1],
-    [False, 1.0, 0, 1.0, 0.0, 1.0, 3, -1],
-]
+def _moves() -> list[list]:
+    """Slider positions a student might try, as the tab's input values (demo.sampling.NAMES order)."""
+    from demo.sampling import PRESETS, SamplingParams
+
+    params = [PRESETS["Balanced"], SamplingParams(temperature=0.5), SamplingParams(temperature=1.5),
+              SamplingParams(temperature=1.0, top_k=40), SamplingParams(temperature=1.0, top_k=40, top_p=0.6),
+              SamplingParams(temperature=1.0, top_p=1.0, min_p=0.1),
+              SamplingParams(temperature=1.0, top_p=1.0, repetition_penalty=1.6, no_repeat_ngram_size=3),
+              PRESETS["Greedy"]]
+    return [[-1 if v is None else v for v in p.values()] for p in params]
+
+
+SLIDER_MOVES = _moves()
 
 
 def ms(xs: list[float]) -> dict:
@@ -66,10 +69,11 @@ def long_text(loaded, n_tokens: int) -> str:
 
 def bench_text(h, loaded, text: str, repeats: int, steps: int) -> dict:
     from demo import next_token as nt
+    from demo.validation import encode_text
 
     calls = []
     hook = loaded.model.register_forward_hook(lambda *a: calls.append(1))
-    out = {"tokens": len(nt.text_ids(loaded, text))}
+    out = {"tokens": len(encode_text(loaded.tokenizer, text).ids)}
     try:
         # cold: a text never seen (a different last character each time) -> one forward + everything else
         cold = []
@@ -113,8 +117,7 @@ def bench_text(h, loaded, text: str, repeats: int, steps: int) -> dict:
             out[f"step_{mode.replace(' ', '_')}"] = ms(times)
             out[f"model_forwards_per_{mode.replace(' ', '_')}_step"] = (len(calls) - before) / steps
         # the model alone, for comparison
-        ids = nt.text_ids(loaded, text)
-        window, _ = nt.model_window(loaded, ids)
+        window, _ = nt.model_window(loaded, list(encode_text(loaded.tokenizer, text).ids))
         fwd = []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -135,6 +138,8 @@ def bench_text(h, loaded, text: str, repeats: int, steps: int) -> dict:
 def bench_client(demo, text: str, repeats: int) -> dict:
     from gradio_client import Client
 
+    from demo.sampling import NAMES
+
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True)
     try:
@@ -143,8 +148,7 @@ def bench_client(demo, text: str, repeats: int) -> dict:
         times = []
         for i in range(repeats):
             move = SLIDER_MOVES[i % len(SLIDER_MOVES)]
-            kw = dict(zip(["do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                           "no_repeat_ngram_size"], move[:-1]))
+            kw = {name: value for name, value in zip(NAMES, move) if name != "seed"}
             t = time.perf_counter()
             client.predict(text=text, top_n=20, api_name="/next_token", **kw)
             times.append(time.perf_counter() - t)
@@ -166,7 +170,7 @@ def main(argv=None):
     import torch
 
     from demo.app_factory import create_app
-    from demo.ui_next_token import NextTokenHandlers
+    from demo.ui.next_token_tab import NextTokenHandlers
 
     demo, _ = create_app(model=args.model, precision=args.precision)
     manager = demo.manager
@@ -174,7 +178,7 @@ def main(argv=None):
     info = loaded.info()
     print(f"model {info['name']} · {info['device']} · {info['precision']} · {info['parameters'] / 1e6:.1f} M params · "
           f"context {info['context_length']} · torch threads {torch.get_num_threads()}")
-    h = NextTokenHandlers(manager)
+    h = NextTokenHandlers(manager, demo.cache)
     results = {"model": info, "short": bench_text(h, loaded, SHORT, args.repeats, args.steps)}
     full = long_text(loaded, loaded.context_length - args.steps - 2)
     results["full_context"] = bench_text(h, loaded, full, max(5, args.repeats // 2), args.steps)

@@ -1,9 +1,10 @@
-"""Attention weights of a text: one forward pass, a bounded cache, and the matrices the views show.
+"""Attention weights of a text: one forward pass, the views of it, and the matrix each view shows.
 
-Plain data only (numpy arrays, lists, dicts): no Gradio, no plotting. :func:`get_attention` runs the
-model once per (model, text) and caches the result, so switching layer, head or view never reruns
-the model. Every function that takes a user value validates it and raises
-:class:`~demo.errors.ValidationError` with a sentence meant for the person using the app.
+Plain data only (numpy arrays, lists, dicts): no Gradio, no plotting. :func:`attention_of` runs the
+model once per (model, text) through the app's :class:`~demo.cache.ModelCache`, so switching layer,
+head or view never reruns the model. A view is an :class:`AttentionView`, validated once against
+the result by :meth:`AttentionView.parse`; :func:`view_matrix` turns (result, view) into the numbers
+that the figure, the caption, the API payload and the exports all show.
 
 Shapes: ``weights[layer, head, query, key]`` is how much the token at position ``query`` looks at
 the token at position ``key`` (each row sums to 1; ``key > query`` is always 0 because a GPT only
@@ -12,30 +13,26 @@ looks back).
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import re
-import threading
 import time
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .backend import MAX_PROMPT_CHARS, clean_text
+from .cache import ModelCache
 from .errors import ExplorerError, ValidationError
-from .sampling import check_number
 from .tokens import VISIBLE, display_tokens
+from .validation import check_choice, check_index, check_position, encode_text
 
 # Hard cap on the tokens analysed, whatever the model's context window.
 MAX_TOKENS = 1024
 # Memory budget of one result: layers * heads * T * T float32 must fit, so big models analyse fewer tokens
 # (GPT-2 small: 682 tokens; the bundled model: its whole 512-token context).
 MAX_RESULT_BYTES = 256 * 2**20
-# The cache keeps at most this many results and this many bytes of weights in all.
-CACHE_ENTRIES = 4
-CACHE_BYTES = 640 * 2**20
 
 VIEWS = {
     "head": "One head",
@@ -113,21 +110,13 @@ def token_limit(loaded) -> int:
     return max(1, min(loaded.context_length, MAX_TOKENS, by_memory))
 
 
-def tokenize(loaded, text: str) -> list[int]:
-    ids = loaded.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    if not ids:
-        raise ValidationError("text is empty after tokenization: type some words")
-    return list(ids)
-
-
 def compute_attention(loaded, text) -> AttentionResult:
-    """Run the model once on `text` (its first `token_limit` tokens) and return every layer's and head's
-    attention weights. Works for any precision the backend loads (fp32, bf16, fp16, 8-bit, 4-bit) on
+    """Run the model once on a (valid) text, its first `token_limit` tokens, and return every layer's and
+    head's attention weights. Works for any precision the backend loads (fp32, bf16, fp16, 8-bit, 4-bit) on
     CPU or GPU: the weights come back as float32 numpy on the CPU."""
-    text = clean_text("text", text)
-    ids = tokenize(loaded, text)
     limit = token_limit(loaded)
-    kept = ids[:limit]
+    enc = encode_text(loaded.tokenizer, text, limit=limit, keep="first")
+    kept = list(enc.ids)
     model = loaded.model
     # The transformer body only: the LM head's logits ([T, vocab]) are not needed and can be large.
     body = getattr(model, "base_model", None) or model
@@ -150,180 +139,121 @@ def compute_attention(loaded, text) -> AttentionResult:
     weights.setflags(write=False)
     return AttentionResult(
         model_name=loaded.name, precision=loaded.precision, text=text, token_ids=tuple(kept),
-        tokens=tuple(display_tokens(loaded.tokenizer, kept)), weights=weights, total_tokens=len(ids), limit=limit,
+        tokens=tuple(display_tokens(loaded.tokenizer, kept)), weights=weights, total_tokens=enc.total, limit=limit,
         seconds=seconds)
 
 
-class AttentionCache:
-    """LRU cache of :class:`AttentionResult` keyed by (model identity, precision, text), bounded in
-    entries and bytes. Thread-safe; concurrent requests for the same key run the model once."""
-
-    def __init__(self, max_entries: int = CACHE_ENTRIES, max_bytes: int = CACHE_BYTES):
-        self.max_entries, self.max_bytes = max_entries, max_bytes
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple, tuple[weakref.ref, AttentionResult]] = OrderedDict()
-        self._pending: dict[tuple, threading.Lock] = {}
-        self.hits = self.misses = 0
-
-    @staticmethod
-    def key(loaded, text: str) -> tuple:
-        return (id(loaded.model), loaded.name, loaded.precision, text)
-
-    def _lookup(self, key, model) -> AttentionResult | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        ref, result = entry
-        if ref() is not model:  # the model was replaced and its id reused: stale
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return result
-
-    def peek(self, loaded, text) -> AttentionResult | None:
-        """The cached result, or None (never runs the model)."""
-        if not isinstance(text, str):
-            return None
-        with self._lock:
-            result = self._lookup(self.key(loaded, text), loaded.model)
-            if result is not None:
-                self.hits += 1
-            return result
-
-    def get(self, loaded, text, compute=compute_attention) -> AttentionResult:
-        text = clean_text("text", text)
-        key = self.key(loaded, text)
-        with self._lock:
-            result = self._lookup(key, loaded.model)
-            if result is not None:
-                self.hits += 1
-                return result
-            key_lock = self._pending.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:
-                result = self._lookup(key, loaded.model)
-                if result is not None:
-                    self.hits += 1
-                    return result
-                self.misses += 1
-            try:
-                result = compute(loaded, text)
-                with self._lock:
-                    self._entries[key] = (weakref.ref(loaded.model), result)
-                    self._evict()
-            finally:
-                with self._lock:
-                    self._pending.pop(key, None)
-        return result
-
-    def _evict(self):
-        for key in [k for k, (ref, _) in self._entries.items() if ref() is None]:
-            del self._entries[key]
-        while self._entries and (len(self._entries) > self.max_entries or self.nbytes > self.max_bytes):
-            if len(self._entries) == 1:  # a single result is bounded by MAX_RESULT_BYTES already
-                break
-            self._entries.popitem(last=False)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(r.nbytes for _, r in self._entries.values())
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self):
-        with self._lock:
-            self._entries.clear()
-            self.hits = self.misses = 0
+def attention_of(loaded, text: str, cache: ModelCache | None = None) -> AttentionResult:
+    """The attention of a (valid) text under a loaded model: from ``cache`` when it holds it, else one
+    forward pass (stored in ``cache``)."""
+    if cache is None:
+        return compute_attention(loaded, text)
+    return cache.get("attention", loaded, text, lambda: compute_attention(loaded, text))
 
 
-CACHE = AttentionCache()
+# ----------------------------------------------------------------------------- views
 
 
-def get_attention(loaded, text) -> AttentionResult:
-    """The attention of `text` under the loaded model, from the cache when possible."""
-    return CACHE.get(loaded, text)
+@dataclass(frozen=True)
+class AttentionView:
+    """What to show of a result: valid for the result it was parsed against.
+
+    kind: 'head' (one head of ``layer``), 'heads' (every head of ``layer``; ``head`` is the one to
+    open), 'aggregate' (mean or max over heads / layers / all, see AGGREGATES) or 'token' (where the
+    query ``token`` looks, in every head of ``layer`` or, with scope 'all', of every layer)."""
+
+    kind: str = "head"
+    layer: int = 0
+    head: int = 0
+    aggregate: str = "mean-heads"
+    token: int = 0
+    scope: str = "layer"
+
+    @classmethod
+    def parse(cls, result: AttentionResult, view="head", layer=0, head=0, aggregate="mean-heads", token=None,
+              scope="layer") -> AttentionView:
+        """A view from request values (keys or labels for the choices; token None or -1 = the last one),
+        checked against the result's layers, heads and tokens; ValidationError names what is wrong."""
+        return cls(kind=check_choice("view", view, VIEWS, default="head"),
+                   layer=check_index("layer", layer, result.n_layers),
+                   head=check_index("head", head, result.n_heads),
+                   aggregate=check_choice("aggregate", aggregate, AGGREGATES, default="mean-heads"),
+                   token=check_position("token", token, result.n_tokens),
+                   scope=check_choice("scope", scope, SCOPES, default="layer"))
+
+    def describe(self) -> str:
+        """Which heads the view draws on, in words."""
+        if self.kind == "head":
+            return f"layer {self.layer}, head {self.head}"
+        if self.kind == "heads":
+            return f"the heads of layer {self.layer}"
+        if self.kind == "aggregate":
+            return AGGREGATES[self.aggregate].lower()
+        return f"every head of layer {self.layer}" if self.scope == "layer" else "every head of every layer"
 
 
-# ----------------------------------------------------------------------------- validation
+@dataclass(frozen=True)
+class ViewMatrix:
+    """The numbers a view shows. ``values`` is [T, T] (query x key) for 'head' and 'aggregate',
+    [heads, T, T] for 'heads', and [rows, token + 1] (one row per head) for 'token'."""
 
+    values: np.ndarray
+    row_labels: list[str]  # per query token, or 'L1 H0' per head for the 'token' view
+    col_labels: list[str]  # per key token
+    stem: str  # a file name for exports, e.g. 'attention_layer1_head2'
 
-def check_layer(result: AttentionResult, layer) -> int:
-    return check_number("layer", layer, 0, result.n_layers - 1, integer=True)
-
-
-def check_head(result: AttentionResult, head) -> int:
-    return check_number("head", head, 0, result.n_heads - 1, integer=True)
-
-
-def check_token(result: AttentionResult, token) -> int:
-    """A query position; None or -1 mean the last token."""
-    if token is None or (not isinstance(token, bool) and isinstance(token, (int, float)) and token == -1):
-        return result.n_tokens - 1
-    return check_number("token", token, 0, result.n_tokens - 1, integer=True)
-
-
-def _choice(name: str, value, options: dict[str, str], default: str | None = None) -> str:
-    """Accept a key ('head') or its label ('One head'), case-insensitively."""
-    if value is None and default is not None:
-        return default
-    if not isinstance(value, str):
-        raise ValidationError(f"{name} must be one of {', '.join(options)}, got {type(value).__name__}")
-    v = value.strip().lower()
-    for key, label in options.items():
-        if v in (key, label.lower()):
-            return key
-    raise ValidationError(f"{name} must be one of {', '.join(options)}, got {value[:40]!r}")
-
-
-def check_view(value) -> str:
-    return _choice("view", value, VIEWS, default="head")
-
-
-def check_aggregate(value) -> str:
-    return _choice("aggregate", value, AGGREGATES, default="mean-heads")
-
-
-def check_scope(value) -> str:
-    return _choice("scope", value, SCOPES, default="layer")
-
-
-# ----------------------------------------------------------------------------- matrices
-
-
-def head_matrix(result: AttentionResult, layer: int, head: int) -> np.ndarray:
-    """[T, T]: rows = the token doing the looking (query), columns = the token looked at (key)."""
-    return result.weights[check_layer(result, layer), check_head(result, head)]
-
-
-def layer_heads(result: AttentionResult, layer: int) -> np.ndarray:
-    """[heads, T, T] for one layer."""
-    return result.weights[check_layer(result, layer)]
+    def looking_row(self, view: AttentionView) -> np.ndarray:
+        """Where the view's query token looks: one weight per token up to it (averaged over the heads
+        when the view holds several)."""
+        q = view.token
+        if view.kind == "token":
+            return self.values.mean(axis=0)
+        if view.kind == "heads":
+            return self.values[:, q, : q + 1].mean(axis=0)
+        return self.values[q, : q + 1]
 
 
 def aggregate_matrix(result: AttentionResult, aggregate: str, layer: int = 0, head: int = 0) -> np.ndarray:
     """[T, T] mean or max over the heads of `layer`, over the layers (for head number `head`), or over all."""
-    how, _, over = check_aggregate(aggregate).partition("-")
+    how, _, over = aggregate.partition("-")
     w = result.weights
     if over == "heads":
-        stack = w[check_layer(result, layer)]
+        stack = w[layer]
     elif over == "layers":
-        stack = w[:, check_head(result, head)]
+        stack = w[:, head]
     else:
         stack = w.reshape(-1, *w.shape[2:])
     out = stack.mean(axis=0, dtype=np.float64) if how == "mean" else stack.max(axis=0)
     return out.astype(np.float32)
 
 
-def focus_matrix(result: AttentionResult, token, scope: str = "layer", layer: int = 0) -> tuple[np.ndarray, list[str]]:
+def focus_matrix(result: AttentionResult, token: int, scope: str = "layer", layer: int = 0
+                 ) -> tuple[np.ndarray, list[str]]:
     """Where the token at position `token` looks: [rows, token + 1] with one row per head of `layer`
     (scope 'layer') or per (layer, head) (scope 'all'), and the row labels."""
-    q = check_token(result, token)
-    if check_scope(scope) == "layer":
-        lay = check_layer(result, layer)
-        return result.weights[lay, :, q, : q + 1], [f"L{lay} H{h}" for h in range(result.n_heads)]
+    q = token
+    if scope == "layer":
+        return result.weights[layer, :, q, : q + 1], [f"L{layer} H{h}" for h in range(result.n_heads)]
     rows = result.weights[:, :, q, : q + 1].reshape(-1, q + 1)
     return rows, [f"L{lay} H{h}" for lay in range(result.n_layers) for h in range(result.n_heads)]
+
+
+def view_matrix(result: AttentionResult, view: AttentionView, max_label_chars: int = 14) -> ViewMatrix:
+    """The matrix ``view`` shows of ``result``, with its row and column labels (see :class:`ViewMatrix`)."""
+    labels = axis_labels(result.tokens, max_chars=max_label_chars)
+    if view.kind == "head":
+        return ViewMatrix(result.weights[view.layer, view.head], labels, labels,
+                          f"attention_layer{view.layer}_head{view.head}")
+    if view.kind == "heads":
+        return ViewMatrix(result.weights[view.layer], labels, labels, f"attention_layer{view.layer}_all_heads")
+    if view.kind == "aggregate":
+        return ViewMatrix(aggregate_matrix(result, view.aggregate, view.layer, view.head), labels, labels,
+                          f"attention_{view.aggregate}_layer{view.layer}_head{view.head}")
+    rows, row_labels = focus_matrix(result, view.token, view.scope, view.layer)
+    return ViewMatrix(rows, row_labels, labels[: view.token + 1], f"attention_token{view.token}_{view.scope}")
+
+
+# ----------------------------------------------------------------------------- blocks of tokens
 
 
 def pool_causal(m: np.ndarray, block: int) -> np.ndarray:
@@ -355,7 +285,7 @@ def block_size(n_tokens: int, cap: int) -> int:
     return max(1, -(-n_tokens // cap))
 
 
-# ----------------------------------------------------------------------------- labels and export
+# ----------------------------------------------------------------------------- labels, payloads, exports
 
 
 _BYTE = re.compile(r"<0x([0-9A-F]{2})>")
@@ -384,29 +314,38 @@ def axis_labels(tokens, max_chars: int = 14) -> list[str]:
     return out
 
 
-def matrix_payload(result: AttentionResult, layer: int, head: int, decimals: int = 6) -> dict:
-    """JSON-able data of one head: tokens and the [T, T] weight matrix (rounded)."""
-    layer, head = check_layer(result, layer), check_head(result, head)
-    return {
+def api_payload(result: AttentionResult, view: AttentionView, decimals: int = 6) -> dict:
+    """JSON of /attention: the tokens, the [T, T] matrix of the view's layer/head, and for the
+    'aggregate' and 'token' views the matrix the view shows."""
+    data = {
         "model": result.model_name,
         "precision": result.precision,
-        "layer": layer,
-        "head": head,
+        "layer": view.layer,
+        "head": view.head,
         "n_layers": result.n_layers,
         "n_heads": result.n_heads,
         "tokens": list(result.tokens),
         "token_ids": list(result.token_ids),
         "total_tokens": result.total_tokens,
         "truncated_tokens": result.truncated,
-        "weights": np.round(result.weights[layer, head].astype(np.float64), decimals).tolist(),
+        "weights": _rounded(result.weights[view.layer, view.head], decimals),
+        "view": view.kind, "aggregate": view.aggregate, "token": view.token, "scope": view.scope,
+        "notice": result.notice(),
     }
+    if view.kind in ("aggregate", "token"):
+        vm = view_matrix(result, view)
+        data["view_weights"] = _rounded(vm.values, decimals)
+        if view.kind == "token":
+            data["view_rows"] = vm.row_labels
+    return data
+
+
+def _rounded(m: np.ndarray, decimals: int) -> list:
+    return np.round(np.asarray(m, dtype=np.float64), decimals).tolist()
 
 
 def matrix_csv(matrix: np.ndarray, row_labels, col_labels, corner: str = "query \\ key") -> str:
     """A matrix as CSV with labelled rows and columns (blank cells where there is nothing: NaN)."""
-    import csv
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([corner, *col_labels])
@@ -415,10 +354,24 @@ def matrix_csv(matrix: np.ndarray, row_labels, col_labels, corner: str = "query 
     return buf.getvalue()
 
 
-__all__ = [
-    "AGGREGATES", "CACHE", "MAX_PROMPT_CHARS", "MAX_TOKENS", "SCOPES", "VIEWS", "AttentionCache", "AttentionResult",
-    "AttentionUnavailable", "aggregate_matrix", "axis_labels", "block_ranges", "block_size", "check_aggregate",
-    "check_head", "check_layer", "check_scope", "check_token", "check_view", "compute_attention", "focus_matrix",
-    "get_attention", "head_matrix", "labels_to_text", "layer_heads", "matrix_csv", "matrix_payload", "pool_causal",
-    "token_limit",
-]
+def export_tables(result: AttentionResult, view: AttentionView, max_numbers: int) -> tuple[str, str, dict]:
+    """(file stem, CSV text, JSON-able dict) of the exact weights the view shows, token by token even
+    when the picture groups tokens in blocks. ValidationError past ``max_numbers`` weights."""
+    vm = view_matrix(result, view, max_label_chars=1000)
+    if vm.values.size > max_numbers:
+        hint = " export one head at a time (One head view)." if view.kind == "heads" else ""
+        raise ValidationError(f"This view holds {vm.values.size:,} weights, too many for one file.{hint}")
+    if view.kind == "heads":
+        text = "".join(f"# head {h}\n" + matrix_csv(m, vm.row_labels, vm.col_labels) for h, m in enumerate(vm.values))
+    elif view.kind == "token":
+        text = matrix_csv(vm.values, vm.row_labels, vm.col_labels, corner="head \\ key")
+    else:
+        text = matrix_csv(vm.values, vm.row_labels, vm.col_labels)
+    data = {"model": result.model_name, "precision": result.precision, "view": view.kind,
+            "tokens": list(result.tokens), "token_ids": list(result.token_ids)}
+    data.update({"head": dict(layer=view.layer, head=view.head),
+                 "aggregate": dict(aggregate=view.aggregate, layer=view.layer, head=view.head),
+                 "heads": dict(layer=view.layer),
+                 "token": dict(token=view.token, scope=view.scope, rows=vm.row_labels)}[view.kind])
+    data["weights"] = _rounded(vm.values, 6)
+    return vm.stem, text, data

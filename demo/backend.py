@@ -1,22 +1,18 @@
-"""Model loading and streamed generation. Knows nothing of Gradio.
+"""Model loading: checkpoints, precisions, devices, and the model in service. Knows nothing of Gradio.
 
 A :class:`ModelManager` holds the model in service. Loading builds a new :class:`LoadedModel` and
-swaps it in only when it is ready, so a failed load keeps the previous model serving. Each
-generation runs ``model.generate`` in a worker thread feeding a ``TextIteratorStreamer``; closing
-the :func:`stream_generate` generator (a Stop, a closed tab, a cancelled API call) sets an event
-that a stopping criterion checks at every step, and joins the thread.
+swaps it in only when it is ready, so a failed load keeps the previous model serving. Generation
+lives in :mod:`demo.generation`, analysis in :mod:`demo.attention` and :mod:`demo.next_token`.
 """
 
 from __future__ import annotations
 
 import gc
-import itertools
-import queue
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from transformers import (
@@ -24,14 +20,11 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TextIteratorStreamer,
 )
 
 from .catalog import ModelSpec, find_spec
 from .errors import ModelLoadError, NoModelError, ValidationError
-from .sampling import ChosenToken, SamplingParams, TokenChooser, build_processors, check_number, resolve_seed
+from .validation import check_choice
 
 # bitsandbytes warns on every 8-bit matmul of a float32 input (CPU 8-bit): once is plenty.
 warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
@@ -44,11 +37,6 @@ PRECISIONS = {
     "bf16": "bfloat16",
     "fp32": "32-bit float",
 }
-MAX_PROMPT_CHARS = 50_000
-MAX_NEW_TOKENS = 1024
-THREAD_PREFIX = "gpt-explorer-generate"
-_thread_ids = itertools.count(1)
-
 ProgressFn = Callable[[float, str], None]
 
 
@@ -57,8 +45,8 @@ def default_device() -> str:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValidationError(f"precision must be one of {', '.join(PRECISIONS)}, got {str(precision)[:20]!r}")
+    """The precision a request gets on this device ('auto' resolved); ValidationError if refused."""
+    precision = check_choice("precision", precision, list(PRECISIONS))
     if precision == "auto":
         return "int8" if device == "cuda" else "fp32"
     if precision == "fp16" and device == "cpu":
@@ -87,6 +75,16 @@ class LoadedModel:
             if isinstance(value, int) and value > 0:
                 return value
         return 1024
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output layer: every id the model can predict."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def decode(self, ids) -> str:
+        """Token ids as text, exactly (no clean-up of spaces, special tokens kept)."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
 
     @property
     def memory_bytes(self) -> int:
@@ -176,7 +174,7 @@ def load_model(spec: ModelSpec, precision: str = "auto", device: str | None = No
         progress(0.95, "Ready")
     except ModelLoadError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
+    except Exception as exc:
         raise ModelLoadError(_explain_load_error(spec, exc)) from exc
     return LoadedModel(spec, model, tokenizer, device, precision, time.perf_counter() - t0)
 
@@ -184,7 +182,7 @@ def load_model(spec: ModelSpec, precision: str = "auto", device: str | None = No
 def _bnb_available() -> bool:
     try:
         import bitsandbytes  # noqa: F401
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     return True
 
@@ -232,167 +230,3 @@ class ModelManager:
             if self.device == "cuda":
                 torch.cuda.empty_cache()
             return loaded
-
-
-# ----------------------------------------------------------------------------- generation
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt: str
-    max_new_tokens: int
-    sampling: SamplingParams
-
-
-def clean_text(name: str, text, max_chars: int = MAX_PROMPT_CHARS) -> str:
-    """Validate a user text: a non-empty string within the size limit; lone surrogates become "?"."""
-    if not isinstance(text, str):
-        raise ValidationError(f"{name} must be text, got {type(text).__name__}")
-    if len(text) > max_chars:
-        raise ValidationError(f"{name} is too long: {len(text):,} characters (the limit is {max_chars:,})")
-    text = text.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates -> '?'
-    if not text.strip():
-        raise ValidationError(f"{name} is empty: type some text first")
-    return text
-
-
-def validate_request(prompt, max_new_tokens, sampling: SamplingParams) -> GenerationRequest:
-    return GenerationRequest(
-        prompt=clean_text("prompt", prompt),
-        max_new_tokens=check_number("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS, integer=True),
-        sampling=sampling,
-    )
-
-
-@dataclass
-class GenerationUpdate:
-    text: str  # the text generated so far (without the prompt)
-    n_tokens: int
-    elapsed_s: float
-    ttft_s: float | None
-    tokens_per_s: float | None  # decode speed after the first token
-    prompt_tokens: int
-    truncated_tokens: int  # prompt tokens dropped from the left to fit the context window
-    seed: int | None
-    done: bool = False
-    stop_reason: str | None = None  # 'length', 'end of text', 'stopped', 'error'
-    chosen: list[ChosenToken] | None = None  # each generated token with its probability (final update)
-    prompt_ids: list[int] | None = None  # the prompt as the model saw it (final update)
-
-
-class _TokenStreamer(TextIteratorStreamer):
-    """TextIteratorStreamer that releases text token by token rather than word by word, holding back
-    only an incomplete multi-byte character, and counts and times the generated tokens."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.n_tokens = 0
-        self.t_first: float | None = None
-        self.t_last: float | None = None
-
-    def put(self, value):
-        if self.skip_prompt and self.next_tokens_are_prompt:
-            self.next_tokens_are_prompt = False
-            return
-        self.n_tokens += int(value.numel())
-        self.t_last = time.perf_counter()
-        if self.t_first is None:
-            self.t_first = self.t_last
-        self.token_cache.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-        if text.endswith("\ufffd"):
-            return  # the rest of a multi-byte character is still to come
-        printable, self.print_len = text[self.print_len:], len(text)
-        if text.endswith("\n"):  # keep re-decoding cheap on long texts
-            self.token_cache, self.print_len = [], 0
-        self.on_finalized_text(printable)
-
-
-class _StopOnEvent(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-def prepare_prompt(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> tuple[list[int], int]:
-    """Token ids of the prompt, keeping the most recent tokens so prompt + new tokens fit the
-    context window. Returns (ids, number of tokens dropped from the start)."""
-    ctx = loaded.context_length
-    if max_new_tokens >= ctx:
-        raise ValidationError(f"max_new_tokens must be below this model's context window of {ctx} tokens")
-    ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValidationError("prompt is empty after tokenization")
-    keep = ctx - max_new_tokens
-    dropped = max(0, len(ids) - keep)
-    return ids[dropped:], dropped
-
-
-def live_generation_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
-
-
-def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: float = 0.05) -> Iterator[GenerationUpdate]:
-    """Stream a generation as growing text. Close the generator to stop the model (within a step)."""
-    t0 = time.perf_counter()
-    params = resolve_seed(request.sampling) if request.sampling.do_sample else request.sampling
-    ids, dropped = prepare_prompt(loaded, request.prompt, request.max_new_tokens)
-    tok = loaded.tokenizer
-    input_ids = torch.tensor([ids], device=loaded.model.device)
-    streamer = _TokenStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=poll_s)
-    stop = threading.Event()
-    chooser = TokenChooser(params.do_sample, params.seed)
-    processors = build_processors(params)
-    processors.append(chooser)
-    error: list[BaseException] = []
-
-    def work():
-        try:
-            with torch.inference_mode():
-                loaded.model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=request.max_new_tokens,
-                    do_sample=False, num_beams=1, temperature=None, top_k=None, top_p=None, logits_processor=processors,
-                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), streamer=streamer,
-                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                )
-        except BaseException as exc:  # noqa: BLE001 - reported to the consumer below
-            error.append(exc)
-            streamer.end()
-
-    def update(text: str, **kw) -> GenerationUpdate:
-        now = time.perf_counter()
-        n = streamer.n_tokens
-        rate = None
-        if n >= 2 and streamer.t_last and streamer.t_first and streamer.t_last > streamer.t_first:
-            rate = (n - 1) / (streamer.t_last - streamer.t_first)
-        ttft = streamer.t_first - t0 if streamer.t_first else None
-        return GenerationUpdate(text=text, n_tokens=n, elapsed_s=now - t0, ttft_s=ttft, tokens_per_s=rate,
-                                prompt_tokens=len(ids), truncated_tokens=dropped, seed=params.seed, **kw)
-
-    thread = threading.Thread(target=work, name=f"{THREAD_PREFIX}-{next(_thread_ids)}", daemon=True)
-    thread.start()
-    text = ""
-    try:
-        while True:
-            try:
-                piece = next(streamer)
-            except StopIteration:
-                break
-            except queue.Empty:
-                if not thread.is_alive() and streamer.text_queue.empty():
-                    break
-                continue
-            if piece:
-                text += piece
-                yield update(text)
-        thread.join()
-        if error:
-            raise RuntimeError(f"generation failed: {type(error[0]).__name__}: {error[0]}") from error[0]
-        last = chooser.chosen[-1].token_id if chooser.chosen else None
-        reason = "end of text" if last is not None and last == tok.eos_token_id else "length"
-        yield update(text, done=True, stop_reason=reason, chosen=chooser.chosen, prompt_ids=ids)
-    finally:
-        stop.set()  # also reached on GeneratorExit: a closed stream stops the model
-        thread.join(timeout=5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ class ModelSpec:
 
 
 def parse_extra(entries: list[str]) -> list[ModelSpec]:
-    """'NAME=SOURCE' entries (from --add-model or GPT_EXPLORER_MODELS, ';'-separated) as specs."""
+    """'NAME=SOURCE' entries (GPT_EXPLORER_MODELS, --add-model) as specs; a bare SOURCE is named after it."""
     specs = []
     for entry in entries:
         entry = entry.strip()
@@ -44,10 +43,11 @@ def parse_extra(entries: list[str]) -> list[ModelSpec]:
 
 
 def load_catalog(path: Path = CATALOG_FILE, extra: list[str] | None = None) -> list[ModelSpec]:
+    """The catalogue file's models, then the operator's ``extra`` entries ('NAME=SOURCE'; one with a
+    catalogue name replaces that entry)."""
     data = json.loads(Path(path).read_text())
     specs = [ModelSpec(m["name"], m["source"], m.get("description", "")) for m in data["models"]]
-    env = os.environ.get("GPT_EXPLORER_MODELS", "")
-    added = parse_extra(env.split(";") + list(extra or []))
+    added = parse_extra(list(extra or []))
     names = {s.name for s in specs}
     for s in added:
         if s.name in names:  # an operator entry replaces a catalogue entry of the same name

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
-
-def gpu(fn):
-    """``spaces.GPU(fn)`` on a ZeroGPU Space (the ``spaces`` package present and SPACES_ZERO_GPU set),
+def on_gpu(fn, zero_gpu: bool):
+    """``spaces.GPU(fn)`` on a ZeroGPU Space (``zero_gpu`` set and the ``spaces`` package present),
     else ``fn`` unchanged. ``spaces.GPU`` keeps generator functions streaming."""
-    if not os.environ.get("SPACES_ZERO_GPU"):
+    if not zero_gpu:
         return fn
     try:
         import spaces

@@ -1,11 +1,11 @@
 """Next-token analysis: the full-vocabulary distribution before and after the sampling settings,
-one-token steps, the logit lens, and branching a finished generation. Plain data, no Gradio.
+one-token steps and the logit lens. Plain data, no Gradio; every argument is already valid.
 
 The "after" distribution is computed by the very processors generation uses
 (:func:`demo.sampling.build_processors`, applied in list order like ``LogitsProcessorList``), so the
 bars can never disagree with the sampler. Running the model is the only expensive part, so the raw
-logits of the last position are cached per (model, precision, token ids): moving a slider re-applies
-the processors to cached logits and never reruns the model.
+logits of the last position are kept in the app's :class:`~demo.cache.ModelCache` per (model,
+token ids): moving a slider re-applies the processors to cached logits and never reruns the model.
 """
 
 from __future__ import annotations
@@ -13,30 +13,22 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import threading
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .cache import ModelCache
 from .errors import ValidationError
-from .sampling import MAX_SEED, SamplingParams, build_processors, check_number
+from .sampling import SamplingParams, build_processors
 from .tokens import display_token, make_visible
+from .validation import MAX_SEED
 
 MAX_TOP_N = 200
 LENS_MAX_POSITIONS = 32
 LOG2E = 1.0 / math.log(2.0)
 
 
-# ----------------------------------------------------------------------------- tokens and context window
-
-
-def text_ids(loaded, text: str) -> list[int]:
-    """All token ids of a (validated) text, as the tokenizer splits it."""
-    ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValidationError("the text is empty after tokenization")
-    return [int(i) for i in ids]
+# ----------------------------------------------------------------------------- context window and logits
 
 
 def model_window(loaded, ids: list[int]) -> tuple[list[int], int]:
@@ -44,65 +36,6 @@ def model_window(loaded, ids: list[int]) -> tuple[list[int], int]:
     ctx = loaded.context_length
     dropped = max(0, len(ids) - ctx)
     return list(ids[dropped:]), dropped
-
-
-def decode(loaded, ids: list[int]) -> str:
-    return loaded.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False,
-                                   clean_up_tokenization_spaces=False)
-
-
-def vocab_size(loaded) -> int:
-    return int(loaded.model.get_output_embeddings().weight.shape[0])
-
-
-def check_token_id(loaded, token_id) -> int:
-    return check_number("token id", token_id, 0, vocab_size(loaded) - 1, integer=True)
-
-
-# ----------------------------------------------------------------------------- raw logits, cached
-
-
-class LogitsCache:
-    """Bounded LRU of last-position logits keyed by (id(model), name, precision, token ids).
-
-    Thread-safe: the lock guards the dictionary only; the model runs outside it, so two requests
-    for different texts run concurrently (two for the same uncached text both compute it once)."""
-
-    def __init__(self, maxsize: int = 64):
-        self.maxsize = maxsize
-        self._data: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def key(loaded, window_ids: list[int]) -> tuple:
-        return (id(loaded.model), loaded.name, loaded.precision, tuple(window_ids))
-
-    def get(self, loaded, window_ids: list[int]) -> torch.Tensor:
-        key = self.key(loaded, window_ids)
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is not None:
-                self._data.move_to_end(key)
-                self.hits += 1
-                return hit
-            self.misses += 1
-        logits = forward_last_logits(loaded, window_ids)
-        with self._lock:
-            self._data[key] = logits
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-        return logits
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 def forward_last_logits(loaded, window_ids: list[int]) -> torch.Tensor:
@@ -115,7 +48,12 @@ def forward_last_logits(loaded, window_ids: list[int]) -> torch.Tensor:
     return out.logits[0, -1, :].detach().to(device="cpu", dtype=torch.float32).clone()
 
 
-CACHE = LogitsCache()
+def last_logits(loaded, window_ids: list[int], cache: ModelCache | None = None) -> torch.Tensor:
+    """The last position's logits: from ``cache`` when it holds them (a slider move reruns nothing),
+    else one forward pass."""
+    if cache is None:
+        return forward_last_logits(loaded, window_ids)
+    return cache.get("logits", loaded, tuple(window_ids), lambda: forward_last_logits(loaded, window_ids))
 
 
 # ----------------------------------------------------------------------------- the distribution
@@ -196,7 +134,7 @@ class Distribution:
         t = int(token_id)
         kept = bool(self.kept[t])
         return TokenRow(rank=int(raw_rank[t]), id=t, token=display_token(loaded.tokenizer, t),
-                        text=decode(loaded, [t]), raw_prob=float(self.raw_probs[t]), prob=float(self.probs[t]),
+                        text=loaded.decode([t]), raw_prob=float(self.raw_probs[t]), prob=float(self.probs[t]),
                         kept=kept, rank_after=int(after_rank[t]) if kept else None)
 
     def top_ids(self, n: int) -> list[int]:
@@ -271,11 +209,11 @@ def apply_settings(params: SamplingParams, window_ids: list[int], logits: torch.
     return scores, steps
 
 
-def distribution(loaded, ids: list[int], params: SamplingParams, cache: LogitsCache | None = CACHE) -> Distribution:
+def distribution(loaded, ids: list[int], params: SamplingParams, cache: ModelCache | None = None) -> Distribution:
     """The next-token distribution after ``ids`` (the last context_length of them), raw and after
-    ``params``. Reruns the model only for ids it has not seen (see :data:`CACHE`)."""
+    ``params``. Reruns the model only for ids ``cache`` has not seen."""
     window, dropped = model_window(loaded, ids)
-    logits = cache.get(loaded, window) if cache is not None else forward_last_logits(loaded, window)
+    logits = last_logits(loaded, window, cache)
     scores, steps = apply_settings(params, window, logits)
     raw = torch.softmax(logits.double(), dim=-1).float()
     after = torch.softmax(scores[0].float(), dim=-1)
@@ -283,14 +221,10 @@ def distribution(loaded, ids: list[int], params: SamplingParams, cache: LogitsCa
 
 
 def lookup(loaded, dist: Distribution, query: str) -> list[dict]:
-    """Probability and rank of a typed token or word. A word's next-token probability is that of its
-    first token; both spellings, without and with a leading space, are given. '␣' and '↵' may be
-    typed for a space and a newline."""
-    if not isinstance(query, str):
-        raise ValidationError("the token to look up must be text")
+    """Probability and rank of a typed token or word (a valid, non-empty text). A word's next-token
+    probability is that of its first token; both spellings, without and with a leading space, are
+    given. '␣' and '↵' may be typed for a space and a newline."""
     q = query.replace("␣", " ").replace("↵", "\n")
-    if not q or len(q) > 200:
-        raise ValidationError("type a token or a word (at most 200 characters) to look up")
     variants = [q] if q[0].isspace() else [q, " " + q]
     out = []
     for v in variants:
@@ -324,11 +258,15 @@ class Step:
     step: int | None = None  # position of the new token in the text (0-based), mixed into the seed
 
 
+STEP_MODES = ("most likely", "sampled", "chosen")
+
+
 def next_step(loaded, ids: list[int], params: SamplingParams, mode: str, token_id: int | None = None,
-              cache: LogitsCache | None = CACHE) -> Step:
+              cache: ModelCache | None = None) -> Step:
     """The next token: 'most likely' (argmax after the settings, as greedy generation picks it),
     'sampled' (a draw from the after-settings distribution with a generator seeded from (seed, step);
-    with sampling off in the settings this is the most likely token too), or 'chosen' (token_id)."""
+    with sampling off in the settings this is the most likely token too), or 'chosen' (a valid
+    token_id)."""
     dist = distribution(loaded, ids, params, cache)
     probs = dist.probs.reshape(1, -1)
     if mode == "most likely" or (mode == "sampled" and not params.do_sample):
@@ -340,10 +278,10 @@ def next_step(loaded, ids: list[int], params: SamplingParams, mode: str, token_i
         gen.manual_seed(step_seed(seed, len(ids)))
         choice = int(torch.multinomial(probs, 1, generator=gen))
         return Step(choice, float(probs[0, choice]), float(dist.raw_probs[choice]), "sampled", seed, len(ids))
-    if mode == "chosen":
-        t = check_token_id(loaded, token_id)
+    if mode == "chosen" and token_id is not None:
+        t = int(token_id)
         return Step(t, float(probs[0, t]), float(dist.raw_probs[t]), "chosen")
-    raise ValidationError(f"unknown step mode {str(mode)[:20]!r}")
+    raise ValueError(f"unknown step mode {mode!r} (or 'chosen' without a token)")
 
 
 # ----------------------------------------------------------------------------- logit lens
@@ -364,7 +302,8 @@ def _find(model, paths: list[str]):
 def lens_parts(model):
     """(blocks, final norm, unembedding) for the architectures the catalogue holds, else ValidationError."""
     blocks = _find(model, ["transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers"])
-    norm = _find(model, ["transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm"])
+    norm = _find(model, ["transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm",
+                         "model.decoder.final_layer_norm"])
     head = model.get_output_embeddings()
     if blocks is None or norm is None or head is None:
         raise ValidationError("the logit lens is not available for this model's architecture")
@@ -392,8 +331,7 @@ class LensResult:
 def logit_lens(loaded, ids: list[int], max_positions: int = 16, top: int = 3) -> LensResult:
     """For each of the last ``max_positions`` positions, the next-token prediction read from every
     layer's residual stream through the final layer norm and the unembedding (the "logit lens").
-    The last row is the model's own prediction."""
-    max_positions = check_number("positions", max_positions, 1, LENS_MAX_POSITIONS, integer=True)
+    The last row is the model's own prediction. ``max_positions`` is in [1, LENS_MAX_POSITIONS]."""
     window, dropped = model_window(loaded, ids)
     model = loaded.model
     blocks, norm, head = lens_parts(model)
@@ -441,40 +379,3 @@ def logit_lens(loaded, ids: list[int], max_positions: int = 16, top: int = 3) ->
         top_ids=top_ids, top_tokens=top_tokens, top_probs=top_probs, alternatives=alts,
         final_probs_of_top=final_probs, dropped=dropped, shown_from=start,
     )
-
-
-# ----------------------------------------------------------------------------- branching a generation
-
-
-def generation_record(cur, prompt: str, u, params: dict) -> dict:
-    """Plain data about a finished generation (a backend GenerationUpdate `u` of model `cur`) for the
-    probability view and branching (no tensors)."""
-    tok = cur.tokenizer
-    return {
-        "model": cur.name,
-        "prompt": prompt,
-        "text": u.text,
-        "prompt_ids": list(u.prompt_ids or []),
-        "settings": params,
-        "tokens": [
-            {"id": c.token_id, "label": display_token(tok, c.token_id), "text": tok.decode([c.token_id]),
-             "prob": c.prob,
-             "alternatives": [{"id": i, "label": display_token(tok, i), "prob": p} for i, p in c.alternatives]}
-            for c in (u.chosen or [])
-        ],
-    }
-
-
-def branch_prompt(loaded, record: dict, position, token_id) -> str:
-    """The prompt that continues a finished generation from another token: the original prompt, the
-    generated text before ``position``, then ``token_id`` in place of the token that was drawn there."""
-    if not isinstance(record, dict) or not record.get("tokens"):
-        raise ValidationError("generate some text first: there is nothing to branch from yet")
-    if record.get("model") != loaded.name:
-        raise ValidationError(f"that text was generated by {record.get('model')!r}, but {loaded.name!r} is loaded "
-                              "now: generate again first")
-    tokens = record["tokens"]
-    pos = check_number("position", position, 0, len(tokens) - 1, integer=True)
-    t = check_token_id(loaded, token_id)
-    prefix = [int(x["id"]) for x in tokens[:pos]]
-    return str(record.get("prompt", "")) + decode(loaded, prefix + [t])

@@ -1,7 +1,8 @@
 """Plotly figures of attention weights, and the plain-language notes that go beside them.
 
-Input is the plain data of :mod:`demo.attention` (an :class:`AttentionResult`: numpy weights and
-token labels); output is a ``plotly.graph_objects.Figure``. No Gradio here.
+Input is the plain data of :mod:`demo.attention`: an :class:`AttentionResult` (numpy weights and
+token labels) and a valid :class:`AttentionView`, whose numbers come from ``view_matrix`` like the
+API's and the exports'; output is a ``plotly.graph_objects.Figure``. No Gradio here.
 
 Readability rules shared by every view: rows are the token doing the looking (query) and run top to
 bottom, columns are the token looked at (key); the empty upper triangle is grey (NaN over a grey
@@ -19,24 +20,18 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from .tokens import plot_escape
 from .attention import (
     AGGREGATES,
     AttentionResult,
-    aggregate_matrix,
+    AttentionView,
+    ViewMatrix,
     axis_labels,
     block_ranges,
     block_size,
-    check_aggregate,
-    check_head,
-    check_layer,
-    check_scope,
-    check_token,
-    focus_matrix,
-    head_matrix,
-    layer_heads,
     pool_causal,
+    view_matrix,
 )
+from .tokens import plot_escape
 
 FULL_CAP = 256  # tokens shown one by one in a big heatmap; more are grouped in blocks
 GRID_CAP = 96  # blocks per side in each small multiple of the all-heads view
@@ -153,33 +148,29 @@ def _square_heatmap(z, labels, block, title, hover_what="weight") -> go.Figure:
 # ----------------------------------------------------------------------------- views
 
 
-def head_figure(result: AttentionResult, layer, head, cap: int = FULL_CAP) -> go.Figure:
-    """One head of one layer as a [query x key] heatmap."""
-    layer, head = check_layer(result, layer), check_head(result, head)
-    z, labels, block = _prepare(head_matrix(result, layer, head), result.tokens, cap)
-    title = f"Layer {layer}, head {head} — where each token looks"
-    return _square_heatmap(z, labels, block, title)
-
-
-def aggregate_figure(result: AttentionResult, aggregate, layer=0, head=0, cap: int = FULL_CAP) -> go.Figure:
-    """Mean or max over heads / layers / everything, as one heatmap."""
-    agg = check_aggregate(aggregate)
-    layer, head = check_layer(result, layer), check_head(result, head)
-    m = aggregate_matrix(result, agg, layer, head)
-    z, labels, block = _prepare(m, result.tokens, cap)
-    how, _, over = agg.partition("-")
+def figure(result: AttentionResult, view: AttentionView) -> go.Figure:
+    """The figure of a view (valid for ``result``): a heatmap, or small multiples for 'heads'."""
+    vm = view_matrix(result, view)
+    if view.kind == "heads":
+        return _heads_figure(result, view, vm)
+    if view.kind == "token":
+        return _focus_figure(result, view, vm)
+    z, labels, block = _prepare(vm.values, result.tokens, FULL_CAP)
+    if view.kind == "head":
+        return _square_heatmap(z, labels, block, f"Layer {view.layer}, head {view.head} — where each token looks")
+    how, _, over = view.aggregate.partition("-")
     what = "average weight" if how == "mean" else "strongest weight"
-    scope = {"heads": f"the {result.n_heads} heads of layer {layer}",
-             "layers": f"head {head} of all {result.n_layers} layers",
+    scope = {"heads": f"the {result.n_heads} heads of layer {view.layer}",
+             "layers": f"head {view.head} of all {result.n_layers} layers",
              "all": f"all {result.n_layers * result.n_heads} heads of all {result.n_layers} layers"}[over]
     title = f"{'Average' if how == 'mean' else 'Maximum'} over {scope}"
     return _square_heatmap(z, labels, block, title, hover_what=what)
 
 
-def heads_figure(result: AttentionResult, layer, cap: int = GRID_CAP, cols: int | None = None) -> go.Figure:
+def _heads_figure(result: AttentionResult, view: AttentionView, vm: ViewMatrix, cap: int = GRID_CAP,
+                  cols: int | None = None) -> go.Figure:
     """All heads of one layer as small multiples with one shared colour scale."""
-    layer = check_layer(result, layer)
-    stack = layer_heads(result, layer)
+    stack = vm.values
     n_heads = stack.shape[0]
     block = block_size(result.n_tokens, cap)
     z_all = _masked(stack) if block == 1 else pool_causal(stack, block)
@@ -217,19 +208,17 @@ def heads_figure(result: AttentionResult, layer, cap: int = GRID_CAP, cols: int 
     layout["annotations"] = annotations
     fig = go.Figure(data=traces, layout=layout)
     per_row = (330 if cols <= 2 else 250) if not show_labels else 360
-    _layout(fig, f"Layer {layer}: all {n_heads} heads (rows: token looking, columns: token looked at)",
+    _layout(fig, f"Layer {view.layer}: all {n_heads} heads (rows: token looking, columns: token looked at)",
             90 + rows * per_row)
     return fig
 
 
-def focus_figure(result: AttentionResult, token, scope="layer", layer=0, head=None) -> go.Figure:
-    """Where one query token looks: one row per head (of `layer`, or of every layer), one column per
+def _focus_figure(result: AttentionResult, view: AttentionView, vm: ViewMatrix) -> go.Figure:
+    """Where one query token looks: one row per head (of the layer, or of every layer), one column per
     token up to and including it."""
-    q = check_token(result, token)
-    scope = check_scope(scope)
-    layer = check_layer(result, layer)
-    rows_m, row_labels = focus_matrix(result, q, scope, layer)
-    col_labels = [plot_escape(t) for t in axis_labels(result.tokens[: q + 1])]
+    q = view.token
+    rows_m, row_labels = vm.values, vm.row_labels
+    col_labels = [plot_escape(t) for t in vm.col_labels]
     n_rows = len(row_labels)
     zmax = _zmax(rows_m, skip_first_row=False) if q > 0 else 1.0
     fig = go.Figure(go.Heatmap(
@@ -242,71 +231,51 @@ def focus_figure(result: AttentionResult, token, scope="layer", layer=0, head=No
     fig.update_xaxes(title_text=X_TITLE)
     fig.update_yaxes(title_text="layer L, head H", dtick=1 if n_rows <= 48 else None,
                      tickfont=dict(size=11 if n_rows <= 32 else 8))
-    if scope == "all" and result.n_heads > 1:  # a line between layers
+    if view.scope == "all" and result.n_heads > 1:  # a line between layers
         for lay in range(1, result.n_layers):
             y = lay * result.n_heads - 0.5
             fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=y, y1=y,
                           line=dict(color="#444", width=1))
-    label = result.tokens[q]
-    where = f"every head of layer {layer}" if scope == "layer" else "every head of every layer"
     row_px = 28 if n_rows <= 16 else max(7, int(900 / n_rows))
-    _layout(fig, f"Where “{label}” (token {q}) looks — {where}", int(min(1100, 190 + row_px * n_rows)))
+    _layout(fig, f"Where “{plot_escape(result.tokens[q])}” (token {q}) looks — {view.describe()}",
+            int(min(1100, 190 + row_px * n_rows)))
     return fig
-
-
-def figure_for(result: AttentionResult, view: str, layer=0, head=0, aggregate="mean-heads", token=None,
-               scope="layer") -> go.Figure:
-    if view == "head":
-        return head_figure(result, layer, head)
-    if view == "heads":
-        return heads_figure(result, layer)
-    if view == "aggregate":
-        return aggregate_figure(result, aggregate, layer, head)
-    if view == "token":
-        return focus_figure(result, token, scope, layer)
-    raise ValueError(f"unknown view {view!r}")
 
 
 # ----------------------------------------------------------------------------- plain-language notes
 
 
-def caption(view: str, result: AttentionResult | None = None, layer=0, head=0, aggregate="mean-heads",
-            token=None, scope="layer") -> str:
+def caption(view: AttentionView, result: AttentionResult | None = None) -> str:
     """The note shown beside a view: what it shows and how to read it (markdown)."""
-    if view == "head":
+    if view.kind == "head":
         return (f"### One head\nAn attention head is one of the small \"looking\" units inside a layer: "
-                f"layer {layer}, head {head} here (counting from 0).\n\n{HOW_TO_READ}\n\n{PATTERNS}")
-    if view == "heads":
-        return (f"### All heads of layer {layer}\nEvery head of the layer side by side, all on the same colour "
+                f"layer {view.layer}, head {view.head} here (counting from 0).\n\n{HOW_TO_READ}\n\n{PATTERNS}")
+    if view.kind == "heads":
+        return (f"### All heads of layer {view.layer}\nEvery head of the layer side by side, all on the same colour "
                 "scale, so you can compare them at a glance and spot the ones with a clear pattern. "
                 "Rows are the tokens doing the looking, columns the tokens looked at, exactly as in *One head*. "
                 "Hover a square for the tokens and the weight. To see a head big, choose it in **Head** and "
                 f"press **Open this head**.\n\n{PATTERNS}")
-    if view == "aggregate":
-        agg = check_aggregate(aggregate)
-        how = agg.split("-")[0]
+    if view.kind == "aggregate":
         extra = ("The **average** shows where the heads look *together*; each row still adds up to 1."
-                 if how == "mean" else
+                 if view.aggregate.startswith("mean") else
                  "The **maximum** keeps, for each square, the strongest weight any of the heads gives it: "
                  "one head staring at a token is enough to make it dark. Rows no longer add up to 1.")
-        return (f"### {AGGREGATES[agg]}\nMany heads combined into one picture. {extra}\n\n{HOW_TO_READ}")
-    if view == "token":
-        who = ""
-        if result is not None:
-            q = check_token(result, token)
-            who = f" — here “{html.escape(result.tokens[q])}” (token {q})"  # token text is data, not markup
-        rows = (f"each **row** is one head of layer {layer}" if check_scope(scope) == "layer" else
-                "each **row** is one head (L = layer, H = head; layer 0 at the top)")
-        return (f"### Where one token looks{who}\nOne token, every head at once: {rows}; each **column** is a token "
-                "it can look at (the earlier tokens and itself). Dark squares show what that head pays attention "
-                "to when the model is at this token, i.e. when it predicts the *next* token. Each row adds up "
-                "to 1.\n\nChoose the token in **Token**, or click it in the text under the plot.")
-    raise ValueError(f"unknown view {view!r}")
+        return f"### {AGGREGATES[view.aggregate]}\nMany heads combined into one picture. {extra}\n\n{HOW_TO_READ}"
+    who = ""
+    if result is not None:  # token text is data, not markup
+        who = f" — here “{html.escape(result.tokens[view.token])}” (token {view.token})"
+    rows = (f"each **row** is one head of layer {view.layer}" if view.scope == "layer" else
+            "each **row** is one head (L = layer, H = head; layer 0 at the top)")
+    return (f"### Where one token looks{who}\nOne token, every head at once: {rows}; each **column** is a token "
+            "it can look at (the earlier tokens and itself). Dark squares show what that head pays attention "
+            "to when the model is at this token, i.e. when it predicts the *next* token. Each row adds up "
+            "to 1.\n\nChoose the token in **Token**, or click it in the text under the plot.")
 
 
-def pooling_notice(result: AttentionResult, view: str) -> str | None:
+def pooling_notice(result: AttentionResult, view: AttentionView) -> str | None:
     """A sentence when the view shows blocks of tokens instead of single tokens."""
-    cap = GRID_CAP if view == "heads" else FULL_CAP if view in ("head", "aggregate") else None
+    cap = GRID_CAP if view.kind == "heads" else FULL_CAP if view.kind in ("head", "aggregate") else None
     if cap is None or result.n_tokens <= cap:
         return None
     block = block_size(result.n_tokens, cap)

@@ -40,6 +40,11 @@ def fmt_prob(p: float | None) -> str:
     return f"{pct:.2g}%"
 
 
+def code_label(label: str) -> str:
+    """A token label as inline code inside Markdown (escaped; backticks can't end the span)."""
+    return f"<code>{html.escape(label)}</code>"
+
+
 def empty_figure(message: str) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=plot_escape(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
@@ -119,8 +124,10 @@ def lens_figure(data: dict) -> go.Figure:
         row = []
         for pi, tok in enumerate(tokens):
             alts = "<br>".join(f"{plot_escape(lab)}: {fmt_prob(p)}" for lab, p in data["alternatives"][li][pi])
-            actual = f"actually followed by {plot_escape(nexts[pi])}" if nexts[pi] is not None else "the next token is unknown yet"
-            row.append([plot_escape(layer), plot_escape(tok), alts, actual, fmt_prob(data["final_probs_of_top"][li][pi])])
+            actual = (f"actually followed by {plot_escape(nexts[pi])}" if nexts[pi] is not None
+                      else "the next token is unknown yet")
+            row.append([plot_escape(layer), plot_escape(tok), alts, actual,
+                        fmt_prob(data["final_probs_of_top"][li][pi])])
         custom.append(row)
     trace = dict(
         type="heatmap", z=data["top_probs"], x=x, y=layers, text=text, texttemplate="%{text}",
@@ -164,7 +171,10 @@ TOKEN_VIEW_JS = """
 const pick = (el) => { if (el) trigger('token_click', {pos: parseInt(el.dataset.pos)}); };
 element.addEventListener('click', (e) => pick(e.target.closest('[data-pos]')));
 element.addEventListener('keydown', (e) => {
-  if (e.key === 'Enter' || e.key === ' ') { const el = e.target.closest('[data-pos]'); if (el) { e.preventDefault(); pick(el); } }
+  if (e.key === 'Enter' || e.key === ' ') {
+    const el = e.target.closest('[data-pos]');
+    if (el) { e.preventDefault(); pick(el); }
+  }
 });
 """
 

@@ -1,4 +1,5 @@
-"""Sampling settings: validation, presets, and the transformers logits processors that apply them.
+"""Sampling settings: their one definition, the presets, and the transformers logits processors that
+apply them.
 
 Generation and the next-token view both build their processors with :func:`build_processors`, so
 the bars a student sees are exactly the distribution the sampler draws from. Token choice itself is
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from transformers import (
@@ -26,45 +27,55 @@ from transformers import (
 )
 
 from .errors import ValidationError
-
-MAX_SEED = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class Range:
-    lo: float
-    hi: float
-    lo_open: bool = False
+from .validation import MAX_SEED, Setting
 
 
-# Server-side limits (the sliders show a friendlier subset; the API may send anything).
-LIMITS = {
-    # Lower bounds keep logits / value finite in fp32 (1e-40 would overflow to inf and sampling to NaN).
-    "temperature": Range(0.01, 5.0),
-    "top_k": Range(0, 100_000),
-    "top_p": Range(0.0, 1.0, lo_open=True),
-    "min_p": Range(0.0, 1.0),
-    "repetition_penalty": Range(0.01, 10.0),
-    "no_repeat_ngram_size": Range(0, 20),
-}
+def _setting(default, **spec) -> object:
+    """A SamplingParams field that carries its :class:`~demo.validation.Setting` definition."""
+    return field(default=default, metadata={"setting": spec})
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How the next token is chosen. Defaults are the 'balanced' preset."""
+    """How the next token is chosen: the one definition of every sampling setting (name, default,
+    the range the server accepts, the page's slider range and help text). Defaults are the
+    'Balanced' preset. Lower bounds keep logits / value finite in fp32 (1e-40 would overflow)."""
 
-    do_sample: bool = True
-    temperature: float = 0.8
-    top_k: int = 0
-    top_p: float = 0.95
-    min_p: float = 0.0
-    repetition_penalty: float = 1.1
-    no_repeat_ngram_size: int = 0
-    seed: int | None = None
+    do_sample: bool = _setting(True, kind="bool", label="Sample (off = greedy: always the most likely token)",
+                               help="Off: always take the most likely token (temperature, top-k, top-p, min-p "
+                                    "then play no part)")
+    temperature: float = _setting(0.8, kind="float", lo=0.01, hi=5.0, slider=(0.05, 2.0, 0.05), label="Temperature",
+                                  help="Below 1 sharpens the distribution, above 1 flattens it")
+    top_k: int = _setting(0, kind="int", lo=0, hi=100_000, slider=(0, 200, 1), label="Top-k",
+                          help="Keep only the k most likely tokens (0 = off)")
+    top_p: float = _setting(0.95, kind="float", lo=0.0, hi=1.0, lo_open=True, slider=(0.05, 1.0, 0.01),
+                            label="Top-p (nucleus)",
+                            help="Keep the smallest set of likely tokens whose probabilities add up to p")
+    min_p: float = _setting(0.0, kind="float", lo=0.0, hi=1.0, slider=(0.0, 0.5, 0.01), label="Min-p",
+                            help="Drop tokens less likely than min-p × the top token's probability (0 = off)")
+    repetition_penalty: float = _setting(1.1, kind="float", lo=0.01, hi=10.0, slider=(1.0, 2.0, 0.05),
+                                         label="Repetition penalty",
+                                         help="Above 1 discourages tokens already in the text")
+    no_repeat_ngram_size: int = _setting(0, kind="int", lo=0, hi=20, slider=(0, 10, 1), label="No-repeat n-gram size",
+                                         help="Forbid repeating any run of n tokens (0 = off)")
+    seed: int | None = _setting(None, kind="seed", label="Seed",
+                                help="-1 = random; the same seed and settings give the same text")
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def values(self) -> list:
+        """The values in :data:`SETTINGS` order."""
+        return [getattr(self, s.name) for s in SETTINGS]
+
+
+SETTINGS: tuple[Setting, ...] = tuple(Setting(name=f.name, default=f.default, **f.metadata["setting"])
+                                      for f in fields(SamplingParams))
+SETTING = {s.name: s for s in SETTINGS}
+NAMES: tuple[str, ...] = tuple(SETTING)
+# How many new tokens to generate: a generation setting beside the sampling ones.
+MAX_NEW_TOKENS = Setting("max_new_tokens", label="Max new tokens", help="How many tokens to add at most", kind="int",
+                         default=80, lo=1, hi=1024, slider=(1, 512, 1))
 
 PRESETS: dict[str, SamplingParams] = {
     "Greedy": SamplingParams(do_sample=False, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
@@ -73,81 +84,22 @@ PRESETS: dict[str, SamplingParams] = {
     "Creative": SamplingParams(temperature=1.1, top_k=0, top_p=0.98, min_p=0.02, repetition_penalty=1.05),
     "Focused": SamplingParams(temperature=0.6, top_k=40, top_p=0.9, min_p=0.0, repetition_penalty=1.15),
 }
+DEFAULT_PRESET = "Balanced"
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def _number(name: str, value, integer: bool) -> float | int:
-    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
-        raise ValidationError(f"{name} must be a number, got {type(value).__name__}")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except (ValueError, OverflowError):
-            raise ValidationError(f"{name} must be a number, got {value[:40]!r}") from None
-    try:
-        value = float(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an int like 10**400
-        raise ValidationError(f"{name} must be a number, got {type(value).__name__}") from None
-    if not math.isfinite(value):
-        raise ValidationError(f"{name} must be a finite number, got {value}")
-    if integer:
-        if value != int(value):
-            raise ValidationError(f"{name} must be a whole number, got {value}")
-        return int(value)
-    return value
-
-
-def check_number(name: str, value, lo: float, hi: float, *, integer: bool = False, lo_open: bool = False):
-    """Coerce an API value to a finite int/float within [lo, hi] (or (lo, hi]) or raise ValidationError."""
-    v = _number(name, value, integer)
-    if v < lo or v > hi or (lo_open and v == lo):
-        bracket = "(" if lo_open else "["
-        raise ValidationError(f"{name} must be in {bracket}{lo:g}, {hi:g}], got {v:g}")
-    return v
-
-
-def check_bool(name: str, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValidationError(f"{name} must be true or false, got {str(value)[:40]!r}")
-
-
-def check_seed(value) -> int | None:
-    """None, '' or -1 mean 'pick a random seed'."""
-    if value is None or value == "" or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == -1):
-        return None
-    return check_number("seed", value, 0, MAX_SEED, integer=True)
-
-
-def validate_sampling(*, do_sample=True, temperature=0.8, top_k=0, top_p=0.95, min_p=0.0, repetition_penalty=1.1,
-                      no_repeat_ngram_size=0, seed=None) -> SamplingParams:
-    def lim(name, value, integer=False):
-        r = LIMITS[name]
-        return check_number(name, value, r.lo, r.hi, integer=integer, lo_open=r.lo_open)
-
-    return SamplingParams(
-        do_sample=check_bool("do_sample", do_sample),
-        temperature=lim("temperature", temperature),
-        top_k=lim("top_k", top_k, integer=True),
-        top_p=lim("top_p", top_p),
-        min_p=lim("min_p", min_p),
-        repetition_penalty=lim("repetition_penalty", repetition_penalty),
-        no_repeat_ngram_size=lim("no_repeat_ngram_size", no_repeat_ngram_size, integer=True),
-        seed=check_seed(seed),
-    )
+def validate_sampling(**values) -> SamplingParams:
+    """SamplingParams from request values (missing ones take their default); every value checked."""
+    unknown = set(values) - set(SETTING)
+    if unknown:
+        raise ValidationError(f"unknown sampling setting(s): {', '.join(sorted(unknown))[:80]}")
+    return SamplingParams(**{s.name: s.check(values.get(s.name, s.default)) for s in SETTINGS})
 
 
 def resolve_seed(params: SamplingParams) -> SamplingParams:
     """Give a request without a seed a random one, so the stats line can show how to reproduce it."""
     if params.seed is not None:
         return params
-    return SamplingParams(**{**params.as_dict(), "seed": random.randint(0, MAX_SEED)})
+    return replace(params, seed=random.randint(0, MAX_SEED))
 
 
 # ----------------------------------------------------------------------------- processors

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytest
 from gradio_client.exceptions import AppError
 
-from demo.backend import live_generation_threads
+from demo.generation import live_generation_threads
+from demo.sampling import SamplingParams
 
-GOOD = dict(prompt="The old sea captain said", max_new_tokens=40, temperature=0.8, top_k=0, top_p=0.95, min_p=0.0,
-            repetition_penalty=1.1, no_repeat_ngram_size=0, do_sample=True, seed=7)
+GOOD = dict(prompt="The old sea captain said", max_new_tokens=40, **SamplingParams(seed=7).as_dict())
 
 
 def test_generate_endpoint_streams_growing_text(client):
@@ -78,7 +77,7 @@ def test_load_model_offline_hub_keeps_serving(client, live_app):
     status = client.predict(name="gpt2", precision="auto", api_name="/load_model")
     assert "Hugging Face Hub" in status and "gutenberg-gpt" in status
     assert live_app[0].manager.require().name == "gutenberg-gpt"
-    with pytest.raises(AppError, match="Model must be one of gutenberg-gpt, gpt2, .*; got '/etc/passwd'"):
+    with pytest.raises(AppError, match="Model must be one of gutenberg-gpt, gpt2, .*, got '/etc/passwd'"):
         client.predict(name="/etc/passwd", precision="auto", api_name="/load_model")
 
 
@@ -86,11 +85,11 @@ def test_a_generation_that_ends_at_once_still_gets_its_record(tmp_path):
     """A model whose first token is <|endoftext|>: the first update is already the last one, and the
     probability view must still receive the generation's record."""
     import torch
-
     from conftest import make_tiny_checkpoint
+
     from demo.backend import ModelManager, load_model
     from demo.catalog import ModelSpec
-    from demo.ui import make_generate
+    from demo.ui.generate_tab import GenerateHandlers
 
     path = make_tiny_checkpoint(tmp_path / "eos-first")
     spec = ModelSpec("eos-first", str(path))
@@ -102,7 +101,7 @@ def test_a_generation_that_ends_at_once_still_gets_its_record(tmp_path):
         ln_f.bias.copy_(loaded.model.transformer.wte.weight[eos] * 100)
     manager = ModelManager([spec], device="cpu")
     manager._current = loaded
-    updates = list(make_generate(manager)("Hello there", 5, 1.0, 0, 1.0, 0.0, 1.0, 0, False, 0))
+    updates = list(GenerateHandlers(manager).generate("Hello there", 5, 1.0, 0, 1.0, 0.0, 1.0, 0, False, 0))
     text, stats, record = updates[-1]
     assert text == "" and "model ended the text" in stats
     assert record is not None and [t["id"] for t in record["tokens"]] == [eos] and record["model"] == "eos-first"

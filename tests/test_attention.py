@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ import torch
 
 from demo import attention as A
 from demo import plots_attention as P
+from demo.attention import AttentionView
+from demo.cache import ModelCache
+from demo.ui.attention_tab import AttentionHandlers
 
 TEXT = "It was a dark and stormy night, and the old captain said: It was a dark and stormy night."
 
@@ -26,18 +30,18 @@ class FakeManager:
         return self.current
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    A.CACHE.clear()
-    yield
-    A.CACHE.clear()
+@pytest.fixture
+def cache():
+    return ModelCache()
 
 
 @pytest.fixture
-def handlers(tiny_loaded):
-    from demo.ui_attention import make_handlers
+def handlers(tiny_loaded, cache) -> AttentionHandlers:
+    return AttentionHandlers(FakeManager(tiny_loaded), cache)
 
-    return make_handlers(FakeManager(tiny_loaded))
+
+def view(**kw) -> AttentionView:
+    return AttentionView(**kw)
 
 
 def fake_result(n_layers=2, n_heads=3, t=40, seed=0) -> A.AttentionResult:
@@ -137,55 +141,40 @@ def test_memory_budget_limits_tokens():
 # ----------------------------------------------------------------------------- cache
 
 
-def test_switching_layer_head_view_runs_the_model_once(tiny_loaded, handlers):
+def test_switching_layer_head_view_runs_the_model_once(tiny_loaded, handlers, cache):
     calls = []
     hook = tiny_loaded.model.transformer.register_forward_hook(lambda *a: calls.append(1))
     try:
-        out = handlers["analyse"](TEXT, None, "head", 0, 0, "mean-heads", None, "layer")
-        analysed = out[-1]
+        out = handlers.analyse(TEXT, None, "head", 0, 0, "mean-heads", None, "layer")
+        analysed = out.analysed
         for layer in (0, 1):
             for head in range(4):
-                handlers["switch"](analysed, TEXT, "head", layer, head, "mean-heads", None, "layer")
-        for view in ("heads", "aggregate", "token"):
-            handlers["switch"](analysed, TEXT, view, 1, 2, "max-layers", 3, "all")
-        handlers["api_attention"](TEXT, 1, 3, "head", "mean-heads", -1, "layer")
-        handlers["export"](analysed, TEXT, "head", 1, 1, "mean-heads", None, "layer")
+                handlers.switch(analysed, TEXT, "head", layer, head, "mean-heads", None, "layer")
+        for kind in ("heads", "aggregate", "token"):
+            handlers.switch(analysed, TEXT, kind, 1, 2, "max-layers", 3, "all")
+        handlers.api_attention(TEXT, 1, 3, "head", "mean-heads", -1, "layer")
+        handlers.export(analysed, TEXT, "head", 1, 1, "mean-heads", None, "layer")
     finally:
         hook.remove()
     assert len(calls) == 1
-    assert A.CACHE.misses == 1 and A.CACHE.hits >= 10
+    assert cache.misses == 1 and cache.hits >= 10
 
 
-def test_cache_is_bounded_and_keyed_by_model(tiny_loaded, tiny_loaded_int8):
-    cache = A.AttentionCache(max_entries=2)
-    a = cache.get(tiny_loaded, "one")
-    cache.get(tiny_loaded, "two")
-    cache.get(tiny_loaded, "three")
-    assert len(cache) == 2 and cache.peek(tiny_loaded, "one") is None
-    assert cache.get(tiny_loaded, "three") is cache.get(tiny_loaded, "three")
-    b = cache.get(tiny_loaded_int8, "one")  # another model: another entry
-    assert b is not a and b.precision == "int8"
-    assert cache.misses == 4
-
-
-def test_cache_computes_once_under_concurrency(tiny_loaded):
-    import threading
-
-    cache = A.AttentionCache()
-    n = []
-
-    def compute(loaded, text):
-        n.append(1)
-        return A.compute_attention(loaded, text)
-
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(cache.get(tiny_loaded, TEXT, compute)))
-               for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(n) == 1 and len({id(r) for r in results}) == 1
+def test_one_view_matrix_feeds_the_figure_the_payload_and_the_export(tiny_loaded, handlers):
+    r = A.attention_of(tiny_loaded, TEXT)
+    for v in (view(kind="head", layer=1, head=3), view(kind="aggregate", aggregate="max-all", layer=1),
+              view(kind="token", token=5, scope="all"), view(kind="heads", layer=1)):
+        vm = A.view_matrix(r, v)
+        _, text, data = A.export_tables(r, v, 10**7)
+        np.testing.assert_allclose(np.array(data["weights"]), vm.values, atol=1e-6)
+        if v.kind in ("head", "aggregate"):
+            z = np.nan_to_num(np.asarray(P.figure(r, v).data[0].z, dtype=float))
+            np.testing.assert_allclose(z, np.tril(vm.values), atol=1e-6)
+        if v.kind in ("aggregate", "token"):
+            payload = A.api_payload(r, v)
+            np.testing.assert_allclose(np.array(payload["view_weights"]), vm.values, atol=1e-6)
+        row = vm.looking_row(v)
+        assert row.shape == (v.token + 1,)
 
 
 # ----------------------------------------------------------------------------- aggregates and figures
@@ -200,8 +189,10 @@ def test_aggregates_and_focus():
     rows, labels = A.focus_matrix(r, 5, "all")
     assert rows.shape == (6, 6) and labels[4] == "L1 H1"
     np.testing.assert_allclose(rows[4], w[1, 1, 5, :6])
-    rows, labels = A.focus_matrix(r, -1, "layer", 1)
-    assert rows.shape == (3, 40) and labels == ["L1 H0", "L1 H1", "L1 H2"]
+    last = AttentionView.parse(r, "token", 1, 0, "mean-heads", -1, "layer")
+    assert last.token == 39
+    vm = A.view_matrix(r, last)
+    assert vm.values.shape == (3, 40) and vm.row_labels == ["L1 H0", "L1 H1", "L1 H2"]
 
 
 def test_pooling_keeps_rows_summing_to_one_and_the_triangle_empty():
@@ -214,7 +205,7 @@ def test_pooling_keeps_rows_summing_to_one_and_the_triangle_empty():
 
 def test_head_figure_is_readable():
     r = fake_result(t=64)
-    fig = P.head_figure(r, 1, 2)
+    fig = P.figure(r, view(kind="head", layer=1, head=2))
     tr = fig.data[0]
     z = np.asarray(tr.z, dtype=float)
     assert z.shape == (64, 64)
@@ -234,40 +225,42 @@ def test_token_text_is_escaped_in_every_plot():
 
     tokens = ("<b>", "␣<img␣src=x␣onerror=alert(1)>", "␣%{z}", "␣&amp;") * 5
     r = dataclasses.replace(fake_result(t=len(tokens)), tokens=tokens)
-    for view in ("head", "heads", "aggregate", "token"):
-        fig = P.figure_for(r, view, layer=0, head=0, token=len(tokens) - 1)
-        text = json.dumps(fig.to_plotly_json()["data"], ensure_ascii=False)
-        assert "<b>" not in text and "<img" not in text and "&amp;" not in text.replace("&amp;amp;", ""), view
-        assert "&lt;b&gt;" in text, view
+    for kind in ("head", "heads", "aggregate", "token"):
+        fig = P.figure(r, view(kind=kind, token=len(tokens) - 1))
+        text = json.dumps(fig.to_plotly_json(), ensure_ascii=False)
+        assert "<b>" not in text.replace("<b>head", "") and "<img" not in text, kind
+        assert "&amp;" not in text.replace("&amp;amp;", ""), kind
+        assert "&lt;b&gt;" in text, kind
         for tr in fig.data:  # no token text inside a template, where '%{z}' would be filled in
-            assert "%{z}" not in (tr.hovertemplate or "").replace("weight: %{z", ""), view
-    assert "&lt;img" in P.caption("token", r, token=1)
+            assert "%{z}" not in (tr.hovertemplate or "").replace("weight: %{z", ""), kind
+    assert "&lt;img" in P.caption(view(kind="token", token=1), r)
 
 
 def test_long_texts_are_shown_in_blocks_with_a_notice():
     r = fake_result(n_layers=1, n_heads=2, t=300)
-    fig = P.head_figure(r, 0, 1)
+    fig = P.figure(r, view(kind="head", layer=0, head=1))
     assert np.asarray(fig.data[0].z).shape == (150, 150)
     assert "150" in fig.data[0].x[-1] or "299" in fig.data[0].x[-1]
-    assert "block of 2 tokens" in P.pooling_notice(r, "head")
-    grid = P.heads_figure(r, 0)
+    assert "block of 2 tokens" in P.pooling_notice(r, view(kind="head"))
+    grid = P.figure(r, view(kind="heads"))
     assert len(grid.data) == 2 and max(np.asarray(t.z).shape[0] for t in grid.data) <= P.GRID_CAP
-    assert P.pooling_notice(fake_result(t=64), "head") is None
+    assert P.pooling_notice(fake_result(t=64), view(kind="head")) is None
 
 
-@pytest.mark.parametrize("view", list(A.VIEWS))
-def test_every_view_builds_with_a_caption(view):
+@pytest.mark.parametrize("kind", list(A.VIEWS))
+def test_every_view_builds_with_a_caption(kind):
     r = fake_result()
-    fig = P.figure_for(r, view, 1, 2, "max-heads", 7, "all")
+    v = AttentionView.parse(r, kind, 1, 2, "max-heads", 7, "all")
+    fig = P.figure(r, v)
     assert fig.data and fig.layout.title.text
-    text = P.caption(view, r, 1, 2, "max-heads", 7, "all")
+    text = P.caption(v, r)
     assert len(text) > 80
     json.loads(fig.to_json())
 
 
 def test_heads_view_has_one_panel_per_head():
     r = fake_result(n_heads=3, t=12)
-    fig = P.heads_figure(r, 1)
+    fig = P.figure(r, view(kind="heads", layer=1))
     assert len(fig.data) == 3
     assert [a.text for a in fig.layout.annotations] == ["<b>head 0</b>", "<b>head 1</b>", "<b>head 2</b>"]
     assert fig.layout.coloraxis.colorbar.title.text == "attention weight"
@@ -277,12 +270,12 @@ def test_heads_view_has_one_panel_per_head():
 
 
 def test_api_handler_returns_tokens_and_matrix(tiny_loaded, handlers):
-    fig, data = handlers["api_attention"](TEXT, 1, 3, "head", "mean-heads", -1, "layer")
-    r = A.get_attention(tiny_loaded, TEXT)
+    fig, data = handlers.api_attention(TEXT, 1, 3, "head", "mean-heads", -1, "layer")
+    r = A.attention_of(tiny_loaded, TEXT)
     assert data["tokens"] == list(r.tokens) and data["layer"] == 1 and data["head"] == 3
     np.testing.assert_allclose(np.array(data["weights"]), r.weights[1, 3], atol=1e-6)
     json.dumps(data)
-    _, data = handlers["api_attention"](TEXT, 0, 0, "token", "mean-heads", 4, "all")
+    _, data = handlers.api_attention(TEXT, 0, 0, "token", "mean-heads", 4, "all")
     assert len(data["view_weights"]) == 8 and len(data["view_weights"][0]) == 5
 
 
@@ -301,25 +294,25 @@ def test_api_handler_rejects_bad_input_with_a_clear_error(handlers, bad):
     args = dict(text=TEXT, layer=0, head=0, view="head", aggregate="mean-heads", token=-1, scope="layer", **{})
     args.update(bad)
     with pytest.raises(gr.Error) as info:
-        handlers["api_attention"](*args.values())
+        handlers.api_attention(*args.values())
     msg = str(info.value)
     assert not msg.startswith("Something went wrong"), msg
     assert next(iter(bad)) in msg
 
 
 def test_analyse_clamps_stale_controls_and_exports(tiny_loaded, handlers, tmp_path):
-    fig, note, notice, strip, layer, head, token, analysed = handlers["analyse"](TEXT, None, "heads", 9, 9,
-                                                                                   "mean-heads", 5, "layer")
-    n = A.get_attention(tiny_loaded, TEXT).n_tokens
+    fig, note, notice, strip, layer, head, token, analysed = handlers.analyse(TEXT, None, "heads", 9, 9,
+                                                                                "mean-heads", 5, "layer")
+    n = A.attention_of(tiny_loaded, TEXT).n_tokens
     assert layer.value == 1 and head.value == 3 and token.value == n - 1  # a new text starts on its last token
-    assert handlers["analyse"](TEXT, TEXT, "token", 0, 0, "mean-heads", 5, "layer")[6].value == 5  # kept
-    assert handlers["analyse"](TEXT, TEXT, "token", 0, 0, "mean-heads", 999, "layer")[6].value == n - 1
+    assert handlers.analyse(TEXT, TEXT, "token", 0, 0, "mean-heads", 5, "layer").token.value == 5  # kept
+    assert handlers.analyse(TEXT, TEXT, "token", 0, 0, "mean-heads", 999, "layer").token.value == n - 1
     assert analysed == TEXT and "tokens" in notice and "heads" in note.lower()
-    for view in A.VIEWS:
-        csv_path, json_path = handlers["export"](analysed, TEXT, view, 1, 2, "max-all", 3, "all")
-        data = json.loads(open(json_path, encoding="utf-8").read())
-        assert data["view"] == view and data["tokens"]
-        assert open(csv_path, encoding="utf-8").read().count("\n") >= 4
+    for kind in A.VIEWS:
+        csv_path, json_path = handlers.export(analysed, TEXT, kind, 1, 2, "max-all", 3, "all")
+        data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+        assert data["view"] == kind and data["tokens"]
+        assert Path(csv_path).read_text(encoding="utf-8").count("\n") >= 4
 
 
 # ----------------------------------------------------------------------------- the real app and its API

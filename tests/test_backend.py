@@ -1,4 +1,4 @@
-"""The generation backend on real (tiny and bundled) checkpoints: loading, streaming, seeds, Stop."""
+"""The backend and generation on real (tiny and bundled) checkpoints: loading, streaming, seeds, Stop."""
 
 from __future__ import annotations
 
@@ -8,15 +8,10 @@ import time
 import pytest
 import torch
 
-from demo.backend import (
-    ModelManager,
-    live_generation_threads,
-    load_model,
-    stream_generate,
-    validate_request,
-)
+from demo.backend import ModelManager, load_model
 from demo.catalog import ModelSpec
 from demo.errors import ModelLoadError, NoModelError, ValidationError
+from demo.generation import live_generation_threads, stream_generate, validate_request
 from demo.sampling import PRESETS, SamplingParams, validate_sampling
 
 GREEDY = SamplingParams(do_sample=False, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
@@ -178,11 +173,12 @@ def test_non_causal_checkpoint_is_refused(tmp_path):
         load_model(ModelSpec("vit", str(tmp_path)), "fp32", device="cpu")
 
 
-def test_catalogue_lists_bundled_model_first_and_accepts_operator_models(monkeypatch, tiny_path):
+def test_catalogue_lists_bundled_model_first_and_accepts_operator_models(tiny_path):
     from demo.catalog import load_catalog
+    from demo.settings import Settings
 
-    monkeypatch.setenv("GPT_EXPLORER_MODELS", f"mine={tiny_path}")
-    cat = load_catalog(extra=["other=openai-community/gpt2"])
+    settings = Settings.from_env({"GPT_EXPLORER_MODELS": f"mine={tiny_path}"})
+    cat = load_catalog(extra=[*settings.extra_models, "other=openai-community/gpt2"])
     names = [s.name for s in cat]
     assert names[0] == "gutenberg-gpt"
     assert {"gpt2", "distilgpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "mine", "other"} <= set(names)

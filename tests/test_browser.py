@@ -14,7 +14,6 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-
 from browser_helpers import (
     CHROMIUM,
     VIEWPORT,
@@ -39,7 +38,8 @@ from browser_helpers import (
     wait_generation_done,
     wait_until,
 )
-from demo.backend import live_generation_threads
+
+from demo.generation import live_generation_threads
 
 pytestmark = pytest.mark.browser
 
@@ -114,7 +114,7 @@ def test_generate_streams_growing_text_then_finishes(page):
     before = click_generate(page)
     text = wait_generation_done(page, before)
     lengths = [n for _, n in growth_samples(page)]
-    grew = sorted(set(n for n in lengths if n > 0))
+    grew = sorted({n for n in lengths if n > 0})
     assert len(grew) >= 3, f"the text should grow over several observations, saw lengths {grew}"
     assert lengths == sorted(lengths), "the streamed text only grows"
     assert text.strip() and len(text) >= max(lengths)
@@ -143,7 +143,7 @@ def test_stop_stops_the_text_and_the_backend_thread(page):
     stopped = output_text(page)
     time.sleep(1.0)
     assert output_text(page) == stopped, "the text kept growing after Stop"
-    assert 0 < len(stopped) and "reached max new tokens" not in stats_text(page)
+    assert len(stopped) > 0 and "reached max new tokens" not in stats_text(page)
     assert (tokens_generated(stats_text(page)) or 0) < 400
 
 

@@ -20,7 +20,8 @@ import httpx
 import pytest
 from gradio_client.exceptions import AppError
 
-from demo.backend import live_generation_threads
+from demo.generation import live_generation_threads
+from demo.sampling import SamplingParams
 
 REPO = Path(__file__).resolve().parent.parent
 NAN, INF = float("nan"), float("inf")
@@ -29,8 +30,7 @@ TEXT = "The old sea captain said"
 # A known-good call per endpoint (keyword arguments; only what differs from the API's defaults).
 # Endpoints not listed here are called with their defaults and TEXT for any text without one.
 BASELINES = {
-    "/generate": dict(prompt=TEXT, max_new_tokens=4, temperature=0.8, top_k=0, top_p=0.95, min_p=0.0,
-                      repetition_penalty=1.1, no_repeat_ngram_size=0, do_sample=True, seed=1),
+    "/generate": dict(prompt=TEXT, max_new_tokens=4, **SamplingParams(seed=1).as_dict()),
     "/load_model": dict(name="gutenberg-gpt", precision="fp32"),
     "/attention": dict(text=TEXT),
     "/next_token": dict(text=TEXT, top_n=5),

@@ -24,10 +24,10 @@ from gradio_client.utils import QueueError, Status
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import bench_load as bl  # noqa: E402
+import bench_load as bl
+from browser_helpers import wait_until
 
-from browser_helpers import wait_until  # noqa: E402
-from demo.backend import live_generation_threads  # noqa: E402
+from demo.generation import live_generation_threads
 
 ARTIFACTS = REPO / "test-artifacts"
 MB = 2**20
@@ -75,7 +75,7 @@ def test_a_full_queue_answers_cleanly_and_keeps_serving(small_app):
     queued = []
     for c, seed in zip(clients[1:3], (2, 3)):
         job = c.submit(**{**long, "seed": seed}, api_name="/generate")
-        assert wait_until(lambda: job.status().code == Status.IN_QUEUE, 30), job.status()
+        assert wait_until(lambda j=job: j.status().code == Status.IN_QUEUE, 30), job.status()
         queued.append(job)
     rejected = clients[3].submit(**{**long, "seed": 4}, api_name="/generate")
     with pytest.raises(QueueError, match="Queue is full"):

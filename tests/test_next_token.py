@@ -12,9 +12,13 @@ import torch
 
 from demo import next_token as nt
 from demo import plots_next_token as plots
-from demo.backend import ModelManager, stream_generate, validate_request
-from demo.sampling import PRESETS, SamplingParams, build_processors, validate_sampling
-from demo.ui_next_token import NextTokenHandlers, TokenViewHandlers, appended_text, format_note, format_summary
+from demo.backend import ModelManager
+from demo.cache import ModelCache
+from demo.generation import generation_record, stream_generate, validate_request
+from demo.sampling import NAMES, PRESETS, SamplingParams, build_processors, validate_sampling
+from demo.ui.generate_tab import TokenViewHandlers
+from demo.ui.next_token_tab import NextTokenHandlers, appended_text, format_note, format_summary
+from demo.validation import encode_text
 
 PROMPT = "It was a dark and stormy night, and the"
 SETTINGS = [
@@ -29,8 +33,8 @@ SETTINGS = [
 
 
 def as_list(p: SamplingParams) -> list:
-    return [p.do_sample, p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, p.no_repeat_ngram_size,
-            p.seed if p.seed is not None else -1]
+    """The tab's input values for these settings (a random seed shows as -1)."""
+    return [-1 if name == "seed" and value is None else value for name, value in zip(NAMES, p.values())]
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +46,11 @@ def manager(tiny_spec, tiny_loaded):
 
 @pytest.fixture()
 def cache():
-    return nt.LogitsCache(maxsize=8)
+    return ModelCache(max_entries=8)
 
 
 def prompt_ids(loaded, text=PROMPT):
-    return nt.text_ids(loaded, text)
+    return list(encode_text(loaded.tokenizer, text).ids)
 
 
 # ----------------------------------------------------------------------------- the distribution
@@ -63,7 +67,7 @@ def test_raw_probabilities_are_softmax_of_last_logits(tiny_loaded, cache):
     assert dist.vocab_size == len(tiny_loaded.tokenizer)
 
 
-@pytest.mark.parametrize("params", SETTINGS, ids=lambda p: f"T{p.temperature}-k{p.top_k}-p{p.top_p}-m{p.min_p}-r{p.repetition_penalty}")
+@pytest.mark.parametrize("params", SETTINGS, ids=lambda p: "-".join(f"{v}" for v in p.values()[1:6]))
 def test_after_distribution_is_what_generate_samples_from(tiny_loaded, cache, params):
     ids = prompt_ids(tiny_loaded)
     dist = nt.distribution(tiny_loaded, ids, params, cache)
@@ -135,13 +139,12 @@ def test_lookup(tiny_loaded, cache):
         assert f["id"] == first and f["raw_prob"] == pytest.approx(float(dist.raw_probs[first]))
         assert f["n_tokens"] == len(f["pieces"]) >= 1
     assert nt.lookup(tiny_loaded, dist, "␣night")[0]["query"] == " night"
-    with pytest.raises(nt.ValidationError):
-        nt.lookup(tiny_loaded, dist, "")
+    assert nt.lookup(tiny_loaded, dist, " ")[0]["query"] == " "  # a space is a token too
 
 
 def test_long_text_keeps_the_last_context_tokens(tiny_loaded, cache):
     text = "word " * 400  # > 128 tokens, the tiny model's context
-    ids = nt.text_ids(tiny_loaded, text)
+    ids = prompt_ids(tiny_loaded, text)
     dist = nt.distribution(tiny_loaded, ids, PRESETS["Balanced"], cache)
     assert len(dist.window_ids) == tiny_loaded.context_length == 128
     assert dist.dropped == len(ids) - 128 and dist.window_ids == ids[-128:]
@@ -153,7 +156,7 @@ def test_long_text_keeps_the_last_context_tokens(tiny_loaded, cache):
 
 
 def test_cache_reuses_logits_and_is_bounded(tiny_loaded):
-    cache = nt.LogitsCache(maxsize=2)
+    cache = ModelCache(max_entries=2)
     calls = []
     handle = tiny_loaded.model.register_forward_hook(lambda *a: calls.append(1))
     try:
@@ -197,14 +200,14 @@ def test_greedy_step_through_reproduces_greedy_generation(tiny_loaded, cache):
     for _ in range(12):
         ids.append(nt.next_step(tiny_loaded, ids, params, "most likely", cache=cache).token_id)
     assert ids[len(ids) - 12:] == generated
-    assert PROMPT + final.text == nt.decode(tiny_loaded, ids)
+    assert PROMPT + final.text == tiny_loaded.decode(ids)
 
 
 def test_sampled_step_is_reproducible(tiny_loaded, cache):
     params = validate_sampling(temperature=1.5, top_p=1.0, repetition_penalty=1.0, seed=1234)
     ids = prompt_ids(tiny_loaded)
     a = nt.next_step(tiny_loaded, ids, params, "sampled", cache=cache)
-    b = nt.next_step(tiny_loaded, ids, params, "sampled", cache=nt.LogitsCache())
+    b = nt.next_step(tiny_loaded, ids, params, "sampled", cache=ModelCache())
     assert (a.token_id, a.seed, a.step) == (b.token_id, 1234, len(ids))
     dist = nt.distribution(tiny_loaded, ids, params, cache)
     assert a.prob == pytest.approx(float(dist.probs[a.token_id])) and a.prob > 0
@@ -263,6 +266,8 @@ def test_lookup_feeds_the_choose_list(manager, cache):
     dropdown, lookup_md = out[6], out[7]
     assert dropdown.choices[0][0].startswith("look-up:") and dropdown.value is not None
     assert "night" in lookup_md
+    with pytest.raises(gr.Error, match="the token to look up is too long"):
+        h.refresh(PROMPT, None, 10, "x" * 201, *as_list(PRESETS["Balanced"]))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -287,14 +292,15 @@ def test_bad_inputs_give_clear_errors(manager, cache, text, top_n, settings, mes
         h.refresh(text, None, top_n, "", *settings)
 
 
-def test_bad_step_inputs(tiny_loaded, cache):
-    ids = prompt_ids(tiny_loaded)
-    with pytest.raises(nt.ValidationError, match="token id"):
-        nt.next_step(tiny_loaded, ids, PRESETS["Balanced"], "chosen", 10**9, cache)
-    with pytest.raises(nt.ValidationError, match="token id"):
-        nt.next_step(tiny_loaded, ids, PRESETS["Balanced"], "chosen", "abc", cache)
-    with pytest.raises(nt.ValidationError, match="mode"):
-        nt.next_step(tiny_loaded, ids, PRESETS["Balanced"], "telepathy", None, cache)
+def test_bad_step_inputs(manager, cache):
+    h = NextTokenHandlers(manager, cache)
+    balanced = as_list(PRESETS["Balanced"])
+    with pytest.raises(gr.Error, match="token id"):
+        h.step("chosen", PROMPT, None, 10, "", 10**9, *balanced)
+    with pytest.raises(gr.Error, match="token id"):
+        h.step("chosen", PROMPT, None, 10, "", "abc", *balanced)
+    with pytest.raises(gr.Error, match="step must be one of"):
+        h.step("telepathy", PROMPT, None, 10, "", None, *balanced)
 
 
 def test_no_model_loaded_is_a_clear_error(tiny_spec):
@@ -325,9 +331,12 @@ def test_logit_lens_last_layer_is_the_models_prediction(tiny_loaded):
     go.Figure(fig.to_dict())  # valid
 
 
-def test_logit_lens_validates_positions(tiny_loaded):
-    with pytest.raises(nt.ValidationError):
-        nt.logit_lens(tiny_loaded, prompt_ids(tiny_loaded), max_positions=1000)
+def test_logit_lens_validates_positions(manager, tiny_loaded):
+    h = NextTokenHandlers(manager)
+    with pytest.raises(gr.Error, match="positions must be in"):
+        h.api_logit_lens(PROMPT, 1000)
+    with pytest.raises(gr.Error, match="positions must be in"):
+        h.lens(PROMPT, None, 0)
     short = nt.logit_lens(tiny_loaded, prompt_ids(tiny_loaded, "Hello"), max_positions=16)
     assert len(short.positions) == len(prompt_ids(tiny_loaded, "Hello"))
 
@@ -339,7 +348,7 @@ def test_branching_starts_with_the_chosen_prefix(manager, tiny_loaded):
     params = validate_sampling(temperature=1.2, top_p=1.0, seed=5)
     request = validate_request(PROMPT, 8, params)
     final = list(stream_generate(tiny_loaded, request))[-1]
-    record = nt.generation_record(manager.require(), PROMPT, final, {**params.as_dict(), "max_new_tokens": 8})
+    record = generation_record(manager.require(), PROMPT, final, {**params.as_dict(), "max_new_tokens": 8})
     gen_ids = [t["id"] for t in record["tokens"]]
     pos = 3
     drawn = gen_ids[pos]
@@ -398,7 +407,7 @@ def test_token_view_html_escapes_tokens():
 
 
 def test_works_with_an_int8_model(tiny_loaded_int8):
-    cache = nt.LogitsCache()
+    cache = ModelCache()
     ids = prompt_ids(tiny_loaded_int8)
     dist = nt.distribution(tiny_loaded_int8, ids, PRESETS["Balanced"], cache)
     assert dist.raw_probs.sum().item() == pytest.approx(1.0, abs=1e-4)
@@ -432,7 +441,7 @@ def test_next_token_api_through_gradio_client(tiny_path, tiny_loaded):
         assert result["survivors"] == 7 and result["settings"]["top_k"] == 7
         direct = nt.distribution(demo.manager.current, prompt_ids(demo.manager.current),
                                  validate_sampling(temperature=0.9, top_k=7, top_p=1.0, repetition_penalty=1.0),
-                                 nt.LogitsCache())
+                                 ModelCache())
         for row in result["rows"]:
             assert row["raw_prob"] == pytest.approx(float(direct.raw_probs[row["id"]]), abs=1e-6)
             assert row["prob"] == pytest.approx(float(direct.probs[row["id"]]), abs=1e-6)
@@ -452,30 +461,27 @@ def test_next_token_api_through_gradio_client(tiny_path, tiny_loaded):
 
 
 def test_builders_follow_the_ui_contract(manager):
-    from demo.ui import sampling_controls
-    from demo.ui_next_token import SET_KEYS, build_next_token_tab, build_token_view
+    from demo.settings import Settings
+    from demo.ui import generate_tab, next_token_tab
+    from demo.ui.common import AppContext
 
+    ctx = AppContext(manager, ModelCache(), Settings())
     with gr.Blocks():
-        with gr.Tab("Generate"):
-            prompt = gr.Textbox()
-            controls = sampling_controls()
-            last = gr.State(None)
-            view = build_token_view(manager, last, prompt, controls)
-        with gr.Tab("Next token"):
-            tab = build_next_token_tab(manager, controls)
-    assert isinstance(tab["text"], gr.Textbox)
-    on_text = tab["on_text"]
-    assert on_text["api_visibility"] == "private" and on_text["inputs"][0] is tab["text"]
-    assert view["on_generation"]["inputs"][0] is last and view["on_generation"]["api_visibility"] == "private"
+        with gr.Tab("Generate") as t:
+            gen = generate_tab.build(t, ctx)
+        with gr.Tab("Next token") as t:
+            tab = next_token_tab.build(t, ctx, gen.controls)
+    assert isinstance(tab.text, gr.Textbox) and set(NAMES) | {"preset"} == set(gen.controls)
+    on_text = tab.on_text
+    assert on_text["api_visibility"] == "private" and on_text["inputs"][0] is tab.text
     p = PRESETS["Focused"]
-    gen_values = [p.do_sample, p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty,
-                  p.no_repeat_ngram_size, None, "Focused"]  # the Generate tab's seed box hands over None
+    gen_values = [*as_list(p)[:-1], None, "Focused"]  # the Generate tab's seed box hands over None
     out = on_text["fn"](PROMPT, 10, "", *gen_values)
     assert len(out) == len(on_text["outputs"])
-    assert out[:len(SET_KEYS) + 1] == gen_values[:-2] + [-1, "Focused"]  # settings copied, seed shown as -1
-    state = out[len(SET_KEYS) + 2]
+    assert out[:len(NAMES) + 1] == gen_values[:-2] + [-1, "Focused"]  # settings copied, seed shown as -1
+    state = out[len(NAMES) + 2]
     assert state["text"] == PROMPT and state["history"] == []
-    html_out = view["on_generation"]["fn"](None)[0]
+    html_out = TokenViewHandlers(manager).on_generation(None)[0]
     assert "Generate some text" in html_out
 
 
@@ -486,6 +492,6 @@ def test_undo_across_a_hand_edit(manager, tiny_loaded, cache):
     edited = a[0] + " and then"
     b = h.step("most likely", edited, a[1], 5, "", None, *balanced)  # the hand edit re-tokenizes
     back = h.undo(b[0], b[1], 5, "", *balanced)
-    assert back[0] == edited and back[1]["ids"] == nt.text_ids(tiny_loaded, edited)
+    assert back[0] == edited and back[1]["ids"] == prompt_ids(tiny_loaded, edited)
     back = h.undo(back[0], back[1], 5, "", *balanced)
     assert back[0] == PROMPT and back[1]["ids"] == prompt_ids(tiny_loaded)

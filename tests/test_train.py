@@ -79,7 +79,7 @@ def test_tokenizer_round_trips_text_exactly(tokenizer_dir):
 def test_documents_are_held_out_whole(corpus):
     docs = train.find_documents([corpus])
     tr, val = train.split_documents(docs, 0.25, seed=1)
-    assert len(val) == 1 and len(tr) == 3 and not set(d.path for d in tr) & set(d.path for d in val)
+    assert len(val) == 1 and len(tr) == 3 and not {d.path for d in tr} & {d.path for d in val}
     assert train.split_documents(docs, 0.25, seed=1) == (tr, val), "the split is deterministic"
 
 
@@ -104,8 +104,9 @@ def test_pretrain_lowers_loss_and_writes_a_checkpoint_the_app_loads(pretrained):
         assert (pretrained / name).exists(), name
     assert not list(pretrained.glob("*.bin"))
 
-    from demo.backend import load_model, stream_generate, validate_request
+    from demo.backend import load_model
     from demo.catalog import ModelSpec
+    from demo.generation import stream_generate, validate_request
     from demo.sampling import PRESETS
 
     loaded = load_model(ModelSpec("mine", str(pretrained)), "fp32", device="cpu")
@@ -227,8 +228,9 @@ def test_finetune_refuses_a_checkpoint_that_is_not_a_causal_lm(tmp_path, corpus,
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_bundled_model_loads_and_generates(precision):
-    from demo.backend import load_model, stream_generate, validate_request
+    from demo.backend import load_model
     from demo.catalog import ModelSpec
+    from demo.generation import stream_generate, validate_request
     from demo.sampling import PRESETS
 
     loaded = load_model(ModelSpec("gutenberg-gpt", str(BUNDLED)), precision, device="cpu")

@@ -1,0 +1,215 @@
+"""Streamed generation, the record of the tokens it drew, and branching from a token. No Gradio.
+
+Each generation runs ``model.generate`` in a worker thread feeding a ``TextIteratorStreamer``;
+closing the :func:`stream_generate` generator (a Stop, a closed tab, a cancelled API call) sets an
+event that a stopping criterion checks at every step, and joins the thread. The final update
+carries every drawn token with its probability and alternatives; :func:`generation_record` turns
+that into plain data for the probability-coloured view, and :func:`branch_prompt` continues a
+finished generation from another token.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from .backend import LoadedModel
+from .errors import ValidationError
+from .sampling import MAX_NEW_TOKENS, ChosenToken, SamplingParams, TokenChooser, build_processors, resolve_seed
+from .tokens import display_token
+from .validation import check_text, encode_text
+
+THREAD_PREFIX = "gpt-explorer-generate"
+_thread_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_new_tokens: int
+    sampling: SamplingParams
+
+
+def validate_request(prompt, max_new_tokens, sampling: SamplingParams) -> GenerationRequest:
+    """A generation request from API values (the sampling settings already validated)."""
+    return GenerationRequest(prompt=check_text("prompt", prompt), max_new_tokens=MAX_NEW_TOKENS.check(max_new_tokens),
+                             sampling=sampling)
+
+
+@dataclass
+class GenerationUpdate:
+    text: str  # the text generated so far (without the prompt)
+    n_tokens: int
+    elapsed_s: float
+    ttft_s: float | None
+    tokens_per_s: float | None  # decode speed after the first token
+    prompt_tokens: int
+    truncated_tokens: int  # prompt tokens dropped from the left to fit the context window
+    seed: int | None
+    done: bool = False
+    stop_reason: str | None = None  # 'length', 'end of text', 'stopped', 'error'
+    chosen: list[ChosenToken] | None = None  # each generated token with its probability (final update)
+    prompt_ids: list[int] | None = None  # the prompt as the model saw it (final update)
+
+
+class _TokenStreamer(TextIteratorStreamer):
+    """TextIteratorStreamer that releases text token by token rather than word by word, holding back
+    only an incomplete multi-byte character, and counts and times the generated tokens."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.n_tokens = 0
+        self.t_first: float | None = None
+        self.t_last: float | None = None
+
+    def put(self, value):
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        self.n_tokens += int(value.numel())
+        self.t_last = time.perf_counter()
+        if self.t_first is None:
+            self.t_first = self.t_last
+        self.token_cache.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if text.endswith("\ufffd"):
+            return  # the rest of a multi-byte character is still to come
+        printable, self.print_len = text[self.print_len:], len(text)
+        if text.endswith("\n"):  # keep re-decoding cheap on long texts
+            self.token_cache, self.print_len = [], 0
+        self.on_finalized_text(printable)
+
+
+class _StopOnEvent(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def prepare_prompt(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> tuple[list[int], int]:
+    """Token ids of the prompt, keeping the most recent tokens so prompt + new tokens fit the
+    context window. Returns (ids, number of tokens dropped from the start)."""
+    ctx = loaded.context_length
+    if max_new_tokens >= ctx:
+        raise ValidationError(f"max_new_tokens must be below this model's context window of {ctx} tokens")
+    enc = encode_text(loaded.tokenizer, prompt, name="prompt", limit=ctx - max_new_tokens, keep="last")
+    return list(enc.ids), enc.dropped
+
+
+def live_generation_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
+
+
+def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: float = 0.05
+                    ) -> Iterator[GenerationUpdate]:
+    """Stream a generation as growing text. Close the generator to stop the model (within a step)."""
+    t0 = time.perf_counter()
+    params = resolve_seed(request.sampling) if request.sampling.do_sample else request.sampling
+    ids, dropped = prepare_prompt(loaded, request.prompt, request.max_new_tokens)
+    tok = loaded.tokenizer
+    input_ids = torch.tensor([ids], device=loaded.model.device)
+    streamer = _TokenStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=poll_s)
+    stop = threading.Event()
+    chooser = TokenChooser(params.do_sample, params.seed)
+    processors = build_processors(params)
+    processors.append(chooser)
+    error: list[BaseException] = []
+
+    def work():
+        try:
+            with torch.inference_mode():
+                loaded.model.generate(
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                    max_new_tokens=request.max_new_tokens,
+                    do_sample=False, num_beams=1, temperature=None, top_k=None, top_p=None, logits_processor=processors,
+                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), streamer=streamer,
+                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                )
+        except BaseException as exc:
+            error.append(exc)
+            streamer.end()
+
+    def update(text: str, **kw) -> GenerationUpdate:
+        now = time.perf_counter()
+        n = streamer.n_tokens
+        rate = None
+        if n >= 2 and streamer.t_last and streamer.t_first and streamer.t_last > streamer.t_first:
+            rate = (n - 1) / (streamer.t_last - streamer.t_first)
+        ttft = streamer.t_first - t0 if streamer.t_first else None
+        return GenerationUpdate(text=text, n_tokens=n, elapsed_s=now - t0, ttft_s=ttft, tokens_per_s=rate,
+                                prompt_tokens=len(ids), truncated_tokens=dropped, seed=params.seed, **kw)
+
+    thread = threading.Thread(target=work, name=f"{THREAD_PREFIX}-{next(_thread_ids)}", daemon=True)
+    thread.start()
+    text = ""
+    try:
+        while True:
+            try:
+                piece = next(streamer)
+            except StopIteration:
+                break
+            except queue.Empty:
+                if not thread.is_alive() and streamer.text_queue.empty():
+                    break
+                continue
+            if piece:
+                text += piece
+                yield update(text)
+        thread.join()
+        if error:
+            raise RuntimeError(f"generation failed: {type(error[0]).__name__}: {error[0]}") from error[0]
+        last = chooser.chosen[-1].token_id if chooser.chosen else None
+        reason = "end of text" if last is not None and last == tok.eos_token_id else "length"
+        yield update(text, done=True, stop_reason=reason, chosen=chooser.chosen, prompt_ids=ids)
+    finally:
+        stop.set()  # also reached on GeneratorExit: a closed stream stops the model
+        thread.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------- the record of a generation
+
+
+def generation_record(loaded: LoadedModel, prompt: str, update: GenerationUpdate, settings: dict) -> dict:
+    """Plain data about a finished generation (its final update) for the probability view and
+    branching: no tensors, stamped with the model that generated it."""
+    tok = loaded.tokenizer
+    return {
+        "model": loaded.name,
+        "prompt": prompt,
+        "text": update.text,
+        "prompt_ids": list(update.prompt_ids or []),
+        "settings": settings,
+        "tokens": [
+            {"id": c.token_id, "label": display_token(tok, c.token_id), "text": tok.decode([c.token_id]),
+             "prob": c.prob,
+             "alternatives": [{"id": i, "label": display_token(tok, i), "prob": p} for i, p in c.alternatives]}
+            for c in (update.chosen or [])
+        ],
+    }
+
+
+def check_record(record) -> dict:
+    """A generation record as the page keeps it, or ValidationError when there is none yet."""
+    if not isinstance(record, dict) or not isinstance(record.get("tokens"), list) or not record["tokens"]:
+        raise ValidationError("generate some text first: there is nothing to branch from yet")
+    return record
+
+
+def branch_prompt(loaded: LoadedModel, record: dict, position: int, token_id: int) -> str:
+    """The prompt that continues a finished generation from another token: the original prompt, the
+    generated text before ``position``, then ``token_id`` in place of the token that was drawn there.
+    ``position`` and ``token_id`` are valid (see :func:`check_record` and ``check_index``)."""
+    if record.get("model") != loaded.name:
+        raise ValidationError(f"that text was generated by {str(record.get('model'))[:40]!r}, but {loaded.name!r} "
+                              "is loaded now: generate again first")
+    prefix = [int(x["id"]) for x in record["tokens"][:position]]
+    return str(record.get("prompt", "")) + loaded.decode(prefix + [token_id])

@@ -1,0 +1,69 @@
+"""The operator's settings: read once at start-up from the environment (and app.py's flags), then passed
+down. No other module reads the environment. The README's "Settings" table documents each one."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import ValidationError
+
+PRECISION_CHOICES = ("auto", "int8", "nf4", "fp16", "bf16", "fp32")
+DEFAULT_QUEUE_SIZE = 64
+CPU_CONCURRENCY = 2
+GPU_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the operator chose. ``None`` means "the app decides" (first catalogue model, concurrency
+    by device)."""
+
+    model: str | None = None  # GPT_EXPLORER_MODEL: catalogue name loaded at start-up
+    precision: str = "auto"  # GPT_EXPLORER_PRECISION
+    extra_models: tuple[str, ...] = ()  # GPT_EXPLORER_MODELS ('NAME=SOURCE;…') and --add-model
+    concurrency: int | None = None  # GPT_EXPLORER_CONCURRENCY: generations at once (2 on CPU, 4 on GPU)
+    queue_size: int = DEFAULT_QUEUE_SIZE  # GPT_EXPLORER_QUEUE_SIZE: waiting requests before "queue full"
+    zero_gpu: bool = False  # SPACES_ZERO_GPU: set by Hugging Face on ZeroGPU Spaces
+
+    def __post_init__(self):
+        if self.precision not in PRECISION_CHOICES:
+            raise ValidationError(f"GPT_EXPLORER_PRECISION must be one of {', '.join(PRECISION_CHOICES)}, "
+                                  f"got {self.precision[:20]!r}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValidationError(f"GPT_EXPLORER_CONCURRENCY must be at least 1, got {self.concurrency}")
+        if self.queue_size < 1:
+            raise ValidationError(f"GPT_EXPLORER_QUEUE_SIZE must be at least 1, got {self.queue_size}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            model=env.get("GPT_EXPLORER_MODEL") or None,
+            precision=env.get("GPT_EXPLORER_PRECISION") or "auto",
+            extra_models=tuple(e.strip() for e in env.get("GPT_EXPLORER_MODELS", "").split(";") if e.strip()),
+            concurrency=_int(env, "GPT_EXPLORER_CONCURRENCY"),
+            queue_size=_int(env, "GPT_EXPLORER_QUEUE_SIZE") or DEFAULT_QUEUE_SIZE,
+            zero_gpu=bool(env.get("SPACES_ZERO_GPU")),
+        )
+
+    def replace(self, **changes) -> Settings:
+        """A copy with the given fields changed; ``None`` values leave a field as it is."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def concurrency_for(self, device: str) -> int:
+        if self.concurrency is not None:
+            return self.concurrency
+        return GPU_CONCURRENCY if device == "cuda" else CPU_CONCURRENCY
+
+
+def _int(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be a whole number, got {raw[:20]!r}") from None

@@ -1,0 +1,230 @@
+"""The Generate tab: prompt, sampling settings, streamed output with Stop, the stats line, and under it
+the probability-coloured output (each generated token coloured by how likely it was, with branching).
+Also the public ``/generate`` endpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ..backend import ModelManager
+from ..errors import ValidationError
+from ..generation import (
+    GenerationUpdate,
+    branch_prompt,
+    check_record,
+    generation_record,
+    stream_generate,
+    validate_request,
+)
+from ..plots_next_token import TOKEN_VIEW_CSS, TOKEN_VIEW_JS, code_label, fmt_prob, token_view_html
+from ..sampling import MAX_NEW_TOKENS, SETTINGS, validate_sampling
+from ..tokens import display_token
+from ..validation import check_index
+from .common import MODEL_QUEUE, PRIVATE, AppContext, user_errors, with_parameters
+from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
+
+MIN_UPDATE_INTERVAL_S = 1 / 50  # at most 50 streamed updates a second per generation
+EXAMPLES = [
+    "It was a dark and stormy night, and",
+    "The old sea captain looked at the boy and said,",
+    "Alice was beginning to get very tired of",
+    "In the morning the village woke to find that",
+    "Once upon a time, in a kingdom by the sea,",
+]
+# /generate's parameters, in the order the API has always had: the prompt and its length, the
+# numeric sampling settings, then the sample/greedy switch and the seed (named as in transformers).
+SAMPLING_ORDER = ([s.name for s in SETTINGS if s.kind in ("float", "int")]
+                  + [s.name for s in SETTINGS if s.kind in ("bool", "seed")])
+API_PARAMETERS = ["prompt", MAX_NEW_TOKENS.name, *SAMPLING_ORDER]
+
+VIEW_HELP = """Each generated token is coloured by the probability it had **when it was drawn** (after the
+sampling settings). Hover a token (or focus it with Tab) to see the top alternatives. **Branching:** click a
+token (or choose it below), pick another token to put in its place, then press *Branch*: the prompt
+above is cut there and ends with your token — press **Generate** to continue the new branch."""
+
+
+# ----------------------------------------------------------------------------- formatting (pure)
+
+
+def format_stats(u: GenerationUpdate) -> str:
+    parts = []
+    if u.ttft_s is not None:
+        parts.append(f"first token after {u.ttft_s * 1000:,.0f} ms")
+    if u.tokens_per_s is not None:
+        parts.append(f"{u.tokens_per_s:,.1f} tokens/s")
+    parts.append(f"{u.n_tokens} tokens generated")
+    if u.seed is not None:
+        parts.append(f"seed {u.seed}")
+    if u.done:
+        parts.append({"length": "reached max new tokens", "end of text": "model ended the text"}.get(
+            u.stop_reason or "", u.stop_reason or ""))
+    line = " · ".join(parts)
+    if u.truncated_tokens:
+        line += (f"\n\n⚠️ The prompt was longer than the model's context window: the first {u.truncated_tokens} "
+                 f"tokens were dropped and the model saw the last {u.prompt_tokens}.")
+    return line
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+class GenerateHandlers:
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    @user_errors
+    def generate(self, prompt, max_new_tokens, *sampling) -> Iterator[tuple[str, str, dict | None]]:
+        """Stream a continuation of `prompt`. Each update is (text generated so far, stats line, the
+        generation's record once it is done). ``sampling`` values come in :data:`SAMPLING_ORDER`."""
+        params = validate_sampling(**dict(zip(SAMPLING_ORDER, sampling)))
+        request = validate_request(prompt, max_new_tokens, params)
+        loaded = self.manager.require()
+        stream = stream_generate(loaded, request)
+
+        def record(update):  # stamped with the model that generated, even if another loads meanwhile
+            return generation_record(loaded, request.prompt, update, {
+                **params.as_dict(), "seed": update.seed, "max_new_tokens": request.max_new_tokens})
+
+        try:
+            last_sent = 0.0
+            for update in stream:
+                if update.done:
+                    yield update.text, format_stats(update), record(update)
+                elif time.perf_counter() - last_sent >= MIN_UPDATE_INTERVAL_S:
+                    # Faster than the eye can follow: tokens that arrive within one interval share a
+                    # message, which keeps the server's per-message cost off the model's speed.
+                    yield update.text, format_stats(update), None
+                    last_sent = time.perf_counter()
+        finally:
+            stream.close()  # also on GeneratorExit (Stop, a closed tab): stops the model
+
+
+class TokenViewHandlers:
+    """The probability-coloured output: select a generated token, branch from it."""
+
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    @staticmethod
+    def _alternatives(record: dict, pos: int) -> list[tuple[str, int]]:
+        tok = record["tokens"][pos]
+        out = []
+        for alt in tok.get("alternatives", []):
+            mark = "  (drawn)" if alt["id"] == tok["id"] else ("  (was filtered)" if alt["prob"] <= 0 else "")
+            out.append((f"{alt['label']}   {fmt_prob(alt['prob'])}{mark}", int(alt["id"])))
+        return out
+
+    def on_generation(self, record):
+        """(view, position dropdown, alternatives, message) for a new generation's record."""
+        if not isinstance(record, dict) or not record.get("tokens"):
+            return token_view_html(None), gr.Dropdown(choices=[], value=None), gr.Radio(choices=[], value=None), ""
+        positions = [(f"#{i + 1}  {t['label']}   {fmt_prob(t['prob'])}", i) for i, t in enumerate(record["tokens"])]
+        return (token_view_html(record), gr.Dropdown(choices=positions, value=None),
+                gr.Radio(choices=[], value=None), "")
+
+    @user_errors
+    def select(self, record, position):
+        """(position, alternatives radio, view with the token outlined)."""
+        if not isinstance(record, dict) or not record.get("tokens"):
+            raise ValidationError("generate some text first")
+        pos = check_index("position", position, len(record["tokens"]))
+        alts = self._alternatives(record, pos)
+        drawn = record["tokens"][pos]["id"]
+        first_other = next((i for _, i in alts if i != drawn), None)
+        return pos, gr.Radio(choices=alts, value=first_other), token_view_html(record, selected=pos)
+
+    def clicked(self, record, evt: gr.EventData):
+        return self.select(record, getattr(evt, "pos", None) if evt is not None else None)
+
+    @user_errors
+    def branch(self, record, position, token_id):
+        """(new prompt, message): the prompt cut before `position`, ending with `token_id`."""
+        loaded = self.manager.require()
+        record = check_record(record)
+        if position is None or position == "":
+            raise ValidationError("click a token in the coloured text (or choose one in the list) first")
+        if token_id is None or token_id == "":
+            raise ValidationError("choose the token to put in its place")
+        pos = check_index("position", position, len(record["tokens"]))
+        token = check_index("token id", token_id, loaded.vocab_size)
+        new_prompt = branch_prompt(loaded, record, pos, token)
+        label = display_token(loaded.tokenizer, token)
+        old = record["tokens"][pos]["label"]
+        where = f"Cut after token #{pos}" if pos else "Cut at the start of the generated text"
+        msg = (f"✂ {where} and put {code_label(label)} in place of token #{pos + 1} {code_label(old)}. "
+               "The prompt above now ends there: press **Generate** to continue this branch.")
+        return new_prompt, msg
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass
+class GenerateTab:
+    """What the page shell connects to the other tabs."""
+
+    prompt: gr.Textbox
+    output: gr.Textbox
+    controls: dict  # setting name -> input, plus 'preset'
+    to_attention: gr.Button
+    to_next_token: gr.Button
+
+
+def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
+    """The Generate tab's contents, built inside ``tab``."""
+    gen = GenerateHandlers(ctx.manager)
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=4, value=EXAMPLES[0], max_lines=20,
+                                placeholder="Type the beginning of a text…")
+            with gr.Row():
+                gen_btn = gr.Button("Generate", variant="primary")
+                stop_btn = gr.Button("Stop", variant="stop")
+            output = gr.Textbox(label="Generated text", lines=8, max_lines=30, interactive=False,
+                                buttons=["copy"], elem_id="output")
+            stats = gr.Markdown("", elem_classes="stats")
+            with gr.Row():
+                to_attention = gr.Button("See its attention →", size="sm")
+                to_next = gr.Button("Explore the next token →", size="sm")
+            gr.Examples(EXAMPLES, inputs=[prompt], label="Example prompts")
+        with gr.Column(scale=2), gr.Accordion("Sampling settings", open=True):
+            preset = preset_radio()
+            max_new_tokens = setting_input(MAX_NEW_TOKENS)
+            controls = sampling_inputs()
+    last_generation = gr.State(None)
+    on_generation = _build_token_view(ctx, last_generation, prompt)
+
+    inputs = [prompt, max_new_tokens] + [controls[n] for n in SAMPLING_ORDER]
+    generate = ctx.gpu(with_parameters(gen.generate, API_PARAMETERS))
+    limit = {**MODEL_QUEUE, "concurrency_limit": ctx.concurrency}
+    events = [gen_btn.click(generate, inputs, [output, stats, last_generation], api_name="generate", **limit),
+              prompt.submit(generate, inputs, [output, stats, last_generation], **PRIVATE, **limit)]
+    for ev in events:
+        ev.then(**on_generation)
+    stop_btn.click(None, None, None, cancels=events, **PRIVATE)
+    preset.change(preset_values, preset, [controls[n] for n in PRESET_TARGETS], **PRIVATE)
+    return GenerateTab(prompt, output, {**controls, "preset": preset}, to_attention, to_next)
+
+
+def _build_token_view(ctx: AppContext, last_generation: gr.State, prompt: gr.Textbox) -> dict:
+    """The probability-coloured output under the generated text; returns the event that fills it."""
+    h = TokenViewHandlers(ctx.manager)
+    with gr.Accordion("How likely was each token? (probability-coloured output)", open=True):
+        gr.Markdown(VIEW_HELP)
+        view = gr.HTML(token_view_html(None), css_template=TOKEN_VIEW_CSS, js_on_load=TOKEN_VIEW_JS,
+                       elem_id="token-view")
+        with gr.Row(equal_height=True):
+            position = gr.Dropdown(choices=[], value=None, label="Token to change", scale=2)
+            alternative = gr.Radio(choices=[], value=None, label="Put this token in its place", scale=3)
+        with gr.Row():
+            branch_btn = gr.Button("✂ Branch: cut here and put in this token", size="sm")
+        branch_md = gr.Markdown("")
+    view.token_click(h.clicked, [last_generation], [position, alternative, view], **PRIVATE)
+    position.input(h.select, [last_generation, position], [position, alternative, view], **PRIVATE)
+    branch_btn.click(h.branch, [last_generation, position, alternative], [prompt, branch_md], **PRIVATE)
+    return dict(fn=h.on_generation, inputs=[last_generation], outputs=[view, position, alternative, branch_md],
+                **PRIVATE)

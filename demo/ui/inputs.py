@@ -1,0 +1,105 @@
+"""Gradio inputs built from the settings' one definition, whose server-side check names the setting.
+
+Gradio's own Slider check says only "Value 1000 is greater than maximum value 400." and lets NaN or
+a string through to fail obscurely; these templates (rendered exactly like the originals) run the
+setting's own check (:class:`demo.validation.Setting`) and reject wrong types, NaN/inf and
+out-of-range values with a message that names the parameter."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..errors import ValidationError
+from ..sampling import DEFAULT_PRESET, PRESETS, SETTINGS, SamplingParams
+from ..validation import Setting, check_choice
+
+
+def _checked(check, value):
+    try:
+        return check(value)
+    except ValidationError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+
+
+class CheckedSlider(gr.Slider):
+    """A slider whose value the server checks against its :class:`Setting` (its full server range,
+    wider than the slider's)."""
+
+    is_template = True  # rendered by the frontend as a plain slider
+
+    def __init__(self, setting: Setting, *, value=None, label: str | None = None, **kwargs):
+        lo, hi, step = setting.slider
+        kwargs = {"minimum": lo, "maximum": hi, "step": step, "info": setting.help, **kwargs}
+        super().__init__(value=setting.default if value is None else value, label=label or setting.label, **kwargs)
+        self.setting = setting
+
+    def get_config(self, cls=None):
+        # Gradio sends the page the arguments named in the class's __init__ signature: use Slider's
+        # (label, value, step, info, ...), not this narrower one, or the page gets unlabelled sliders.
+        return super().get_config(cls or gr.Slider)
+
+    def preprocess(self, payload):
+        return _checked(self.setting.check, payload)
+
+
+class SeedNumber(gr.Number):
+    """A seed box: a whole number in [0, 2^32), or -1 / empty for a random seed (passed on as None)."""
+
+    is_template = True
+
+    def __init__(self, setting: Setting, *, label: str | None = None, **kwargs):
+        kwargs = {"value": -1, "precision": 0, "info": setting.help, **kwargs}
+        super().__init__(label=label or setting.label, **kwargs)
+        self.setting = setting
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.Number)
+
+    def preprocess(self, payload):
+        return _checked(self.setting.check, payload)
+
+
+class ChoiceDropdown(gr.Dropdown):
+    """A single-choice dropdown checked by :func:`demo.validation.check_choice`, which quotes at most
+    40 characters of a rejected value (Gradio's own check echoes all of it: a 1-MB model name came
+    back as a 1-MB error)."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        allowed = [str(value) for _, value in self.choices]
+        _checked(lambda v: check_choice(self.label or "the value", v, allowed, exact=True), payload)
+        return super().preprocess(payload)
+
+
+def setting_input(setting: Setting, value=None, label: str | None = None, **kwargs) -> gr.components.Component:
+    """The page's input for one setting: a checkbox, a seed box or a checked slider."""
+    if setting.kind == "bool":
+        return gr.Checkbox(value=setting.default if value is None else value, label=label or setting.label,
+                           info=setting.help, **kwargs)
+    if setting.kind == "seed":
+        return SeedNumber(setting, label=label, **kwargs)
+    return CheckedSlider(setting, value=value, label=label, **kwargs)
+
+
+def sampling_inputs(defaults: SamplingParams = PRESETS[DEFAULT_PRESET], labels: dict[str, str] | None = None
+                    ) -> dict[str, gr.components.Component]:
+    """One input per sampling setting, in definition order (``labels`` renames some, so two sets on
+    one page stay distinguishable)."""
+    labels = labels or {}
+    return {s.name: setting_input(s, getattr(defaults, s.name), labels.get(s.name)) for s in SETTINGS}
+
+
+def preset_radio(**kwargs) -> gr.Radio:
+    return gr.Radio(list(PRESETS), value=DEFAULT_PRESET, label="Preset", info="Sets the sliders below", **kwargs)
+
+
+PRESET_TARGETS = [s.name for s in SETTINGS if s.kind != "seed"]  # what a preset sets (it keeps the seed)
+
+
+def preset_values(name) -> list:
+    """The values a preset gives the inputs named in :data:`PRESET_TARGETS` (unchanged if unknown)."""
+    preset = PRESETS.get(name) if isinstance(name, str) else None
+    if preset is None:
+        return [gr.skip()] * len(PRESET_TARGETS)
+    return [getattr(preset, n) for n in PRESET_TARGETS]

@@ -1,0 +1,96 @@
+"""The page shell: the header with the model picker, and the tabs, each built by its own module
+and connected here (the links from the Generate tab to the analysis tabs)."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from ..backend import PRECISIONS, ModelManager
+from ..errors import ExplorerError
+from . import about_tab, attention_tab, generate_tab, next_token_tab
+from .common import PRIVATE, AppContext, user_errors
+from .inputs import ChoiceDropdown
+
+TITLE = "GPT Explorer"
+CSS = """
+.stats { font-size: 0.9em; opacity: 0.85; }
+.model-status { font-size: 0.95em; }
+footer { display: none !important; }
+"""
+
+
+def format_model_status(manager: ModelManager) -> str:
+    cur = manager.current
+    if cur is None:
+        why = manager.last_error or "loading…"
+        return f"⚠️ **No model loaded.** {html.escape(why)}"
+    i = cur.info()
+    return (f"**{html.escape(i['name'])}** · {i['device']} · {i['precision']} ({i['precision_label']}) · "
+            f"{i['memory_mb']:,} MB in memory · {i['parameters'] / 1e6:,.1f} M parameters · "
+            f"context {i['context_length']} tokens")
+
+
+class ModelHandlers:
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    @user_errors
+    def load_model(self, name, precision, progress=gr.Progress()):
+        """Load a catalogue model. On failure the previous model keeps serving and the error is shown."""
+        try:
+            progress(0.0, desc=f"Loading {name}…")
+            self.manager.load(name, precision, progress=lambda frac, msg: progress(frac, desc=msg))
+        except ExplorerError as exc:
+            gr.Warning(str(exc))
+            return format_model_status(self.manager) + f"\n\n❌ {html.escape(str(exc))}"
+        return format_model_status(self.manager)
+
+    def status(self) -> str:
+        return format_model_status(self.manager)
+
+
+def _join(prompt: str, output: str) -> str:
+    return prompt + output
+
+
+def _opener(tab_id: str):
+    def open_tab():
+        return gr.Tabs(selected=tab_id)
+    return open_tab
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    manager = ctx.manager
+    models = ModelHandlers(manager)
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nTry a GPT language model and see inside it: generate text, watch where each "
+                    "attention head looks, and see the probability of every possible next token.")
+        with gr.Row(equal_height=True):
+            model_dd = ChoiceDropdown(manager.names, value=manager.current.name if manager.current else None,
+                                      label="Model", scale=2)
+            precision_dd = ChoiceDropdown(list(PRECISIONS),
+                                          value=manager.current.precision if manager.current else "auto",
+                                          label="Precision", scale=1, info="auto = 8-bit on GPU, fp32 on CPU")
+            load_btn = gr.Button("Load model", scale=1)
+        model_status = gr.Markdown(models.status(), elem_classes="model-status")
+
+        with gr.Tabs() as tabs:
+            with gr.Tab("Generate", id="generate") as tab:
+                gen = generate_tab.build(tab, ctx)
+            with gr.Tab("Attention", id="attention") as tab:
+                att = attention_tab.build(tab, ctx)
+            with gr.Tab("Next token", id="next_token") as tab:
+                nxt = next_token_tab.build(tab, ctx, gen.controls)
+            with gr.Tab("About", id="about") as tab:
+                about_tab.build(tab)
+
+        load_btn.click(models.load_model, [model_dd, precision_dd], model_status, api_name="load_model",
+                       concurrency_limit=1, concurrency_id="load")
+        # The Generate tab's links: its prompt and output go to an analysis tab, which opens and analyses them.
+        for button, target, tab_id in ((gen.to_attention, att, "attention"), (gen.to_next_token, nxt, "next_token")):
+            button.click(_join, [gen.prompt, gen.output], target.text, **PRIVATE).then(
+                _opener(tab_id), None, tabs, **PRIVATE).then(**target.on_text)
+        demo.load(models.status, None, model_status, **PRIVATE)
+    return demo

@@ -1,0 +1,124 @@
+"""The code's structure: no import cycle in demo/, one settings object reads the environment, the
+sampling settings are defined once, the UI holds no model logic."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from demo.errors import ValidationError
+from demo.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "demo"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def demo_imports(path: Path) -> set[str]:
+    """Every demo module ``path`` imports, at module level or inside functions."""
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("demo")}
+        elif isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(max(0, node.level - 1)):
+                base = base.rpartition(".")[0]
+            target = (f"{base}.{node.module}" if node.module else base) if node.level else (node.module or "")
+            if not target.startswith("demo"):
+                continue
+            for alias in node.names:  # `from . import x` imports the module demo.x
+                sub = f"{target}.{alias.name}"
+                found.add(sub if (REPO / Path(*sub.split("."))).with_suffix(".py").exists() else target)
+    return found - {here}
+
+
+def test_demo_imports_form_no_cycle():
+    graph = {module_name(p): demo_imports(p) for p in DEMO.rglob("*.py")}
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert "demo.ui.page" in graph and graph["demo.ui.page"] >= {"demo.ui.generate_tab", "demo.ui.attention_tab"}
+
+
+def test_only_the_settings_module_reads_the_environment():
+    reads = re.compile(r"\bos\.environ\b|\bgetenv\(|\benviron\.get\(")
+    readers = [str(p.relative_to(REPO)) for p in [REPO / "app.py", *DEMO.rglob("*.py")]
+               if reads.search(p.read_text(encoding="utf-8"))]
+    assert readers == ["demo/settings.py"]
+
+
+def test_analysis_and_backend_know_nothing_of_gradio():
+    for path in DEMO.glob("*.py"):
+        if path.name != "app_factory.py":
+            assert not {m for m in ast_imports(path) if m.split(".")[0] == "gradio"}, path.name
+
+
+def ast_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+    return out
+
+
+def test_the_ui_modules_do_not_run_the_model_themselves():
+    for path in (DEMO / "ui").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "import torch" not in text and "transformers" not in ast_imports(path), path.name
+
+
+def test_sampling_settings_are_listed_in_one_place():
+    """No module other than demo/sampling.py spells out the sampling settings' names one after another."""
+    run = "temperature, top_k, top_p, min_p"
+    for path in [REPO / "app.py", *DEMO.rglob("*.py"), *(REPO / "benchmarks").glob("*.py"), *REPO.glob("tests/*.py")]:
+        text = path.read_text(encoding="utf-8").replace('"', "").replace("'", "").replace("=", "")
+        if path.name not in ("sampling.py", "test_api.py", "test_structure.py"):
+            assert run not in text, f"{path.relative_to(REPO)} lists the sampling settings by hand"
+
+
+def test_settings_are_read_once_from_the_environment():
+    env = {"GPT_EXPLORER_MODEL": "gpt2", "GPT_EXPLORER_PRECISION": "int8", "GPT_EXPLORER_MODELS": "a=/x; b=/y ;",
+           "GPT_EXPLORER_CONCURRENCY": "3", "GPT_EXPLORER_QUEUE_SIZE": "10", "SPACES_ZERO_GPU": "true"}
+    s = Settings.from_env(env)
+    assert (s.model, s.precision, s.extra_models, s.concurrency, s.queue_size, s.zero_gpu) == (
+        "gpt2", "int8", ("a=/x", "b=/y"), 3, 10, True)
+    assert s.concurrency_for("cpu") == 3
+    plain = Settings.from_env({})
+    assert (plain.model, plain.precision, plain.extra_models, plain.queue_size, plain.zero_gpu) == (
+        None, "auto", (), 64, False)
+    assert plain.concurrency_for("cpu") == 2 and plain.concurrency_for("cuda") == 4
+    assert plain.replace(model=None, precision="fp32").precision == "fp32"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"GPT_EXPLORER_PRECISION": "fp8"}, "GPT_EXPLORER_PRECISION must be one of"),
+    ({"GPT_EXPLORER_CONCURRENCY": "many"}, "GPT_EXPLORER_CONCURRENCY must be a whole number"),
+    ({"GPT_EXPLORER_CONCURRENCY": "0"}, "GPT_EXPLORER_CONCURRENCY must be at least 1"),
+    ({"GPT_EXPLORER_QUEUE_SIZE": "-5"}, "GPT_EXPLORER_QUEUE_SIZE must be at least 1"),
+])
+def test_bad_settings_get_a_clear_message(env, message):
+    with pytest.raises(ValidationError, match=message):
+        Settings.from_env(env)
