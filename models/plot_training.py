@@ -61,7 +61,8 @@ def figure(history: list[dict], bytes_per_token: float | None, title: str, goal_
         pad = 0.05 * (hi - lo or 1)
         rng = [lo - pad, hi + pad]
         fig.update_layout(yaxis=dict(range=rng),
-                          yaxis2=dict(title="bits per byte", overlaying="y", side="right", showgrid=False, tickmode="auto",
+                          yaxis2=dict(title="bits per byte", overlaying="y", side="right", showgrid=False,
+                                      tickmode="auto",
                                       range=[r / to_nats for r in rng]))
         # an invisible trace so the right axis is drawn; it reads the left axis's curves in bits per byte
         fig.add_scatter(x=tokens[:1], y=[rng[0] / to_nats], yaxis="y2", showlegend=False, hoverinfo="skip",

@@ -24,9 +24,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tup
         return docs, []
     ranked = sorted(docs, key=lambda d: hashlib.sha256(f"{seed}:{d.name}".encode()).hexdigest())
     n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))
-    val = set(d.path for d in ranked[:n_val])
+    val = {d.path for d in ranked[:n_val]}
     return [d for d in docs if d.path not in val], [d for d in docs if d.path in val]
 
 
@@ -107,7 +107,8 @@ def cached_encode(tokenizer, docs: list[Document], cache_dir: Path | None) -> np
     if cache_dir is None:
         return encode_documents(tokenizer, docs)
     key = hashlib.sha256(
-        json.dumps([tokenizer.backend_tokenizer.to_str()] + [f"{d.path}:{d.path.stat().st_size}" for d in docs]).encode()
+        json.dumps([tokenizer.backend_tokenizer.to_str()]
+                   + [f"{d.path}:{d.path.stat().st_size}" for d in docs]).encode()
     ).hexdigest()[:16]
     path = cache_dir / f"tokens-{key}.npy"
     if path.exists():
@@ -168,7 +169,7 @@ def load_tokenizer(path: str | os.PathLike):
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds here
+    except Exception as exc:
         raise _source_error(path, "a tokenizer", exc) from exc
     if tok.eos_token is None:
         tok.eos_token = EOS
@@ -184,7 +185,7 @@ def load_causal_lm(path: str, **kwargs):
 
     try:
         config = AutoConfig.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _source_error(path, "a Hugging Face config (config.json)", exc) from exc
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -255,7 +256,8 @@ class TokenWindows:
         n = n_batches * batch_size
         starts = np.linspace(0, len(self.ids) - self.context - 1, num=n).astype(np.int64)
         for i in range(0, n, batch_size):
-            yield torch.from_numpy(np.stack([self.ids[s : s + self.context + 1] for s in starts[i : i + batch_size]]).astype(np.int64))
+            rows = [self.ids[s : s + self.context + 1] for s in starts[i : i + batch_size]]
+            yield torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
 def _lm_loss(model, batch):
@@ -322,7 +324,8 @@ def run_training(model, tokenizer, train_ids: np.ndarray, val_ids: np.ndarray, c
         losses = []
         with torch.no_grad():
             for batch in val.fixed_batches(cfg.eval_batches, cfg.batch_size):
-                losses.append(accelerator.gather(_lm_loss(model, batch.to(accelerator.device)).reshape(1)).mean().item())
+                loss = _lm_loss(model, batch.to(accelerator.device)).reshape(1)
+                losses.append(accelerator.gather(loss).mean().item())
         model.train()
         return float(np.mean(losses))
 
@@ -333,7 +336,8 @@ def run_training(model, tokenizer, train_ids: np.ndarray, val_ids: np.ndarray, c
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.context * accelerator.num_processes
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, unit="step",
+               dynamic_ncols=True)
     t0, ema, start_step, stop_reason = time.time(), None, step, "max steps"
     while step < cfg.max_steps:
         for _ in range(cfg.grad_accum):
@@ -370,7 +374,8 @@ def run_training(model, tokenizer, train_ids: np.ndarray, val_ids: np.ndarray, c
                     fh.write(json.dumps(record) + "\n")
             accelerator.save_state(str(state_dir))
             if accelerator.is_main_process:
-                (state_dir / "meta.json").write_text(json.dumps({"step": step, "best_val_loss": best, "history": history}))
+                meta = {"step": step, "best_val_loss": best, "history": history}
+                (state_dir / "meta.json").write_text(json.dumps(meta))
             if cfg.patience and bad_evals >= cfg.patience:
                 stop_reason = f"early stop: no val improvement in {cfg.patience} evaluations"
                 break
@@ -413,7 +418,8 @@ def bits_per_byte(model, tokenizer, texts: Sequence[str], context: int | None = 
     scored exactly once, with up to ``context - stride`` tokens of earlier context."""
     import torch
 
-    context = context or getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    cfg = model.config
+    context = context or getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 1024)
     stride = stride or context // 2
     if not 0 < stride < context:
         raise TrainError(f"stride must be in 1..{context - 1}")
@@ -494,7 +500,8 @@ def _prepare(args, tokenizer, context: int):
         train_ids, val_ids = train_ids[:cut], train_ids[cut:]
     if _main_process():
         print(f"data: {len(train_docs)} train docs ({len(train_ids):,} tokens), "
-              f"{len(val_docs)} validation docs ({len(val_ids):,} tokens): {', '.join(d.name for d in val_docs) or 'last 10 %'}")
+              f"{len(val_docs)} validation docs ({len(val_ids):,} tokens): "
+              f"{', '.join(d.name for d in val_docs) or 'last 10 %'}")
     if len(val_ids) <= context + 1:
         raise TrainError(f"validation text too short ({len(val_ids)} tokens) for context {context}: add more text "
                          f"or lower --context")
