@@ -202,15 +202,6 @@ class ViewMatrix:
     col_labels: list[str]  # per key token
     stem: str  # a file name for exports, e.g. 'attention_layer1_head2'
 
-    def looking_row(self, view: AttentionView) -> np.ndarray:
-        """Where the view's query token looks: one weight per token up to it (averaged over the heads
-        when the view holds several)."""
-        q = view.token
-        if view.kind == "token":
-            return self.values.mean(axis=0)
-        if view.kind == "heads":
-            return self.values[:, q, : q + 1].mean(axis=0)
-        return self.values[q, : q + 1]
 
 
 def aggregate_matrix(result: AttentionResult, aggregate: str, layer: int = 0, head: int = 0) -> np.ndarray:
@@ -236,6 +227,24 @@ def focus_matrix(result: AttentionResult, token: int, scope: str = "layer", laye
         return result.weights[layer, :, q, : q + 1], [f"L{layer} H{h}" for h in range(result.n_heads)]
     rows = result.weights[:, :, q, : q + 1].reshape(-1, q + 1)
     return rows, [f"L{lay} H{h}" for lay in range(result.n_layers) for h in range(result.n_heads)]
+
+
+def looking_row(result: AttentionResult, view: AttentionView) -> np.ndarray:
+    """Where the view's query token looks, one weight per token up to it: its row of
+    ``view_matrix(result, view)`` (averaged over the heads when the view holds several), computed
+    from that one row of every head instead of the whole matrix."""
+    q = view.token
+    rows = result.weights[:, :, q, : q + 1]  # [layers, heads, q + 1]
+    if view.kind == "head":
+        return rows[view.layer, view.head]
+    if view.kind == "aggregate":
+        how, _, over = view.aggregate.partition("-")
+        stack = rows[view.layer] if over == "heads" else rows[:, view.head] if over == "layers" else rows.reshape(
+            -1, q + 1)
+        return (stack.mean(axis=0, dtype=np.float64) if how == "mean" else stack.max(axis=0)).astype(np.float32)
+    if view.kind == "token" and view.scope == "all":
+        return rows.reshape(-1, q + 1).mean(axis=0)
+    return rows[view.layer].mean(axis=0)  # 'heads', and 'token' in one layer
 
 
 def view_matrix(result: AttentionResult, view: AttentionView, max_label_chars: int = 14) -> ViewMatrix:
@@ -314,9 +323,10 @@ def axis_labels(tokens, max_chars: int = 14) -> list[str]:
     return out
 
 
-def api_payload(result: AttentionResult, view: AttentionView, decimals: int = 6) -> dict:
+def api_payload(result: AttentionResult, view: AttentionView, vm: ViewMatrix | None = None, decimals: int = 6
+                ) -> dict:
     """JSON of /attention: the tokens, the [T, T] matrix of the view's layer/head, and for the
-    'aggregate' and 'token' views the matrix the view shows."""
+    'aggregate' and 'token' views the matrix the view shows (``vm``, when already computed)."""
     data = {
         "model": result.model_name,
         "precision": result.precision,
@@ -333,7 +343,7 @@ def api_payload(result: AttentionResult, view: AttentionView, decimals: int = 6)
         "notice": result.notice(),
     }
     if view.kind in ("aggregate", "token"):
-        vm = view_matrix(result, view)
+        vm = vm or view_matrix(result, view)
         data["view_weights"] = _rounded(vm.values, decimals)
         if view.kind == "token":
             data["view_rows"] = vm.row_labels
@@ -359,8 +369,10 @@ def export_tables(result: AttentionResult, view: AttentionView, max_numbers: int
     when the picture groups tokens in blocks. ValidationError past ``max_numbers`` weights."""
     vm = view_matrix(result, view, max_label_chars=1000)
     if vm.values.size > max_numbers:
-        hint = " export one head at a time (One head view)." if view.kind == "heads" else ""
-        raise ValidationError(f"This view holds {vm.values.size:,} weights, too many for one file.{hint}")
+        if view.kind == "heads":
+            raise ValidationError(f"This layer holds {vm.values.size:,} weights, too many for one file: "
+                                  "export one head at a time (One head view).")
+        raise ValidationError(f"This view holds {vm.values.size:,} weights, too many for one file.")
     if view.kind == "heads":
         text = "".join(f"# head {h}\n" + matrix_csv(m, vm.row_labels, vm.col_labels) for h, m in enumerate(vm.values))
     elif view.kind == "token":

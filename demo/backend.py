@@ -46,7 +46,7 @@ def default_device() -> str:
 
 def resolve_precision(precision: str, device: str) -> str:
     """The precision a request gets on this device ('auto' resolved); ValidationError if refused."""
-    precision = check_choice("precision", precision, list(PRECISIONS))
+    precision = check_choice("precision", precision, list(PRECISIONS), exact=True)
     if precision == "auto":
         return "int8" if device == "cuda" else "fp32"
     if precision == "fp16" and device == "cpu":

@@ -3,8 +3,9 @@
 Entries are keyed by (kind, model, request): ``kind`` names what is stored ('attention', 'logits'),
 the model is identified by its object (a weak reference guards against a new model that happens to
 get a freed model's ``id``) together with its name and precision, and the request is any hashable
-value (a text, a tuple of token ids). The cache is bounded in entries and in bytes, least recently
-used first out, and thread-safe; concurrent requests for the same key compute it once while other
+value (a text, a tuple of token ids). The cache is bounded in entries (per kind, so a long run of
+next-token steps cannot push out the attention of the text being studied) and in bytes (in all),
+least recently used first out, and thread-safe; concurrent requests for the same key compute it once while other
 keys compute in parallel.
 """
 
@@ -19,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-CACHE_ENTRIES = 128
-CACHE_BYTES = 640 * 2**20
+CACHE_ENTRIES = 64  # per kind
+CACHE_BYTES = 640 * 2**20  # in all
 
 
 def size_of(value: Any) -> int:
@@ -35,7 +36,8 @@ def size_of(value: Any) -> int:
 
 
 class ModelCache:
-    """LRU of values computed from a loaded model, bounded by ``max_entries`` and ``max_bytes``."""
+    """LRU of values computed from a loaded model, bounded by ``max_entries`` of each kind and
+    ``max_bytes`` in all."""
 
     def __init__(self, max_entries: int = CACHE_ENTRIES, max_bytes: int = CACHE_BYTES):
         self.max_entries, self.max_bytes = max_entries, max_bytes
@@ -105,7 +107,13 @@ class ModelCache:
     def _evict(self) -> None:
         for key in [k for k, (ref, _, _) in self._entries.items() if ref() is None]:
             self._drop(key)
-        while len(self._entries) > 1 and (len(self._entries) > self.max_entries or self._nbytes > self.max_bytes):
+        per_kind: dict[str, list[tuple]] = {}
+        for key in self._entries:  # oldest first
+            per_kind.setdefault(key[0], []).append(key)
+        for keys in per_kind.values():
+            for key in keys[: max(0, len(keys) - self.max_entries)]:
+                self._drop(key)
+        while len(self._entries) > 1 and self._nbytes > self.max_bytes:
             self._drop(next(iter(self._entries)))  # a single entry stays: each value is bounded by its producer
 
     @property

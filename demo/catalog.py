@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ValidationError
+from .validation import check_choice
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CATALOG_FILE = REPO_ROOT / "models" / "catalog.json"
@@ -58,9 +58,6 @@ def load_catalog(path: Path = CATALOG_FILE, extra: list[str] | None = None) -> l
 
 
 def find_spec(catalog: list[ModelSpec], name) -> ModelSpec:
-    if not isinstance(name, str):
-        raise ValidationError("model must be one of the catalogue's names")
-    for spec in catalog:
-        if spec.name == name:
-            return spec
-    raise ValidationError(f"unknown model {name[:80]!r}: choose one of {', '.join(s.name for s in catalog)}")
+    """The catalogue entry called exactly ``name`` (ValidationError otherwise)."""
+    name = check_choice("model", name, [s.name for s in catalog], exact=True)
+    return next(s for s in catalog if s.name == name)

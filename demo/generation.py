@@ -197,10 +197,15 @@ def generation_record(loaded: LoadedModel, prompt: str, update: GenerationUpdate
     }
 
 
+def has_tokens(record) -> bool:
+    """Whether a value from the page is a generation record with at least one token."""
+    return isinstance(record, dict) and isinstance(record.get("tokens"), list) and bool(record["tokens"])
+
+
 def check_record(record) -> dict:
     """A generation record as the page keeps it, or ValidationError when there is none yet."""
-    if not isinstance(record, dict) or not isinstance(record.get("tokens"), list) or not record["tokens"]:
-        raise ValidationError("generate some text first: there is nothing to branch from yet")
+    if not has_tokens(record):
+        raise ValidationError("generate some text first: there is nothing to select or branch from yet")
     return record
 
 

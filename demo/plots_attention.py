@@ -148,9 +148,10 @@ def _square_heatmap(z, labels, block, title, hover_what="weight") -> go.Figure:
 # ----------------------------------------------------------------------------- views
 
 
-def figure(result: AttentionResult, view: AttentionView) -> go.Figure:
-    """The figure of a view (valid for ``result``): a heatmap, or small multiples for 'heads'."""
-    vm = view_matrix(result, view)
+def figure(result: AttentionResult, view: AttentionView, vm: ViewMatrix | None = None) -> go.Figure:
+    """The figure of a view (valid for ``result``): a heatmap, or small multiples for 'heads'. ``vm``
+    is ``view_matrix(result, view)`` when the caller has it already."""
+    vm = vm or view_matrix(result, view)
     if view.kind == "heads":
         return _heads_figure(result, view, vm)
     if view.kind == "token":

@@ -8,9 +8,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .backend import PRECISIONS
 from .errors import ValidationError
 
-PRECISION_CHOICES = ("auto", "int8", "nf4", "fp16", "bf16", "fp32")
+PRECISION_CHOICES = tuple(PRECISIONS)
 DEFAULT_QUEUE_SIZE = 64
 CPU_CONCURRENCY = 2
 GPU_CONCURRENCY = 4
@@ -45,7 +46,7 @@ class Settings:
             precision=env.get("GPT_EXPLORER_PRECISION") or "auto",
             extra_models=tuple(e.strip() for e in env.get("GPT_EXPLORER_MODELS", "").split(";") if e.strip()),
             concurrency=_int(env, "GPT_EXPLORER_CONCURRENCY"),
-            queue_size=_int(env, "GPT_EXPLORER_QUEUE_SIZE") or DEFAULT_QUEUE_SIZE,
+            queue_size=_or(_int(env, "GPT_EXPLORER_QUEUE_SIZE"), DEFAULT_QUEUE_SIZE),
             zero_gpu=bool(env.get("SPACES_ZERO_GPU")),
         )
 
@@ -57,6 +58,10 @@ class Settings:
         if self.concurrency is not None:
             return self.concurrency
         return GPU_CONCURRENCY if device == "cuda" else CPU_CONCURRENCY
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def _int(env: Mapping[str, str], name: str) -> int | None:

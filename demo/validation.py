@@ -102,7 +102,7 @@ def check_choice(name: str, value, options: Mapping[str, str] | list[str], defau
         return default
     labels = options if isinstance(options, Mapping) else {k: k for k in options}
     if not isinstance(value, str):
-        raise ValidationError(f"{name} must be one of {', '.join(labels)}, got {type(value).__name__}")
+        raise ValidationError(f"{name} must be one of {', '.join(labels)}; got {type(value).__name__}")
     if exact:
         if value in labels:
             return value
@@ -111,7 +111,7 @@ def check_choice(name: str, value, options: Mapping[str, str] | list[str], defau
         for key, label in labels.items():
             if v in (key.lower(), label.lower()):
                 return key
-    raise ValidationError(f"{name} must be one of {', '.join(labels)}, got {_quote(value)}")
+    raise ValidationError(f"{name} must be one of {', '.join(labels)}; got {_quote(value)}")
 
 
 def check_text(name: str, text, max_chars: int = MAX_TEXT_CHARS, *, allow_blank: bool = False) -> str:
@@ -173,13 +173,16 @@ class Setting:
     lo_open: bool = False
     slider: tuple[float, float, float] | None = None  # (min, max, step) of the page's slider
 
-    def check(self, value):
-        """The valid value, or ValidationError naming the setting."""
+    def check(self, value, *, slider: bool = False):
+        """The valid value, or ValidationError naming the setting. ``slider``: within the page's slider
+        range (what an endpoint built from the sliders accepts) rather than the server's wider one."""
         if self.kind == "bool":
             return check_bool(self.name, value)
         if self.kind == "seed":
             return check_seed(value)
-        return check_number(self.name, value, self.lo, self.hi, integer=self.kind == "int", lo_open=self.lo_open)
+        lo, hi, lo_open = (self.slider[0], self.slider[1], False) if slider and self.slider else (
+            self.lo, self.hi, self.lo_open)
+        return check_number(self.name, value, lo, hi, integer=self.kind == "int", lo_open=lo_open)
 
     @property
     def python_type(self) -> type:

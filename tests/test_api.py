@@ -44,6 +44,7 @@ def test_same_seed_same_text_through_the_api(client):
     ("max_new_tokens", 10**7, "max_new_tokens must be in"),
     ("max_new_tokens", "ten", "max_new_tokens must be a number"),
     ("temperature", -1, "temperature must be in"),
+    ("temperature", 3, "temperature must be in [0.05, 2]"),  # /generate accepts what its sliders show
     ("temperature", "hot", "temperature must be a number"),
     ("top_k", 2.5, "top_k must be a whole number"),
     ("top_p", 7, "top_p must be in"),
@@ -77,7 +78,7 @@ def test_load_model_offline_hub_keeps_serving(client, live_app):
     status = client.predict(name="gpt2", precision="auto", api_name="/load_model")
     assert "Hugging Face Hub" in status and "gutenberg-gpt" in status
     assert live_app[0].manager.require().name == "gutenberg-gpt"
-    with pytest.raises(AppError, match="Model must be one of gutenberg-gpt, gpt2, .*, got '/etc/passwd'"):
+    with pytest.raises(AppError, match="Model must be one of gutenberg-gpt, gpt2, .*; got '/etc/passwd'"):
         client.predict(name="/etc/passwd", precision="auto", api_name="/load_model")
 
 

@@ -162,8 +162,10 @@ def test_switching_layer_head_view_runs_the_model_once(tiny_loaded, handlers, ca
 
 def test_one_view_matrix_feeds_the_figure_the_payload_and_the_export(tiny_loaded, handlers):
     r = A.attention_of(tiny_loaded, TEXT)
-    for v in (view(kind="head", layer=1, head=3), view(kind="aggregate", aggregate="max-all", layer=1),
-              view(kind="token", token=5, scope="all"), view(kind="heads", layer=1)):
+    views = [view(kind="head", layer=1, head=3, token=7), view(kind="heads", layer=1, token=4),
+             view(kind="token", token=5, scope="all"), view(kind="token", token=6, layer=1)]
+    views += [view(kind="aggregate", aggregate=a, layer=1, head=2, token=9) for a in A.AGGREGATES]
+    for v in views:
         vm = A.view_matrix(r, v)
         _, text, data = A.export_tables(r, v, 10**7)
         np.testing.assert_allclose(np.array(data["weights"]), vm.values, atol=1e-6)
@@ -173,8 +175,9 @@ def test_one_view_matrix_feeds_the_figure_the_payload_and_the_export(tiny_loaded
         if v.kind in ("aggregate", "token"):
             payload = A.api_payload(r, v)
             np.testing.assert_allclose(np.array(payload["view_weights"]), vm.values, atol=1e-6)
-        row = vm.looking_row(v)
-        assert row.shape == (v.token + 1,)
+        row = A.looking_row(r, v)  # the strip's row: the view's row, averaged over its heads
+        whole = vm.values.mean(axis=0) if v.kind == "token" else vm.values[..., v.token, : v.token + 1]
+        np.testing.assert_allclose(row, whole.mean(axis=0) if v.kind == "heads" else whole, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- aggregates and figures

@@ -118,6 +118,7 @@ def test_settings_are_read_once_from_the_environment():
     ({"GPT_EXPLORER_CONCURRENCY": "many"}, "GPT_EXPLORER_CONCURRENCY must be a whole number"),
     ({"GPT_EXPLORER_CONCURRENCY": "0"}, "GPT_EXPLORER_CONCURRENCY must be at least 1"),
     ({"GPT_EXPLORER_QUEUE_SIZE": "-5"}, "GPT_EXPLORER_QUEUE_SIZE must be at least 1"),
+    ({"GPT_EXPLORER_QUEUE_SIZE": "0"}, "GPT_EXPLORER_QUEUE_SIZE must be at least 1"),
 ])
 def test_bad_settings_get_a_clear_message(env, message):
     with pytest.raises(ValidationError, match=message):

@@ -27,6 +27,7 @@ from ..attention import (
     AttentionView,
     api_payload,
     attention_of,
+    looking_row,
     view_matrix,
 )
 from ..attention import export_tables as attention_tables
@@ -98,7 +99,7 @@ def notice_text(result: AttentionResult, view: AttentionView, cached: bool | Non
 def strip_value(result: AttentionResult, view: AttentionView) -> list[tuple[str, float | None]]:
     """The tokens as a clickable strip, shaded by where the view's token looks."""
     q = view.token
-    row = view_matrix(result, view).looking_row(view)
+    row = looking_row(result, view)
     top = float(row.max()) or 1.0
     out: list[tuple[str, float | None]] = [(t, round(float(v) / top, 3)) for t, v in zip(result.tokens, row)]
     out += [(t, None) for t in result.tokens[q + 1:]]
@@ -218,7 +219,8 @@ class AttentionHandlers:
         mean-all | max-all. token: query position for view 'token' (-1 = last). scope: layer | all."""
         result, _ = self.fetch(text)
         v = AttentionView.parse(result, view, layer, head, aggregate, token, scope)
-        return P.figure(result, v), api_payload(result, v)
+        vm = view_matrix(result, v)
+        return P.figure(result, v, vm), api_payload(result, v, vm)
 
 
 def view_controls(view):

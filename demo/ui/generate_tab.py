@@ -17,6 +17,7 @@ from ..generation import (
     branch_prompt,
     check_record,
     generation_record,
+    has_tokens,
     stream_generate,
     validate_request,
 )
@@ -120,7 +121,7 @@ class TokenViewHandlers:
 
     def on_generation(self, record):
         """(view, position dropdown, alternatives, message) for a new generation's record."""
-        if not isinstance(record, dict) or not record.get("tokens"):
+        if not has_tokens(record):
             return token_view_html(None), gr.Dropdown(choices=[], value=None), gr.Radio(choices=[], value=None), ""
         positions = [(f"#{i + 1}  {t['label']}   {fmt_prob(t['prob'])}", i) for i, t in enumerate(record["tokens"])]
         return (token_view_html(record), gr.Dropdown(choices=positions, value=None),
@@ -129,8 +130,7 @@ class TokenViewHandlers:
     @user_errors
     def select(self, record, position):
         """(position, alternatives radio, view with the token outlined)."""
-        if not isinstance(record, dict) or not record.get("tokens"):
-            raise ValidationError("generate some text first")
+        record = check_record(record)
         pos = check_index("position", position, len(record["tokens"]))
         alts = self._alternatives(record, pos)
         drawn = record["tokens"][pos]["id"]

@@ -12,18 +12,19 @@ import gradio as gr
 from ..errors import ValidationError
 from ..sampling import DEFAULT_PRESET, PRESETS, SETTINGS, SamplingParams
 from ..validation import Setting, check_choice
+from .common import to_gr_error
 
 
 def _checked(check, value):
     try:
         return check(value)
     except ValidationError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+        raise to_gr_error(exc) from None
 
 
 class CheckedSlider(gr.Slider):
-    """A slider whose value the server checks against its :class:`Setting` (its full server range,
-    wider than the slider's)."""
+    """A slider whose value the server checks with its :class:`Setting`, within the slider's range: an
+    endpoint built from sliders (``/generate``) accepts what the sliders can show."""
 
     is_template = True  # rendered by the frontend as a plain slider
 
@@ -39,7 +40,7 @@ class CheckedSlider(gr.Slider):
         return super().get_config(cls or gr.Slider)
 
     def preprocess(self, payload):
-        return _checked(self.setting.check, payload)
+        return _checked(lambda v: self.setting.check(v, slider=True), payload)
 
 
 class SeedNumber(gr.Number):

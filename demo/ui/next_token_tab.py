@@ -313,9 +313,11 @@ class NextTokenHandlers:
     @user_errors
     def api_next_token(self, text, *values) -> dict:
         """The next-token distribution of `text` before and after the sampling settings: one row per token
-        (token, id, raw_prob, prob after the settings, kept, rank, rank_after), entropies in bits, survivors."""
+        (token, id, raw_prob, prob after the settings, kept, rank, rank_after), entropies in bits, survivors.
+        ``values``: the settings named in :data:`API_SETTINGS`, then the number of bars."""
         *settings, top_n = values
-        data, _, _ = self.analyse(text, None, top_n, [*settings, None])
+        given = dict(zip(API_SETTINGS, settings))
+        data, _, _ = self.analyse(text, None, top_n, [given.get(n, SETTING[n].default) for n in NAMES])
         data.pop("repeated_tokens", None)
         return data
 
@@ -412,7 +414,7 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
     refresh = ctx.gpu(h.refresh)
     for event in (show_btn.click, text.submit, lookup_btn.click, query.submit):
         event(refresh, view_in, view_out, **common)
-    for comp in settings[:-1] + [top_n]:  # the seed only matters to sampled steps
+    for comp in [local[n] for n in NAMES if n != "seed"] + [top_n]:  # the seed only matters to sampled steps
         comp.input(refresh, view_in, view_out, trigger_mode="always_last", **common)
     preset.input(preset_values, preset, [local[n] for n in PRESET_TARGETS], **PRIVATE).then(
         refresh, view_in, view_out, **common)
