@@ -44,7 +44,7 @@ def test_same_seed_same_text_through_the_api(client):
     ("max_new_tokens", 10**7, "max_new_tokens must be in"),
     ("max_new_tokens", "ten", "max_new_tokens must be a number"),
     ("temperature", -1, "temperature must be in"),
-    ("temperature", 3, "temperature must be in [0.05, 2]"),  # /generate accepts what its sliders show
+    ("temperature", 3, r"temperature must be in \[0.05, 2\]"),  # /generate accepts what its sliders show
     ("temperature", "hot", "temperature must be a number"),
     ("top_k", 2.5, "top_k must be a whole number"),
     ("top_p", 7, "top_p must be in"),
