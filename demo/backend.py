@@ -109,13 +109,43 @@ class LoadedModel:
         }
 
 
-def _quantization(precision: str):
-    if precision == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+def compute_dtype(precision: str, device: str, capability: tuple[int, int] | None = None) -> torch.dtype:
+    """The dtype a quantized model computes in (its non-quantized layers and the inputs of its 8-bit or
+    4-bit matmuls). On CPU fp32. On a GPU 16-bit, since transformers 5 no longer forces it (fp32 there
+    would cast every matmul's input): fp16 for int8, whose LLM.int8 kernels work in fp16; for nf4 bf16
+    where the GPU computes it natively (compute capability 8 and up), else fp16 (bf16 is emulated,
+    slowly, on a T4)."""
+    if device != "cuda":
+        return torch.float32
     if precision == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    return None
+        capability = capability or torch.cuda.get_device_capability()
+        return torch.bfloat16 if capability >= (8, 0) else torch.float16
+    return torch.float16
+
+
+def load_kwargs(precision: str, device: str, capability: tuple[int, int] | None = None) -> dict:
+    """``from_pretrained`` arguments for a resolved precision on a device: safetensors only, no remote
+    code, eager attention (so the attention weights can be read), the weights' dtype and placement."""
+    kwargs = dict(use_safetensors=True, trust_remote_code=False, attn_implementation="eager")
+    placement = {"": 0} if device == "cuda" else {"": "cpu"}
+    if precision == "int8":
+        return {**kwargs, "quantization_config": BitsAndBytesConfig(load_in_8bit=True),
+                "dtype": compute_dtype(precision, device, capability), "device_map": placement}
+    if precision == "nf4":
+        dtype = compute_dtype(precision, device, capability)
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        return {**kwargs, "quantization_config": quant, "dtype": dtype, "device_map": placement}
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    return {**kwargs, "dtype": dtype, "device_map": placement if device == "cuda" else None}
+
+
+def warm_up(model, tokenizer) -> None:
+    """One forward pass of one token. bitsandbytes sets up its 8-bit state lazily, without a lock, on
+    the first forward: done here, while the model is loaded under the manager's lock, before any
+    request can reach it, two first requests cannot race on it."""
+    token = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([[token]], device=model.device), use_cache=False)
 
 
 def _explain_load_error(spec: ModelSpec, exc: BaseException) -> str:
@@ -160,17 +190,12 @@ def load_model(spec: ModelSpec, precision: str = "auto", device: str | None = No
         progress(0.15, "Loading the tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         progress(0.3, f"Loading the weights ({precision})")
-        kwargs = dict(use_safetensors=True, trust_remote_code=False, attn_implementation="eager")
-        quant = _quantization(precision)
-        if quant is not None:
-            kwargs.update(quantization_config=quant, device_map={"": 0} if device == "cuda" else {"": "cpu"})
-        else:
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-            kwargs.update(dtype=dtype, device_map={"": 0} if device == "cuda" else None)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs(precision, device))
         model.eval()
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        progress(0.9, "Warming up")
+        warm_up(model, tokenizer)
         progress(0.95, "Ready")
     except ModelLoadError:
         raise

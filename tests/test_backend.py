@@ -203,3 +203,46 @@ def test_concurrent_generations_on_one_model_match_sequential_ones(fixture, requ
         t.join()
     assert concurrent == sequential
     assert len(set(sequential.values())) > 1
+
+
+# ----------------------------------------------------------------------------- precision on a GPU, warm-up
+
+
+def test_quantized_models_compute_in_16_bit_on_a_gpu_and_fp32_on_cpu():
+    from demo.backend import PRECISIONS, compute_dtype, load_kwargs
+
+    assert compute_dtype("int8", "cpu") is torch.float32 and compute_dtype("nf4", "cpu") is torch.float32
+    for capability in ((7, 5), (8, 0), (9, 0)):  # T4, A100, H100
+        assert compute_dtype("int8", "cuda", capability) is torch.float16
+    assert compute_dtype("nf4", "cuda", (7, 5)) is torch.float16  # no native bf16 on a T4
+    assert compute_dtype("nf4", "cuda", (8, 6)) is torch.bfloat16
+    int8 = load_kwargs("int8", "cuda", (7, 5))
+    assert int8["dtype"] is torch.float16 and int8["quantization_config"].load_in_8bit
+    assert int8["device_map"] == {"": 0}
+    nf4 = load_kwargs("nf4", "cuda", (7, 5))
+    assert nf4["quantization_config"].bnb_4bit_compute_dtype is torch.float16 and nf4["dtype"] is torch.float16
+    assert load_kwargs("fp16", "cuda")["dtype"] is torch.float16 and load_kwargs("fp32", "cpu")["device_map"] is None
+    for precision in set(PRECISIONS) - {"auto"}:
+        kw = load_kwargs(precision, "cpu")
+        assert kw["use_safetensors"] and kw["trust_remote_code"] is False and kw["attn_implementation"] == "eager"
+
+
+def test_the_first_forward_runs_inside_the_load_lock_before_the_model_serves(tiny_spec, monkeypatch):
+    import demo.backend as backend
+
+    manager = ModelManager([tiny_spec], device="cpu")
+    seen, real = [], backend.warm_up
+
+    def spy(model, tokenizer):
+        calls = []
+        hook = model.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            real(model, tokenizer)
+        finally:
+            hook.remove()
+        seen.append((manager._load_lock.locked(), manager.current, len(calls)))
+
+    monkeypatch.setattr(backend, "warm_up", spy)
+    loaded = manager.load("tiny", "int8")
+    assert seen == [(True, None, 1)]  # under the lock, before anyone could use it, one forward
+    assert manager.current is loaded
