@@ -16,6 +16,39 @@ from .ui.page import CSS, build_app
 
 log = logging.getLogger("gpt_explorer")
 QUEUE_IDLE_POLL_S = 0.005
+# On GPU hardware the default is a real GPT-2 in 8-bit (the bundled 5 M-parameter model shows nothing of
+# what quantization does); the bundled model stays the default on CPU: it starts fast and offline.
+GPU_DEFAULT_MODEL = "gpt2"
+
+
+def start_candidates(settings: Settings, device: str, names: list[str]) -> list[tuple[str, str]]:
+    """(model, precision) to try at start-up, in order: the operator's choice, else on a GPU the
+    GPT-2 checkpoint in 8-bit then the bundled model (the catalogue's first entry), else the bundled model."""
+    if settings.model:
+        return [(settings.model, settings.precision)]
+    bundled = names[0]
+    if device == "cuda" and GPU_DEFAULT_MODEL in names:
+        gpu_precision = "int8" if settings.precision == "auto" else settings.precision
+        return [(GPU_DEFAULT_MODEL, gpu_precision), (bundled, settings.precision)]
+    return [(bundled, settings.precision)]
+
+
+def start_model(manager: ModelManager, candidates: list[tuple[str, str]]) -> None:
+    """Load the first candidate that loads. A fallback is explained on the page (``manager.notice``);
+    when none loads the page comes up with the reason and the model menu."""
+    failures = []
+    for name, precision in candidates:
+        try:
+            loaded = manager.load(name, precision, progress=lambda f, msg: log.info("%s (%d%%)", msg, f * 100))
+        except ExplorerError as exc:
+            failures.append(f"{name} ({precision}) could not be loaded: {exc}")
+            log.error("%s", failures[-1])
+            continue
+        log.info("serving %s", loaded.info())
+        if failures:
+            manager.notice = " ".join(failures) + f" Serving {loaded.name} instead."
+        return
+    manager.last_error = " ".join(failures)
 
 
 def create_app(settings: Settings | None = None, *, model: str | None = None, precision: str | None = None,
@@ -27,14 +60,7 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
                                 extra_models=(*settings.extra_models, *extra_models) if extra_models else None)
     manager = ModelManager(load_catalog(extra=list(settings.extra_models)), device=device)
     if load:
-        name = settings.model or manager.names[0]
-        try:
-            loaded = manager.load(name, settings.precision,
-                                  progress=lambda f, msg: log.info("%s (%d%%)", msg, f * 100))
-            log.info("serving %s", loaded.info())
-        except ExplorerError as exc:
-            manager.last_error = str(exc)
-            log.error("no model loaded: %s", exc)
+        start_model(manager, start_candidates(settings, manager.device, manager.names))
     ctx = AppContext(manager=manager, cache=ModelCache(), settings=settings)
     demo = build_app(ctx)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=2)

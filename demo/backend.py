@@ -221,6 +221,7 @@ class ModelManager:
         self._current: LoadedModel | None = None
         self._load_lock = threading.Lock()
         self.last_error: str | None = None
+        self.notice: str | None = None  # why the model in service is not the one the app meant to start with
 
     @property
     def names(self) -> list[str]:
@@ -249,7 +250,7 @@ class ModelManager:
             except ModelLoadError as exc:
                 self.last_error = str(exc)
                 raise
-            self._current, self.last_error = loaded, None
+            self._current, self.last_error, self.notice = loaded, None, None
             del cur
             gc.collect()
             if self.device == "cuda":

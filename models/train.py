@@ -400,7 +400,9 @@ def save_checkpoint(model, tokenizer, out: Path, dtype: str = "float32"):
         import copy
 
         to_save = copy.deepcopy(model).to(getattr(torch, dtype))
-    to_save.save_pretrained(out, safe_serialization=True, max_shard_size="15MB")
+    # Shards of at most 6 MB: the Hugging Face Hub refuses files over 10 MB outside Git LFS (a single
+    # tensor larger than that, like a big embedding matrix, still gets a shard of its own).
+    to_save.save_pretrained(out, safe_serialization=True, max_shard_size="6MB")
     tokenizer.save_pretrained(out)
     eos = tokenizer.convert_tokens_to_ids(EOS)
     GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, do_sample=True, temperature=0.8,

@@ -246,3 +246,30 @@ def test_the_first_forward_runs_inside_the_load_lock_before_the_model_serves(tin
     loaded = manager.load("tiny", "int8")
     assert seen == [(True, None, 1)]  # under the lock, before anyone could use it, one forward
     assert manager.current is loaded
+
+
+def test_gpu_hardware_starts_gpt2_in_8_bit_and_cpu_the_bundled_model():
+    from demo.app_factory import start_candidates
+    from demo.settings import Settings
+
+    names = ["gutenberg-gpt", "gpt2", "distilgpt2"]
+    assert start_candidates(Settings(), "cuda", names) == [("gpt2", "int8"), ("gutenberg-gpt", "auto")]
+    assert start_candidates(Settings(), "cpu", names) == [("gutenberg-gpt", "auto")]
+    assert start_candidates(Settings(precision="fp16"), "cuda", names)[0] == ("gpt2", "fp16")
+    assert start_candidates(Settings(model="distilgpt2"), "cuda", names) == [("distilgpt2", "auto")]
+
+
+def test_when_the_hub_cannot_be_reached_the_bundled_model_serves_with_the_reason_on_the_page(monkeypatch):
+    from demo.app_factory import start_model
+    from demo.catalog import load_catalog
+    from demo.ui.page import format_model_status
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    manager = ModelManager(load_catalog(), device="cpu")
+    start_model(manager, [("gpt2", "fp32"), ("gutenberg-gpt", "fp32")])  # as on a GPU Space without the Hub
+    assert manager.require().name == "gutenberg-gpt"
+    status = format_model_status(manager)
+    assert "gpt2 (fp32) could not be loaded" in status and "Hugging Face Hub" in status
+    assert "Serving gutenberg-gpt instead" in status
+    manager.load("gutenberg-gpt", "int8")  # a later load by a visitor clears the notice
+    assert manager.notice is None

@@ -249,7 +249,7 @@ def test_bundled_checkpoint_is_safetensors_and_small():
     files = list(BUNDLED.glob("*.safetensors"))
     assert files and not list(BUNDLED.glob("*.bin"))
     assert sum(f.stat().st_size for f in files) <= 60 * 2**20
-    assert all(f.stat().st_size <= 15 * 2**20 for f in files)
+    assert all(f.stat().st_size < 10_000_000 for f in files)  # the Hub's limit outside Git LFS
     cfg = json.loads((BUNDLED / "config.json").read_text())
     assert cfg["model_type"] == "gpt2" and cfg["n_positions"] >= 512
 

@@ -27,9 +27,12 @@ def format_model_status(manager: ModelManager) -> str:
         why = manager.last_error or "loading…"
         return f"⚠️ **No model loaded.** {html.escape(why)}"
     i = cur.info()
-    return (f"**{html.escape(i['name'])}** · {i['device']} · {i['precision']} ({i['precision_label']}) · "
-            f"{i['memory_mb']:,} MB in memory · {i['parameters'] / 1e6:,.1f} M parameters · "
-            f"context {i['context_length']} tokens")
+    status = (f"**{html.escape(i['name'])}** · {i['device']} · {i['precision']} ({i['precision_label']}) · "
+              f"{i['memory_mb']:,} MB in memory · {i['parameters'] / 1e6:,.1f} M parameters · "
+              f"context {i['context_length']} tokens")
+    if manager.notice:
+        status += f"\n\nℹ️ {html.escape(manager.notice)}"
+    return status
 
 
 class ModelHandlers:

@@ -1,0 +1,88 @@
+"""Deploying to a Hugging Face Space: what is uploaded, file sizes against the Hub's 10 MB limit
+outside Git LFS, and clear failures without a token or a network (no Hub is reachable here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from demo import deploy
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_tracked_file_over_10_mb_is_covered_by_an_lfs_rule():
+    for path in deploy.tracked_files(REPO):
+        file = REPO / path
+        if file.is_file() and file.stat().st_size > deploy.MAX_PLAIN_BYTES:
+            assert deploy.needs_lfs(path), f"{path} is over 10 MB and no LFS rule covers it"
+    shards = list((REPO / "models" / "gutenberg-gpt").glob("*.safetensors"))
+    assert shards and all(s.stat().st_size < deploy.MAX_PLAIN_BYTES for s in shards)  # even without LFS
+
+
+def test_the_upload_is_the_app_and_the_bundled_model_without_tests_or_benchmarks():
+    upload = deploy.plan_upload(REPO)
+    paths = upload.paths
+    for needed in ("app.py", "requirements.txt", "README.md", "demo/app_factory.py", "demo/ui/page.py",
+                   "models/catalog.json", "models/gutenberg-gpt/config.json", "models/gutenberg-gpt/tokenizer.json",
+                   "models/gutenberg-gpt/model.safetensors.index.json", ".gitattributes"):
+        assert needed in paths, needed
+    assert {p.name for p in (REPO / "models" / "gutenberg-gpt").glob("*.safetensors")} <= {Path(p).name for p in paths}
+    assert not [p for p in paths if p.startswith(("tests/", "benchmarks/", ".ci/"))]
+    assert "*.safetensors filter=lfs" in upload.extra[".gitattributes"].decode()
+    assert upload.extra.keys() == {".gitattributes"}
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
+
+
+def test_zero_gpu_gets_a_torch_it_supports_and_the_same_other_requirements():
+    upload = deploy.plan_upload(REPO, deploy.ZERO_GPU)
+    reqs = upload.extra["requirements.txt"].decode()
+    assert "requirements.txt" not in upload.files
+    assert deploy.ZERO_GPU_TORCH in reqs and "<2.14" not in reqs
+    ours = (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    assert [line for line in reqs.splitlines() if not line.startswith("torch")] == \
+        [line for line in ours if not line.startswith("torch")]
+
+
+@pytest.mark.parametrize("space, hardware, message", [
+    ("no-slash", "cpu-basic", "OWNER/NAME"),
+    ("a/b/c", "cpu-basic", "OWNER/NAME"),
+    ("me/space", "a-quantum-computer", "hardware must be one of"),
+])
+def test_bad_arguments_are_refused_before_anything_is_sent(space, hardware, message):
+    with pytest.raises(deploy.DeployError, match=message):
+        deploy.deploy(space, hardware, dry_run=True, log=lambda *a: None)
+
+
+def run_cli(tmp_path, **env) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    base.update(HF_HOME=str(tmp_path / "hf-home"), **env)  # no cached token
+    return subprocess.run([sys.executable, "-m", "demo.deploy", "someone/gpt-explorer"], cwd=REPO, env=base,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_without_a_token_it_says_so(tmp_path):
+    r = run_cli(tmp_path, HF_HUB_OFFLINE="0")
+    assert r.returncode == 2 and "No Hugging Face token" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_offline_it_says_so(tmp_path):
+    r = run_cli(tmp_path, HF_HUB_OFFLINE="1", HF_TOKEN="hf_not_a_real_token")
+    assert r.returncode == 2 and "HF_HUB_OFFLINE" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_without_a_network_it_says_so(tmp_path):
+    r = run_cli(tmp_path, HF_HUB_OFFLINE="0", HF_TOKEN="hf_not_a_real_token")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "Could not reach the Hugging Face Hub" in r.stderr or "The Hub" in r.stderr, r.stderr
+
+
+def test_dry_run_lists_the_files(capsys):
+    assert deploy.main(["someone/gpt-explorer", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "app.py" in out and "tests/" not in out
