@@ -6,6 +6,7 @@ import logging
 
 import gradio as gr
 
+from . import zerogpu
 from .backend import ModelManager
 from .cache import ModelCache
 from .catalog import load_catalog
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     settings = settings or Settings.from_env()
     settings = settings.replace(model=model, precision=precision,
                                 extra_models=(*settings.extra_models, *extra_models) if extra_models else None)
+    if settings.zero_gpu:
+        zerogpu.prepare_app()
     manager = ModelManager(load_catalog(extra=list(settings.extra_models)), device=device)
     if load:
         start_model(manager, start_candidates(settings, manager.device, manager.names))

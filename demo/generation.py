@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -173,6 +173,91 @@ def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: flo
     finally:
         stop.set()  # also reached on GeneratorExit: a closed stream stops the model
         thread.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------- generation in slices
+
+
+class _StopAfter(StoppingCriteria):
+    """Stop once ``seconds`` have passed (checked after each token)."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.perf_counter() + seconds
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), time.perf_counter() >= self.deadline, dtype=torch.bool,
+                          device=input_ids.device)
+
+
+@dataclass
+class SliceState:
+    """Where a generation made of slices stands: plain, picklable data that goes to the process that
+    computes the next slice and comes back (see :func:`generate_slice`)."""
+
+    prompt_ids: list[int]
+    dropped: int
+    seed: int | None
+    generated: list[int]
+    chosen: list[ChosenToken]
+    rng_state: torch.Tensor | None = None  # the sampler's generator, to continue the same draws
+    done: bool = False
+    stop_reason: str | None = None
+    compute_s: float = 0.0  # time spent generating, all slices together
+    first_token_s: float | None = None  # compute time until the first token
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return len(self.generated) / self.compute_s if self.generated and self.compute_s > 0 else None
+
+
+def start_slices(loaded: LoadedModel, request: GenerationRequest) -> SliceState:
+    """The state before the first slice: the prompt's ids (cut to fit) and the seed."""
+    params = resolve_seed(request.sampling) if request.sampling.do_sample else request.sampling
+    ids, dropped = prepare_prompt(loaded, request.prompt, request.max_new_tokens)
+    return SliceState(prompt_ids=ids, dropped=dropped, seed=params.seed, generated=[], chosen=[])
+
+
+def generate_slice(loaded: LoadedModel, request: GenerationRequest, state: SliceState, max_tokens: int,
+                   max_seconds: float) -> SliceState:
+    """Continue a generation by at most ``max_tokens`` tokens or ``max_seconds``; the same seed and
+    settings draw the same tokens as one uninterrupted generation (the sampler's generator carries
+    over, and the penalties see the whole text). Each slice reads the text so far again (no cache
+    carries over), which is the price of being able to stop between slices."""
+    if state.done:
+        return state
+    params = replace(request.sampling, seed=state.seed)
+    remaining = request.max_new_tokens - len(state.generated)
+    chooser = TokenChooser(params.do_sample, params.seed, rng_state=state.rng_state)
+    processors = build_processors(params)
+    processors.append(chooser)
+    tok = loaded.tokenizer
+    input_ids = torch.tensor([state.prompt_ids + state.generated], device=loaded.model.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        loaded.model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=min(max_tokens, remaining),
+            do_sample=False, num_beams=1, temperature=None, top_k=None, top_p=None, logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList([_StopAfter(max_seconds)]),
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    seconds = time.perf_counter() - t0
+    new = [c.token_id for c in chooser.chosen]
+    generated = state.generated + new
+    ended = bool(new) and new[-1] == tok.eos_token_id
+    done = ended or len(generated) >= request.max_new_tokens
+    return replace(state, generated=generated, chosen=state.chosen + chooser.chosen, rng_state=chooser.state(),
+                   done=done, stop_reason=("end of text" if ended else "length") if done else None,
+                   compute_s=state.compute_s + seconds,
+                   first_token_s=state.first_token_s if state.first_token_s is not None or not new else seconds)
+
+
+def slice_update(loaded: LoadedModel, state: SliceState, started: float) -> GenerationUpdate:
+    """What the page shows after a slice (the final update once the generation is done)."""
+    text = loaded.tokenizer.decode(state.generated, skip_special_tokens=True)
+    return GenerationUpdate(
+        text=text, n_tokens=len(state.generated), elapsed_s=time.perf_counter() - started,
+        ttft_s=state.first_token_s, tokens_per_s=state.tokens_per_s, prompt_tokens=len(state.prompt_ids),
+        truncated_tokens=state.dropped, seed=state.seed, done=state.done, stop_reason=state.stop_reason,
+        chosen=state.chosen if state.done else None, prompt_ids=state.prompt_ids if state.done else None)
 
 
 # ----------------------------------------------------------------------------- the record of a generation

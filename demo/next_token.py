@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -48,12 +49,16 @@ def forward_last_logits(loaded, window_ids: list[int]) -> torch.Tensor:
     return out.logits[0, -1, :].detach().to(device="cpu", dtype=torch.float32).clone()
 
 
-def last_logits(loaded, window_ids: list[int], cache: ModelCache | None = None) -> torch.Tensor:
+Forward = Callable[[object, list], torch.Tensor]  # (loaded, window ids) -> last position's logits
+
+
+def last_logits(loaded, window_ids: list[int], cache: ModelCache | None = None,
+                forward: Forward = forward_last_logits) -> torch.Tensor:
     """The last position's logits: from ``cache`` when it holds them (a slider move reruns nothing),
-    else one forward pass."""
+    else one forward pass (``forward``: where it runs, e.g. a ZeroGPU worker)."""
     if cache is None:
-        return forward_last_logits(loaded, window_ids)
-    return cache.get("logits", loaded, tuple(window_ids), lambda: forward_last_logits(loaded, window_ids))
+        return forward(loaded, window_ids)
+    return cache.get("logits", loaded, tuple(window_ids), lambda: forward(loaded, window_ids))
 
 
 # ----------------------------------------------------------------------------- the distribution
@@ -209,11 +214,12 @@ def apply_settings(params: SamplingParams, window_ids: list[int], logits: torch.
     return scores, steps
 
 
-def distribution(loaded, ids: list[int], params: SamplingParams, cache: ModelCache | None = None) -> Distribution:
+def distribution(loaded, ids: list[int], params: SamplingParams, cache: ModelCache | None = None,
+                 forward: Forward = forward_last_logits) -> Distribution:
     """The next-token distribution after ``ids`` (the last context_length of them), raw and after
     ``params``. Reruns the model only for ids ``cache`` has not seen."""
     window, dropped = model_window(loaded, ids)
-    logits = last_logits(loaded, window, cache)
+    logits = last_logits(loaded, window, cache, forward)
     scores, steps = apply_settings(params, window, logits)
     raw = torch.softmax(logits.double(), dim=-1).float()
     after = torch.softmax(scores[0].float(), dim=-1)
@@ -262,12 +268,12 @@ STEP_MODES = ("most likely", "sampled", "chosen")
 
 
 def next_step(loaded, ids: list[int], params: SamplingParams, mode: str, token_id: int | None = None,
-              cache: ModelCache | None = None) -> Step:
+              cache: ModelCache | None = None, forward: Forward = forward_last_logits) -> Step:
     """The next token: 'most likely' (argmax after the settings, as greedy generation picks it),
     'sampled' (a draw from the after-settings distribution with a generator seeded from (seed, step);
     with sampling off in the settings this is the most likely token too), or 'chosen' (a valid
     token_id)."""
-    dist = distribution(loaded, ids, params, cache)
+    dist = distribution(loaded, ids, params, cache, forward)
     probs = dist.probs.reshape(1, -1)
     if mode == "most likely" or (mode == "sampled" and not params.do_sample):
         choice = int(probs.argmax(dim=-1))

@@ -137,10 +137,15 @@ class TokenChooser(LogitsProcessor):
     seeded generator) and returns scores that make it the only choice, so ``generate`` runs greedy
     and the seed alone decides the text. Records each choice with its probability and alternatives."""
 
-    def __init__(self, do_sample: bool, seed: int | None, top_n: int = 5):
+    def __init__(self, do_sample: bool, seed: int | None, top_n: int = 5, rng_state: torch.Tensor | None = None):
         self.do_sample, self.seed, self.top_n = do_sample, seed, top_n
         self.generator: torch.Generator | None = None
+        self.rng_state = rng_state  # where an earlier part of the same generation left the generator
         self.chosen: list[ChosenToken] = []
+
+    def state(self) -> torch.Tensor | None:
+        """The generator's state, to continue the same draws in another call (or process)."""
+        return self.generator.get_state() if self.generator is not None else self.rng_state
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != 1:
@@ -149,7 +154,10 @@ class TokenChooser(LogitsProcessor):
         if self.do_sample:
             if self.generator is None:
                 self.generator = torch.Generator(device=scores.device)
-                self.generator.manual_seed(self.seed if self.seed is not None else random.randint(0, MAX_SEED))
+                if self.rng_state is not None:
+                    self.generator.set_state(self.rng_state)
+                else:
+                    self.generator.manual_seed(self.seed if self.seed is not None else random.randint(0, MAX_SEED))
             choice = torch.multinomial(probs, 1, generator=self.generator)
         else:
             choice = probs.argmax(dim=-1, keepdim=True)

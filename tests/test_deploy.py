@@ -37,6 +37,7 @@ def test_the_upload_is_the_app_and_the_bundled_model_without_tests_or_benchmarks
     assert upload.extra.keys() == {".gitattributes"}
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
+    assert 'python_version: "3.12"' in readme  # a Python ZeroGPU supports (3.10 or 3.12)
 
 
 def test_zero_gpu_gets_a_torch_it_supports_and_the_same_other_requirements():

@@ -26,7 +26,7 @@ from ..attention import (
     AttentionResult,
     AttentionView,
     api_payload,
-    attention_of,
+    compute_attention,
     looking_row,
     view_matrix,
 )
@@ -159,18 +159,23 @@ def write_export(stem: str, csv_text: str, data: dict, folder: Path = EXPORT_DIR
 class AttentionHandlers:
     """The tab's server functions. ``gpu`` wraps the forward pass (ZeroGPU), identity elsewhere."""
 
-    def __init__(self, manager: ModelManager, cache: ModelCache, gpu: Callable = lambda fn: fn):
+    def __init__(self, manager: ModelManager, cache: ModelCache, gpu: Callable = lambda fn, **kw: fn):
         self.manager, self.cache = manager, cache
+        # The forward pass, where the model runs (a ZeroGPU worker on such hardware; else here): text
+        # in, plain arrays out; the cache stays in this process.
         self._compute = gpu(self._attention)
 
     def _attention(self, text: str) -> AttentionResult:
-        return attention_of(self.manager.require(), text, self.cache)
+        return compute_attention(self.manager.require(), text)
 
     def fetch(self, text) -> tuple[AttentionResult, bool]:
         """(the attention of `text` under the model in service, whether the cache held it)."""
         text = check_text("text", text)
-        hit = self.cache.peek("attention", self.manager.require(), text)
-        return (hit, True) if hit is not None else (self._compute(text), False)
+        loaded = self.manager.require()
+        hit = self.cache.peek("attention", loaded, text)
+        if hit is not None:
+            return hit, True
+        return self.cache.get("attention", loaded, text, lambda: self._compute(text)), False
 
     @user_errors
     def analyse(self, text, analysed, view, layer, head, aggregate, token, scope) -> Analysed:

@@ -13,8 +13,8 @@ import gradio as gr
 from ..backend import ModelManager
 from ..cache import ModelCache
 from ..errors import ExplorerError
-from ..gpu import on_gpu
 from ..settings import Settings
+from ..zerogpu import ANALYSIS_S, gpu_task
 
 # Every event that runs the model shares one concurrency group: one model on one device. The Generate
 # events set the group's limit; the others join it without a limit of their own.
@@ -30,9 +30,16 @@ class AppContext:
     cache: ModelCache
     settings: Settings
 
-    def gpu(self, fn: Callable) -> Callable:
-        """``fn`` as a ZeroGPU task on a ZeroGPU Space, else unchanged."""
-        return on_gpu(fn, self.settings.zero_gpu)
+    def gpu(self, fn: Callable, duration: int | Callable = ANALYSIS_S) -> Callable:
+        """``fn`` as a ZeroGPU task on a ZeroGPU Space (the ``spaces`` package present), else unchanged.
+        See :mod:`demo.zerogpu` for what that takes of ``fn``."""
+        if not self.settings.zero_gpu:
+            return fn
+        try:
+            import spaces
+        except ImportError:
+            return fn
+        return gpu_task(fn, self.manager, duration, spaces)
 
     @property
     def concurrency(self) -> int:

@@ -5,7 +5,7 @@ Also the public ``/generate`` endpoint."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import gradio as gr
@@ -13,11 +13,16 @@ import gradio as gr
 from ..backend import ModelManager
 from ..errors import ValidationError
 from ..generation import (
+    GenerationRequest,
     GenerationUpdate,
+    SliceState,
     branch_prompt,
     check_record,
+    generate_slice,
     generation_record,
     has_tokens,
+    slice_update,
+    start_slices,
     stream_generate,
     validate_request,
 )
@@ -25,6 +30,7 @@ from ..plots_next_token import TOKEN_VIEW_CSS, TOKEN_VIEW_JS, code_label, fmt_pr
 from ..sampling import MAX_NEW_TOKENS, SETTINGS, validate_sampling
 from ..tokens import display_token
 from ..validation import check_index
+from ..zerogpu import SLICE_S, slice_duration, slice_tokens
 from .common import MODEL_QUEUE, PRIVATE, AppContext, user_errors, with_parameters
 from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
 
@@ -74,8 +80,16 @@ def format_stats(u: GenerationUpdate) -> str:
 
 
 class GenerateHandlers:
-    def __init__(self, manager: ModelManager):
+    """``run_slice`` set (on ZeroGPU): generation runs in slices of about a second, each its own GPU
+    call (:meth:`slice`), so a Stop frees the GPU within a slice; else one streamed generation."""
+
+    def __init__(self, manager: ModelManager, run_slice: Callable | None = None):
         self.manager = manager
+        self.run_slice = run_slice
+
+    def slice(self, request: GenerationRequest, state: SliceState, max_tokens: int) -> SliceState:
+        """One slice of a generation (runs where the model is: a ZeroGPU worker)."""
+        return generate_slice(self.manager.require(), request, state, max_tokens, SLICE_S)
 
     @user_errors
     def generate(self, prompt, max_new_tokens, *sampling) -> Iterator[tuple[str, str, dict | None]]:
@@ -84,7 +98,7 @@ class GenerateHandlers:
         params = validate_sampling(**dict(zip(SAMPLING_ORDER, sampling)))
         request = validate_request(prompt, max_new_tokens, params)
         loaded = self.manager.require()
-        stream = stream_generate(loaded, request)
+        stream = stream_generate(loaded, request) if self.run_slice is None else self._sliced(loaded, request)
 
         def record(update):  # stamped with the model that generated, even if another loads meanwhile
             return generation_record(loaded, request.prompt, update, {
@@ -102,6 +116,17 @@ class GenerateHandlers:
                     last_sent = time.perf_counter()
         finally:
             stream.close()  # also on GeneratorExit (Stop, a closed tab): stops the model
+
+
+    def _sliced(self, loaded, request: GenerationRequest) -> Iterator[GenerationUpdate]:
+        """The updates of a generation made of slices; closing this generator requests no more slices."""
+        state, started = start_slices(loaded, request), time.perf_counter()
+        while not state.done:
+            if self.manager.current is not loaded:  # each slice runs on the model in service
+                raise ValidationError("the model was switched during this generation: generate again")
+            n = slice_tokens(state.tokens_per_s, request.max_new_tokens - len(state.generated))
+            state = self.run_slice(request, state, n)
+            yield slice_update(loaded, state, started)
 
 
 class TokenViewHandlers:
@@ -177,6 +202,8 @@ class GenerateTab:
 def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
     """The Generate tab's contents, built inside ``tab``."""
     gen = GenerateHandlers(ctx.manager)
+    if ctx.settings.zero_gpu:
+        gen.run_slice = ctx.gpu(gen.slice, duration=lambda request, state, n: slice_duration(n, state.tokens_per_s))
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=4, value=EXAMPLES[0], max_lines=20,
@@ -199,7 +226,7 @@ def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
     on_generation = _build_token_view(ctx, last_generation, prompt)
 
     inputs = [prompt, max_new_tokens] + [controls[n] for n in SAMPLING_ORDER]
-    generate = ctx.gpu(with_parameters(gen.generate, API_PARAMETERS))
+    generate = with_parameters(gen.generate, API_PARAMETERS)
     limit = {**MODEL_QUEUE, "concurrency_limit": ctx.concurrency}
     events = [gen_btn.click(generate, inputs, [output, stats, last_generation], api_name="generate", **limit),
               prompt.submit(generate, inputs, [output, stats, last_generation], **PRIVATE, **limit)]

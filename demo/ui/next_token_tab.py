@@ -191,9 +191,22 @@ class NextTokenHandlers:
     (kept so a step appends exactly one token even when the text would re-tokenize differently) and
     the undo history."""
 
-    def __init__(self, manager: ModelManager, cache: ModelCache | None = None):
+    def __init__(self, manager: ModelManager, cache: ModelCache | None = None, gpu: Callable = lambda fn, **kw: fn):
         self.manager = manager
         self.cache = cache
+        # The forward passes, where the model runs (a ZeroGPU worker on such hardware; else here): they
+        # take and return plain data, and the cache and everything else stay in this process.
+        self._logits = gpu(self._forward_logits)
+        self._lens = gpu(self._logit_lens)
+
+    def _forward_logits(self, window: list[int]):
+        return nt.forward_last_logits(self.manager.require(), window)
+
+    def _logit_lens(self, ids: list[int], positions: int) -> nt.LensResult:
+        return nt.logit_lens(self.manager.require(), ids, positions)
+
+    def _forward(self, loaded, window: list[int]):
+        return self._logits(list(window))
 
     # -- helpers
 
@@ -216,7 +229,7 @@ class NextTokenHandlers:
         params = _settings(settings)
         n = _top_n(top_n)
         ids = self._ids(loaded, text, state)
-        dist = nt.distribution(loaded, ids, params, self.cache)
+        dist = nt.distribution(loaded, ids, params, self.cache, self._forward)
         data = dist.as_dict(loaded, n)
         data["repeated_tokens"] = len(set(dist.window_ids))
         found = []
@@ -260,7 +273,7 @@ class NextTokenHandlers:
             if chosen is None or chosen == "":
                 raise ValidationError("choose a token from the list first (or look one up)")
             token_id = check_index("token id", chosen, loaded.vocab_size)
-        s = nt.next_step(loaded, ids, params, mode, token_id, self.cache)
+        s = nt.next_step(loaded, ids, params, mode, token_id, self.cache, self._forward)
         new_ids = ids + [s.token_id]
         # an undo entry is the text and how many tokens it had: its ids are a prefix of the new ones
         history = (list(state.get("history", [])) if isinstance(state, dict) else []) + [{"text": text, "n": len(ids)}]
@@ -299,7 +312,7 @@ class NextTokenHandlers:
         text = check_text("text", text)
         positions = check_number("positions", positions, 1, nt.LENS_MAX_POSITIONS, integer=True)
         ids = self._ids(loaded, text, state)
-        result = nt.logit_lens(loaded, ids, positions)
+        result = self._lens(ids, positions)
         msg = LENS_NOTE
         if result.shown_from:
             msg += (f"\n\nShowing the last {len(result.positions)} of {len(result.positions) + result.shown_from} "
@@ -328,7 +341,7 @@ class NextTokenHandlers:
         loaded = self.manager.require()
         positions = check_number("positions", positions, 1, nt.LENS_MAX_POSITIONS, integer=True)
         ids = list(encode_text(loaded.tokenizer, check_text("text", text)).ids)
-        return nt.logit_lens(loaded, ids, positions).as_dict()
+        return self._lens(ids, positions).as_dict()
 
 
 def copy_settings(*values):
@@ -360,7 +373,7 @@ class NextTokenTab(NamedTuple):
 def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
     """The Next-token tab's contents, built inside ``tab``; ``gen_controls`` are the Generate tab's
     sampling inputs (copied in and out)."""
-    h = NextTokenHandlers(ctx.manager, ctx.cache)
+    h = NextTokenHandlers(ctx.manager, ctx.cache, ctx.gpu)
     gr.Markdown(INTRO)
     state = gr.State(None)
     with gr.Row():
@@ -411,7 +424,7 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
     # Forward passes share the generation's concurrency group: one model on one device.
     common = dict(**PRIVATE, **MODEL_QUEUE)
 
-    refresh = ctx.gpu(h.refresh)
+    refresh = h.refresh
     for event in (show_btn.click, text.submit, lookup_btn.click, query.submit):
         event(refresh, view_in, view_out, **common)
     for comp in [local[n] for n in NAMES if n != "seed"] + [top_n]:  # the seed only matters to sampled steps
@@ -422,24 +435,24 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
     def stepper(mode):
         def fn(text_, state_, top_n_, query_, chosen_, *settings_):
             return h.step(mode, text_, state_, top_n_, query_, chosen_, *settings_)
-        return ctx.gpu(fn)
+        return fn
 
     step_in = [text, state, top_n, query, choose] + settings
     greedy_btn.click(stepper("most likely"), step_in, view_out, **common)
     sample_btn.click(stepper("sampled"), step_in, view_out, **common)
     choose_btn.click(stepper("chosen"), step_in, view_out, **common)
-    undo_btn.click(ctx.gpu(h.undo), view_in, view_out, **common)
-    lens_btn.click(ctx.gpu(h.lens), [text, state, lens_n], [lens_plot, lens_md], **common)
+    undo_btn.click(h.undo, view_in, view_out, **common)
+    lens_btn.click(h.lens, [text, state, lens_n], [lens_plot, lens_md], **common)
 
     gen_settings = [gen_controls[n] for n in NAMES] + [gen_controls["preset"]]
     from_gen.click(copy_settings, gen_settings, settings + [preset], **PRIVATE).then(
         refresh, view_in, view_out, **common)
     to_gen.click(copy_settings, settings, [gen_controls[n] for n in NAMES], **PRIVATE)
 
-    gr.api(ctx.gpu(api_next_token_function(h)), api_name="next_token", **MODEL_QUEUE)
-    gr.api(ctx.gpu(h.api_logit_lens), api_name="logit_lens", **MODEL_QUEUE)
+    gr.api(api_next_token_function(h), api_name="next_token", **MODEL_QUEUE)
+    gr.api(h.api_logit_lens, api_name="logit_lens", **MODEL_QUEUE)
 
-    tab.select(ctx.gpu(h.first_show), view_in, view_out, **common)  # draw the bars when first opened
+    tab.select(h.first_show, view_in, view_out, **common)  # draw the bars when first opened
 
     def on_text(text_, top_n_, query_, *gen_values):
         """Text (and settings) arrive from the Generate tab: copy the settings, start a fresh history."""
@@ -447,5 +460,5 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
         out = h.refresh(text_, None, top_n_, query_, *values[: len(NAMES)])
         return [*values, *out]
 
-    return NextTokenTab(text, dict(fn=ctx.gpu(on_text), inputs=[text, top_n, query] + gen_settings,
+    return NextTokenTab(text, dict(fn=on_text, inputs=[text, top_n, query] + gen_settings,
                                    outputs=settings + [preset] + view_out, **PRIVATE))

@@ -1,0 +1,114 @@
+"""Model work on ZeroGPU hardware (Hugging Face's shared GPUs, the ``spaces`` package).
+
+ZeroGPU runs each ``spaces.GPU`` function in a worker process forked from the app, books a GPU for
+the duration the call declares, and keeps warm workers for later calls. Four rules follow, and
+:func:`gpu_task` applies them to any function that runs the model:
+
+1. Arguments and results cross a process boundary as pickles: a task takes and returns plain values
+   (texts, numbers, dicts, numpy arrays, figures), never the model manager or a lock.
+2. A warm worker keeps the memory it was forked with, models included: each call carries the key
+   (name, precision) of the model the app serves now, and the worker loads that model if it holds
+   another one, so a model switch is seen by every later call.
+3. torch's CPU thread pool does not survive a fork: the worker sets one thread before any torch work.
+4. A call books the GPU for its declared duration (the default is 60 s, which lowers a visitor's
+   queue priority and aborts longer work): each task declares a duration fitted to its work.
+
+Generation runs in slices of about a second (:data:`SLICE_S`), each one call, so a Stop or a closed
+tab frees the GPU within a slice whatever the worker does with a generator it was given.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+
+import torch
+
+PARENT_PID = os.getpid()
+ANALYSIS_S = 20  # attention, next token, logit lens: one forward pass, plus loading the model if it changed
+SLICE_S = 1.0  # generation time per slice
+SLICE_OVERHEAD_S = 10  # a slice's booking beyond its generation time: reading the text, a model switch
+FIRST_SLICE_TOKENS = 16  # before the model's speed is measured
+MAX_SLICE_TOKENS = 256
+
+
+def prepare_app() -> None:
+    """In the app's own process on ZeroGPU: torch single-threaded. A fork copies a thread pool's locks but
+    not its threads; a pool that was busy when a worker was forked leaves that worker's first CPU
+    matmul waiting forever (seen on this CPU). The app's process does little torch work there: the
+    model runs in the workers."""
+    torch.set_num_threads(1)
+
+
+def prepare_worker() -> None:
+    """In a process forked from the app: one torch thread (its thread pool does not survive a fork)."""
+    if os.getpid() != PARENT_PID:
+        torch.set_num_threads(1)
+
+
+def model_key(manager) -> tuple[str, str] | None:
+    cur = manager.current
+    return (cur.name, cur.precision) if cur is not None else None
+
+
+def ensure_model(manager, key: tuple[str, str] | None) -> None:
+    """Make ``manager`` (a worker's copy) serve the model ``key`` names, loading it if it differs."""
+    if key is None:
+        return
+    cur = manager.current
+    if cur is None or (cur.name, cur.precision) != tuple(key):
+        manager.load(*key)
+
+
+def slice_tokens(tokens_per_s: float | None, remaining: int) -> int:
+    """How many tokens the next slice may generate: about :data:`SLICE_S` at the measured speed."""
+    n = FIRST_SLICE_TOKENS if not tokens_per_s else int(tokens_per_s * SLICE_S)
+    return max(1, min(remaining, MAX_SLICE_TOKENS, max(n, 1)))
+
+
+def slice_duration(tokens: int, tokens_per_s: float | None) -> int:
+    """Seconds to book for a slice of ``tokens`` tokens at the measured speed (generously, since a
+    slice also reads the whole text again)."""
+    seconds = tokens / tokens_per_s if tokens_per_s else SLICE_S
+    return int(SLICE_OVERHEAD_S + 2 * min(seconds, 2 * SLICE_S))
+
+
+def gpu_task(fn: Callable, manager, duration: int | Callable = ANALYSIS_S, spaces_module=None) -> Callable:
+    """``fn`` as a ZeroGPU task. The caller's side adds the served model's key to the call and passes
+    ``fn``'s own arguments on (they must pickle); the worker's side prepares the process, loads that
+    model if it holds another, then runs ``fn``. ``duration``: seconds, or a function of ``fn``'s
+    arguments. The returned function keeps ``fn``'s signature (Gradio reads it for the API page)."""
+    if spaces_module is None:
+        import spaces as spaces_module
+
+    def booked(key, *args, **kwargs):
+        return duration(*args, **kwargs) if callable(duration) else duration
+
+    if inspect.isgeneratorfunction(fn):
+        def in_worker(key, *args, **kwargs):
+            prepare_worker()
+            ensure_model(manager, key)
+            yield from fn(*args, **kwargs)
+
+        task = spaces_module.GPU(in_worker, duration=booked)
+
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            yield from task(model_key(manager), *args, **kwargs)
+
+        return stream
+
+    def in_worker(key, *args, **kwargs):
+        prepare_worker()
+        ensure_model(manager, key)
+        return fn(*args, **kwargs)
+
+    task = spaces_module.GPU(in_worker, duration=booked)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return task(model_key(manager), *args, **kwargs)
+
+    return call

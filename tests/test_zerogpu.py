@@ -1,0 +1,155 @@
+"""ZeroGPU's calling convention, emulated (tests/zerogpu_emulator.py): every model call takes and returns
+plain data, a model switch reaches a warm worker, generation runs in slices that a Stop ends, each
+call declares a fitting duration, and the worker runs one torch thread."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import gradio as gr
+import pytest
+import torch
+from conftest import BUNDLED, make_tiny_checkpoint
+from zerogpu_emulator import FakeSpaces
+
+from demo import zerogpu
+from demo.backend import ModelManager, load_model
+from demo.cache import ModelCache
+from demo.catalog import ModelSpec
+from demo.generation import stream_generate, validate_request
+from demo.sampling import PRESETS, validate_sampling
+from demo.settings import Settings
+from demo.ui.attention_tab import AttentionHandlers
+from demo.ui.common import AppContext
+from demo.ui.generate_tab import SAMPLING_ORDER, GenerateHandlers
+from demo.ui.next_token_tab import NextTokenHandlers
+from demo.zerogpu import ANALYSIS_S, slice_duration
+
+TEXT = "It was a dark and stormy night, and the old captain said"
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    a = make_tiny_checkpoint(tmp_path_factory.mktemp("a"), n_layer=2, seed=0)
+    b = make_tiny_checkpoint(tmp_path_factory.mktemp("b"), n_layer=3, seed=1)
+    return [ModelSpec("a", str(a)), ModelSpec("b", str(b)), ModelSpec("bundled", str(BUNDLED))]
+
+
+@pytest.fixture
+def zero(monkeypatch, two_models):
+    """(fake spaces, app context with ZeroGPU on, manager serving model 'a')."""
+    fake = FakeSpaces()
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    threads = torch.get_num_threads()
+    zerogpu.prepare_app()  # as create_app does on ZeroGPU
+    manager = ModelManager(two_models, device="cpu")
+    manager.load("a", "fp32")
+    yield fake, AppContext(manager, ModelCache(), Settings(zero_gpu=True))
+    fake.close()
+    torch.set_num_threads(threads)
+
+
+def generate_args(max_new_tokens: int, **sampling) -> list:
+    params = validate_sampling(**sampling).as_dict()
+    return [TEXT, max_new_tokens, *[params[n] for n in SAMPLING_ORDER]]
+
+
+def sliced_generate(ctx: AppContext) -> GenerateHandlers:
+    gen = GenerateHandlers(ctx.manager)
+    gen.run_slice = ctx.gpu(gen.slice, duration=lambda request, state, n: slice_duration(n, state.tokens_per_s))
+    return gen
+
+
+def test_every_model_call_takes_and_returns_plain_data(zero):
+    fake, ctx = zero
+    attention = AttentionHandlers(ctx.manager, ctx.cache, ctx.gpu)
+    fig, data = attention.api_attention(TEXT, 1, 2, "head", "mean-heads", -1, "layer")
+    assert data["model"] == "a" and len(data["weights"]) == len(data["tokens"])
+    attention.switch(TEXT, TEXT, "heads", 1, 0, "mean-heads", None, "layer")  # from the app's cache: no call
+    next_token = NextTokenHandlers(ctx.manager, ctx.cache, ctx.gpu)
+    view = next_token.refresh(TEXT, None, 10, "", *[v if v is not None else -1 for v in PRESETS["Balanced"].values()])
+    assert view.state["text"] == TEXT
+    assert next_token.api_logit_lens(TEXT, 4)["positions"]
+    updates = list(sliced_generate(ctx).generate(*generate_args(20, seed=3)))
+    assert updates[-1][2]["model"] == "a" and len(updates[-1][2]["tokens"]) == 20
+    assert fake.calls >= 4  # attention, logits, lens, the generation's slices: all in the worker
+    assert ctx.cache.peek("attention", ctx.manager.current, TEXT) is not None  # the cache stays in the app
+
+
+def test_a_model_switch_reaches_the_warm_worker(zero):
+    fake, ctx = zero
+    attention = AttentionHandlers(ctx.manager, ctx.cache, ctx.gpu)
+    assert attention.api_attention(TEXT, 0, 0, "head", "mean-heads", -1, "layer")[1]["n_layers"] == 2
+    ctx.manager.load("b", "fp32")  # the worker was forked while 'a' served
+    _, data = attention.api_attention(TEXT + " again", 0, 0, "head", "mean-heads", -1, "layer")
+    assert data["model"] == "b" and data["n_layers"] == 3
+    updates = list(sliced_generate(ctx).generate(*generate_args(5, seed=1)))
+    assert updates[-1][2]["model"] == "b"
+    assert fake.calls >= 3
+    stream = sliced_generate(ctx).generate(*generate_args(100, seed=1))
+    next(stream)
+    ctx.manager.load("a", "fp32")  # a switch mid-generation: no slice runs on the other model's ids
+    with pytest.raises(gr.Error, match="switched during this generation"):
+        list(stream)
+
+
+def test_sliced_generation_draws_the_same_tokens_as_one_generation(zero):
+    _, ctx = zero
+    loaded = ctx.manager.require()
+    for sampling in (dict(seed=11), dict(temperature=1.3, top_k=40, repetition_penalty=1.3, seed=5),
+                     dict(do_sample=False, no_repeat_ngram_size=3)):
+        request = validate_request(TEXT, 60, validate_sampling(**sampling))
+        whole = list(stream_generate(loaded, request))[-1]
+        sliced = list(sliced_generate(ctx).generate(*generate_args(60, **sampling)))
+        assert [t["id"] for t in sliced[-1][2]["tokens"]] == [c.token_id for c in whole.chosen], sampling
+        assert sliced[-1][0] == whole.text and len(sliced) > 1  # several slices, one text
+
+
+def test_stop_frees_the_gpu_within_a_slice(zero):
+    fake, ctx = zero
+    ctx.manager.load("bundled", "fp32")  # ~300 tokens/s here: 400 tokens take longer than a slice
+    gen = sliced_generate(ctx)
+    stream = gen.generate(TEXT, 400, *generate_args(400, seed=2)[2:])
+    first = next(stream)
+    t0 = time.perf_counter()
+    stream.close()  # Stop, or a closed tab
+    assert time.perf_counter() - t0 < 0.5
+    calls = fake.calls
+    time.sleep(0.3)
+    assert fake.calls == calls == 1 and first[0].count(" ") > 0 and first[2] is None  # no slice after Stop
+    # a slice is bounded in time even when it may generate every remaining token
+    loaded = ctx.manager.require()
+    from demo.generation import generate_slice, start_slices
+
+    request = validate_request(TEXT, 500, validate_sampling(seed=2))
+    t0 = time.perf_counter()
+    state = generate_slice(loaded, request, start_slices(loaded, request), 500, zerogpu.SLICE_S)
+    assert time.perf_counter() - t0 < zerogpu.SLICE_S + 1.0 and 0 < len(state.generated) < 500
+
+
+def test_each_call_declares_a_duration_fitted_to_its_work(zero):
+    fake, ctx = zero
+    AttentionHandlers(ctx.manager, ctx.cache, ctx.gpu).api_attention(TEXT, 0, 0, "head", "mean-heads", -1, "layer")
+    list(sliced_generate(ctx).generate(*generate_args(40, seed=4)))
+    assert fake.durations[0] == ANALYSIS_S
+    slices = fake.durations[1:]
+    assert len(slices) >= 2 and all(isinstance(d, int) and 0 < d <= 20 for d in slices)
+    assert zerogpu.slice_duration(16, None) < 60 and zerogpu.slice_tokens(100.0, 1000) == 100
+    assert zerogpu.slice_tokens(None, 5) == 5
+
+
+def test_the_worker_runs_one_torch_thread_and_the_model_it_is_told(zero, two_models):
+    fake, ctx = zero
+    task = zerogpu.gpu_task(lambda: (torch.get_num_threads(), ctx.manager.current.name), ctx.manager, 5, fake)
+    ctx.manager.load("b", "fp32")
+    assert task() == (1, "b")
+
+
+def test_without_the_spaces_package_functions_run_here(monkeypatch, tiny_spec):
+    monkeypatch.setitem(sys.modules, "spaces", None)  # import spaces -> ImportError
+    manager = ModelManager([tiny_spec], device="cpu")
+    manager._current = load_model(tiny_spec, "fp32", device="cpu")
+    ctx = AppContext(manager, ModelCache(), Settings(zero_gpu=True))
+    fn = lambda x: x + 1
+    assert ctx.gpu(fn) is fn
