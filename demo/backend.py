@@ -8,6 +8,7 @@ lives in :mod:`demo.generation`, analysis in :mod:`demo.attention` and :mod:`dem
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 import warnings
@@ -220,12 +221,19 @@ class ModelManager:
         self.device = device or default_device()
         self._current: LoadedModel | None = None
         self._load_lock = threading.Lock()
+        self._owner_pid = os.getpid()
         self.last_error: str | None = None
         self.notice: str | None = None  # why the model in service is not the one the app meant to start with
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.catalog]
+
+    def after_fork(self) -> None:
+        """In a process forked from this one (a ZeroGPU worker): a fresh load lock, since a load that
+        held it at the fork goes on in the parent only."""
+        if self._owner_pid != os.getpid():
+            self._load_lock, self._owner_pid = threading.Lock(), os.getpid()
 
     @property
     def current(self) -> LoadedModel | None:

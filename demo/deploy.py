@@ -36,6 +36,7 @@ HARDWARE = ("cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "a10g-s
 ZERO_GPU = "zero-a10g"
 # ZeroGPU runs only some torch releases; on that hardware the Space gets this torch requirement.
 ZERO_GPU_TORCH = "torch>=2.4,<2.13"
+TORCH_LINE = re.compile(r"(?m)^torch(?=\s*(?:[<>=!~;\[#]|$))[^\n#]*")  # torch's own line, not torchvision's
 SPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
@@ -78,8 +79,8 @@ def plan_upload(root: Path = REPO, hardware: str = "cpu-basic") -> Upload:
     extra = {".gitattributes": SPACE_GITATTRIBUTES.encode()}
     if hardware == ZERO_GPU:
         reqs = (root / "requirements.txt").read_text(encoding="utf-8")
-        extra["requirements.txt"] = re.sub(r"(?m)^torch\b[^\n#]*", ZERO_GPU_TORCH, reqs).encode()
-        files.remove("requirements.txt")
+        extra["requirements.txt"] = TORCH_LINE.sub(ZERO_GPU_TORCH, reqs).encode()
+        files = [p for p in files if p != "requirements.txt"]
     return Upload(tuple(files), extra)
 
 

@@ -179,13 +179,18 @@ def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: flo
 
 
 class _StopAfter(StoppingCriteria):
-    """Stop once ``seconds`` have passed (checked after each token)."""
+    """Stop once ``seconds`` have passed (checked after each token); notes when the first and the last
+    token came."""
 
     def __init__(self, seconds: float):
         self.deadline = time.perf_counter() + seconds
+        self.first: float | None = None
+        self.last: float | None = None
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), time.perf_counter() >= self.deadline, dtype=torch.bool,
+        self.last = time.perf_counter()
+        self.first = self.first or self.last
+        return torch.full((input_ids.shape[0],), self.last >= self.deadline, dtype=torch.bool,
                           device=input_ids.device)
 
 
@@ -202,12 +207,14 @@ class SliceState:
     rng_state: torch.Tensor | None = None  # the sampler's generator, to continue the same draws
     done: bool = False
     stop_reason: str | None = None
-    compute_s: float = 0.0  # time spent generating, all slices together
-    first_token_s: float | None = None  # compute time until the first token
+    first_token_s: float | None = None  # from the first slice's start to its first token
+    decode_s: float = 0.0  # time between each slice's first and last token, all slices together
+    decode_tokens: int = 0  # the tokens generated in that time
 
     @property
     def tokens_per_s(self) -> float | None:
-        return len(self.generated) / self.compute_s if self.generated and self.compute_s > 0 else None
+        """Decode speed after the first token of each slice (like the streamed generation's figure)."""
+        return self.decode_tokens / self.decode_s if self.decode_tokens and self.decode_s > 0 else None
 
 
 def start_slices(loaded: LoadedModel, request: GenerationRequest) -> SliceState:
@@ -232,22 +239,24 @@ def generate_slice(loaded: LoadedModel, request: GenerationRequest, state: Slice
     processors.append(chooser)
     tok = loaded.tokenizer
     input_ids = torch.tensor([state.prompt_ids + state.generated], device=loaded.model.device)
+    clock = _StopAfter(max_seconds)
     t0 = time.perf_counter()
     with torch.inference_mode():
         loaded.model.generate(
             input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=min(max_tokens, remaining),
             do_sample=False, num_beams=1, temperature=None, top_k=None, top_p=None, logits_processor=processors,
-            stopping_criteria=StoppingCriteriaList([_StopAfter(max_seconds)]),
+            stopping_criteria=StoppingCriteriaList([clock]),
             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    seconds = time.perf_counter() - t0
     new = [c.token_id for c in chooser.chosen]
     generated = state.generated + new
     ended = bool(new) and new[-1] == tok.eos_token_id
     done = ended or len(generated) >= request.max_new_tokens
     return replace(state, generated=generated, chosen=state.chosen + chooser.chosen, rng_state=chooser.state(),
                    done=done, stop_reason=("end of text" if ended else "length") if done else None,
-                   compute_s=state.compute_s + seconds,
-                   first_token_s=state.first_token_s if state.first_token_s is not None or not new else seconds)
+                   first_token_s=state.first_token_s if state.first_token_s is not None or not clock.first
+                   else clock.first - t0,
+                   decode_s=state.decode_s + ((clock.last - clock.first) if clock.first else 0.0),
+                   decode_tokens=state.decode_tokens + max(0, len(new) - 1))
 
 
 def slice_update(loaded: LoadedModel, state: SliceState, started: float) -> GenerationUpdate:

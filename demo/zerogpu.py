@@ -8,7 +8,7 @@ the duration the call declares, and keeps warm workers for later calls. Four rul
    (texts, numbers, dicts, numpy arrays, figures), never the model manager or a lock.
 2. A warm worker keeps the memory it was forked with, models included: each call carries the key
    (name, precision) of the model the app serves now, and the worker loads that model if it holds
-   another one, so a model switch is seen by every later call.
+   another one, so a model switch is seen by every later call (and books time for that load).
 3. torch's CPU thread pool does not survive a fork: the worker sets one thread before any torch work.
 4. A call books the GPU for its declared duration (the default is 60 s, which lowers a visitor's
    queue priority and aborts longer work): each task declares a duration fitted to its work.
@@ -19,15 +19,16 @@ tab frees the GPU within a slice whatever the worker does with a generator it wa
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import inspect
 import os
 from collections.abc import Callable
 
 import torch
 
 PARENT_PID = os.getpid()
-ANALYSIS_S = 20  # attention, next token, logit lens: one forward pass, plus loading the model if it changed
+ANALYSIS_S = 20  # attention, next token, logit lens: one forward pass
+MODEL_LOAD_S = 120  # added to a call whose model this task has not run yet: the worker may load it
 SLICE_S = 1.0  # generation time per slice
 SLICE_OVERHEAD_S = 10  # a slice's booking beyond its generation time: reading the text, a model switch
 FIRST_SLICE_TOKENS = 16  # before the model's speed is measured
@@ -35,17 +36,25 @@ MAX_SLICE_TOKENS = 256
 
 
 def prepare_app() -> None:
-    """In the app's own process on ZeroGPU: torch single-threaded. A fork copies a thread pool's locks but
-    not its threads; a pool that was busy when a worker was forked leaves that worker's first CPU
-    matmul waiting forever (seen on this CPU). The app's process does little torch work there: the
-    model runs in the workers."""
+    """In the app's own process on ZeroGPU, before a model loads. Import ``spaces``, which sets up its
+    CUDA emulation (so the app sees a GPU and loads for it) and must come before CUDA is initialised.
+    Run torch single-threaded: a fork copies a thread pool's locks but not its threads, and a pool
+    that was busy when a worker was forked leaves that worker's first CPU matmul waiting forever (seen
+    on this CPU). The app's process does little torch work there: the model runs in the workers."""
+    with contextlib.suppress(ImportError):
+        import spaces  # noqa: F401
     torch.set_num_threads(1)
 
 
-def prepare_worker() -> None:
-    """In a process forked from the app: one torch thread (its thread pool does not survive a fork)."""
-    if os.getpid() != PARENT_PID:
-        torch.set_num_threads(1)
+def prepare_worker(manager=None) -> None:
+    """In a process forked from the app: one torch thread (its thread pool does not survive a fork),
+    and fresh locks for the model manager (a lock the app held at the fork would never be released
+    here: only the forking thread exists in the child)."""
+    if os.getpid() == PARENT_PID:
+        return
+    torch.set_num_threads(1)
+    if manager is not None:
+        manager.after_fork()
 
 
 def model_key(manager) -> tuple[str, str] | None:
@@ -75,40 +84,38 @@ def slice_duration(tokens: int, tokens_per_s: float | None) -> int:
     return int(SLICE_OVERHEAD_S + 2 * min(seconds, 2 * SLICE_S))
 
 
-def gpu_task(fn: Callable, manager, duration: int | Callable = ANALYSIS_S, spaces_module=None) -> Callable:
-    """``fn`` as a ZeroGPU task. The caller's side adds the served model's key to the call and passes
-    ``fn``'s own arguments on (they must pickle); the worker's side prepares the process, loads that
-    model if it holds another, then runs ``fn``. ``duration``: seconds, or a function of ``fn``'s
-    arguments. The returned function keeps ``fn``'s signature (Gradio reads it for the API page)."""
+def gpu_task(fn: Callable, manager, duration: int | Callable = ANALYSIS_S, spaces_module=None,
+             errors: Callable[[Exception], Exception] = lambda exc: exc) -> Callable:
+    """``fn`` (a function, not a generator) as a ZeroGPU task. The caller's side adds the served model's
+    key to the call and passes ``fn``'s own arguments on (they must pickle); the worker's side prepares
+    the process, loads that model if it holds another, then runs ``fn``. ``duration``: seconds, or a
+    function of ``fn``'s arguments; a call whose model differs from the one this task last ran books
+    :data:`MODEL_LOAD_S` more (the worker may load it). ``errors`` turns an exception in the worker into
+    the one the caller sees (ZeroGPU passes only Gradio's own errors on with their message). The
+    returned function keeps ``fn``'s signature (Gradio reads it for the API page)."""
     if spaces_module is None:
         import spaces as spaces_module
+    last_key: list = [None]
 
     def booked(key, *args, **kwargs):
-        return duration(*args, **kwargs) if callable(duration) else duration
-
-    if inspect.isgeneratorfunction(fn):
-        def in_worker(key, *args, **kwargs):
-            prepare_worker()
-            ensure_model(manager, key)
-            yield from fn(*args, **kwargs)
-
-        task = spaces_module.GPU(in_worker, duration=booked)
-
-        @functools.wraps(fn)
-        def stream(*args, **kwargs):
-            yield from task(model_key(manager), *args, **kwargs)
-
-        return stream
+        seconds = duration(*args, **kwargs) if callable(duration) else duration
+        return seconds + (MODEL_LOAD_S if key != last_key[0] else 0)
 
     def in_worker(key, *args, **kwargs):
-        prepare_worker()
-        ensure_model(manager, key)
-        return fn(*args, **kwargs)
+        try:
+            prepare_worker(manager)
+            ensure_model(manager, key)
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise errors(exc) from exc
 
     task = spaces_module.GPU(in_worker, duration=booked)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        return task(model_key(manager), *args, **kwargs)
+        key = model_key(manager)
+        result = task(key, *args, **kwargs)
+        last_key[0] = key
+        return result
 
     return call

@@ -45,6 +45,9 @@ def test_zero_gpu_gets_a_torch_it_supports_and_the_same_other_requirements():
     reqs = upload.extra["requirements.txt"].decode()
     assert "requirements.txt" not in upload.files
     assert deploy.ZERO_GPU_TORCH in reqs and "<2.14" not in reqs
+    # the rewrite touches torch's own line, not a 'torchvision' or 'torch-x' one
+    assert deploy.TORCH_LINE.sub("T", "torchvision>=1\ntorch-x==2\ntorch>=2,<3  # note\n") == \
+        "torchvision>=1\ntorch-x==2\nT# note\n"
     ours = (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines()
     assert [line for line in reqs.splitlines() if not line.startswith("torch")] == \
         [line for line in ours if not line.startswith("torch")]

@@ -104,6 +104,8 @@ def test_sliced_generation_draws_the_same_tokens_as_one_generation(zero):
         sliced = list(sliced_generate(ctx).generate(*generate_args(60, **sampling)))
         assert [t["id"] for t in sliced[-1][2]["tokens"]] == [c.token_id for c in whole.chosen], sampling
         assert sliced[-1][0] == whole.text and len(sliced) > 1  # several slices, one text
+        ttft_ms = float(sliced[-1][1].split("first token after ")[1].split(" ms")[0].replace(",", ""))
+        assert ttft_ms < 1000 * zero[0].seconds[-len(sliced)]  # the first token, not the whole first slice
 
 
 def test_stop_frees_the_gpu_within_a_slice(zero):
@@ -128,22 +130,56 @@ def test_stop_frees_the_gpu_within_a_slice(zero):
     assert time.perf_counter() - t0 < zerogpu.SLICE_S + 1.0 and 0 < len(state.generated) < 500
 
 
-def test_each_call_declares_a_duration_fitted_to_its_work(zero):
+def test_each_call_declares_a_duration_fitted_to_its_work(zero, monkeypatch):
     fake, ctx = zero
-    AttentionHandlers(ctx.manager, ctx.cache, ctx.gpu).api_attention(TEXT, 0, 0, "head", "mean-heads", -1, "layer")
-    list(sliced_generate(ctx).generate(*generate_args(40, seed=4)))
-    assert fake.durations[0] == ANALYSIS_S
-    slices = fake.durations[1:]
-    assert len(slices) >= 2 and all(isinstance(d, int) and 0 < d <= 20 for d in slices)
-    assert zerogpu.slice_duration(16, None) < 60 and zerogpu.slice_tokens(100.0, 1000) == 100
-    assert zerogpu.slice_tokens(None, 5) == 5
+    attention = AttentionHandlers(ctx.manager, ctx.cache, ctx.gpu)
+    attention.api_attention(TEXT, 0, 0, "head", "mean-heads", -1, "layer")
+    attention.api_attention(TEXT + " two", 0, 0, "head", "mean-heads", -1, "layer")
+    assert fake.durations == [ANALYSIS_S + zerogpu.MODEL_LOAD_S, ANALYSIS_S]  # the first may load the model
+    sizes = []
+    real = zerogpu.slice_duration
+    monkeypatch.setattr("demo.ui.generate_tab.slice_duration", lambda n, rate: sizes.append((n, rate)) or real(n, rate))
+    gen = GenerateHandlers(ctx.manager)
+    gen.run_slice = ctx.gpu(gen.slice, duration=lambda request, state, n: zerogpu.slice_duration(n, state.tokens_per_s))
+    list(gen.generate(*generate_args(60, seed=4)))
+    slices = fake.durations[2:]
+    assert len(slices) >= 2 and slices[0] == real(zerogpu.FIRST_SLICE_TOKENS, None) + zerogpu.MODEL_LOAD_S
+    assert all(d == real(zerogpu.FIRST_SLICE_TOKENS, None) or d <= zerogpu.SLICE_OVERHEAD_S + 4 for d in slices[1:])
+    ctx.manager.load("b", "fp32")
+    attention.api_attention(TEXT, 0, 0, "head", "mean-heads", -1, "layer")
+    assert fake.durations[-1] == ANALYSIS_S + zerogpu.MODEL_LOAD_S  # a switch books the worker's load
+    assert zerogpu.slice_tokens(100.0, 1000) == 100 and zerogpu.slice_tokens(None, 5) == 5
 
 
-def test_the_worker_runs_one_torch_thread_and_the_model_it_is_told(zero, two_models):
+def test_the_worker_runs_one_torch_thread_and_the_model_it_is_told(zero):
     fake, ctx = zero
     task = zerogpu.gpu_task(lambda: (torch.get_num_threads(), ctx.manager.current.name), ctx.manager, 5, fake)
     ctx.manager.load("b", "fp32")
-    assert task() == (1, "b")
+    torch.set_num_threads(2)  # the app's setting must not matter: the worker sets its own
+    try:
+        assert task() == (1, "b")
+    finally:
+        torch.set_num_threads(1)
+
+
+@pytest.mark.timeout(90)
+def test_a_load_in_progress_at_the_fork_does_not_lock_the_worker(zero):
+    fake, ctx = zero
+    task = ctx.gpu(lambda: ctx.manager.current.name)
+    with ctx.manager._load_lock:  # the app is loading a model when the worker is forked
+        assert task() == "a"
+    ctx.manager.load("b", "fp32")
+    assert task() == "b"  # the worker loads 'b' under its own lock, not the copy held at the fork
+
+
+def test_errors_in_the_worker_reach_the_visitor_with_their_message(zero):
+    from demo.errors import ModelLoadError
+
+    def fails():
+        raise ModelLoadError("Could not download 'gpt2-xl' from the Hugging Face Hub (offline?).")
+
+    with pytest.raises(gr.Error, match="Could not download 'gpt2-xl'"):
+        zero[1].gpu(fails)()
 
 
 def test_without_the_spaces_package_functions_run_here(monkeypatch, tiny_spec):

@@ -2,10 +2,11 @@
 
 On ZeroGPU hardware ``spaces.GPU`` runs a function in a worker process forked from the app: the
 call's arguments are pickled to the worker and the result pickled back; the worker stays warm for
-later calls of that function and keeps the memory it was forked with. This emulation does the same,
-one forked worker per function, and takes the worst case for generators: the worker runs a
-generator to its end before anything comes back. It records each call's declared duration and how
-long the worker took.
+later calls of that function and keeps the memory it was forked with; an exception in the worker
+reaches the caller with its message only when it is a ``gr.Error`` (anything else becomes a bare
+"ZeroGPU worker error"). This emulation does the same, one forked worker per function, and takes
+the worst case for generators: the worker runs a generator to its end before anything comes back.
+It records each call's declared duration and how long the worker took.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import inspect
 import multiprocessing
 import pickle
 import time
+
+import gradio as gr
 
 
 class FakeSpaces:
@@ -78,7 +81,8 @@ class FakeSpaces:
                 result = task(*args, **kwargs)
                 out = ("ok", list(result) if inspect.isgeneratorfunction(task) else result)
             except Exception as exc:  # sent back and raised in the caller, as ZeroGPU does
-                out = ("error", exc)
+                out = ("error", exc if isinstance(exc, gr.Error) else
+                       gr.Error(f"ZeroGPU worker error: {type(exc).__name__}", print_exception=False))
             try:
                 data = pickle.dumps(out)
             except Exception as exc:

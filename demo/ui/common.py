@@ -39,7 +39,7 @@ class AppContext:
             import spaces
         except ImportError:
             return fn
-        return gpu_task(fn, self.manager, duration, spaces)
+        return gpu_task(fn, self.manager, duration, spaces, errors=to_gr_error)
 
     @property
     def concurrency(self) -> int:
