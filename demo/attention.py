@@ -18,6 +18,7 @@ import io
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,12 +144,13 @@ def compute_attention(loaded, text) -> AttentionResult:
         seconds=seconds)
 
 
-def attention_of(loaded, text: str, cache: ModelCache | None = None) -> AttentionResult:
+def attention_of(loaded, text: str, cache: ModelCache | None = None,
+                 compute: Callable[[object, str], AttentionResult] = compute_attention) -> AttentionResult:
     """The attention of a (valid) text under a loaded model: from ``cache`` when it holds it, else one
-    forward pass (stored in ``cache``)."""
+    forward pass (``compute``: where it runs, e.g. a ZeroGPU worker), stored in ``cache``."""
     if cache is None:
-        return compute_attention(loaded, text)
-    return cache.get("attention", loaded, text, lambda: compute_attention(loaded, text))
+        return compute(loaded, text)
+    return cache.get("attention", loaded, text, lambda: compute(loaded, text))
 
 
 # ----------------------------------------------------------------------------- views

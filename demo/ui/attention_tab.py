@@ -26,6 +26,7 @@ from ..attention import (
     AttentionResult,
     AttentionView,
     api_payload,
+    attention_of,
     compute_attention,
     looking_row,
     view_matrix,
@@ -175,7 +176,7 @@ class AttentionHandlers:
         hit = self.cache.peek("attention", loaded, text)
         if hit is not None:
             return hit, True
-        return self.cache.get("attention", loaded, text, lambda: self._compute(text)), False
+        return attention_of(loaded, text, self.cache, lambda _loaded, t: self._compute(t)), False
 
     @user_errors
     def analyse(self, text, analysed, view, layer, head, aggregate, token, scope) -> Analysed:
