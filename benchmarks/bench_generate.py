@@ -63,6 +63,24 @@ def save_gpt2_small_random(path: Path) -> Path:
     return path
 
 
+def app_command(args, port: int) -> tuple[list[str], list[str]]:
+    """The command that serves the app for a benchmark (``args``: --model, --precision,
+    --gpt2-small-random), and the catalogue entries it adds. Sets ``args.model`` for the random model."""
+    extra = []
+    if args.gpt2_small_random:
+        import tempfile
+
+        path = save_gpt2_small_random(Path(tempfile.mkdtemp(prefix="gpt2-small-random-")))
+        args.model = "gpt2-small-random"
+        extra = [f"{args.model}={path}"]
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--precision", args.precision]
+    if args.model:
+        cmd += ["--model", args.model]
+    for e in extra:
+        cmd += ["--add-model", e]
+    return cmd, extra
+
+
 def raw_figures(loaded, prompt: str, n: int, repeats: int) -> dict:
     import torch
 
@@ -130,21 +148,9 @@ def main(argv=None) -> int:
     from demo.backend import ModelManager
     from demo.catalog import load_catalog
 
-    extra = []
-    if args.gpt2_small_random:
-        import tempfile
-
-        path = save_gpt2_small_random(Path(tempfile.mkdtemp(prefix="gpt2-small-random-")))
-        args.model = "gpt2-small-random"
-        extra = [f"{args.model}={path}"]
-
     # The app runs in its own process, as in production: the client's work must not share its GIL.
     port = free_port()
-    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--precision", args.precision]
-    if args.model:
-        cmd += ["--model", args.model]
-    for e in extra:
-        cmd += ["--add-model", e]
+    cmd, extra = app_command(args, port)
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(f"http://127.0.0.1:{port}/", server)

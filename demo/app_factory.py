@@ -12,11 +12,12 @@ from .cache import ModelCache
 from .catalog import load_catalog
 from .errors import ExplorerError
 from .settings import Settings
-from .ui.common import AppContext
+from .ui.common import AppContext, forget_outputs
 from .ui.page import CSS, build_app
 
 log = logging.getLogger("gpt_explorer")
 QUEUE_IDLE_POLL_S = 0.005
+MAX_UPLOAD_BYTES = 1  # the app takes no files: Gradio refuses any upload larger than a byte
 # On GPU hardware the default is a real GPT-2 in 8-bit (the bundled 5 M-parameter model shows nothing of
 # what quantization does); the bundled model stays the default on CPU: it starts fast and offline.
 GPU_DEFAULT_MODEL = "gpt2"
@@ -61,12 +62,13 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
                                 extra_models=(*settings.extra_models, *extra_models) if extra_models else None)
     if settings.zero_gpu:
         zerogpu.prepare_app()
-    manager = ModelManager(load_catalog(extra=list(settings.extra_models)), device=device)
+    manager = ModelManager(load_catalog(extra=list(settings.extra_models)), device=device,
+                           memory_mb=settings.model_memory_mb, visitor_models=settings.visitor_models)
     if load:
         start_model(manager, start_candidates(settings, manager.device, manager.names))
     ctx = AppContext(manager=manager, cache=ModelCache(), settings=settings)
     demo = build_app(ctx)
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=2)
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=ctx.concurrency)
     # Gradio's queue loop wakes every 1 ms while it waits for work, and each wake takes the GIL from the
     # thread that runs the model. Waking every 5 ms adds at most 5 ms before a request starts and gave
     # about 10 % more streamed tokens/s on CPU (benchmarks/bench_generate.py). Private attribute: if a
@@ -74,5 +76,9 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     q = getattr(demo, "_queue", None)
     if q is not None and isinstance(getattr(q, "sleep_when_free", None), float):
         q.sleep_when_free = max(q.sleep_when_free, QUEUE_IDLE_POLL_S)
+    forget_outputs(demo, ctx.unkept_outputs)
     demo.manager, demo.cache = manager, ctx.cache  # for tests and benchmarks
-    return demo, {"theme": gr.themes.Soft(), "css": CSS}
+    # Bounded per-visitor memory and disk: Gradio keeps each session's outputs (at most this many
+    # sessions), the app takes no uploads, and Gradio's own file cache is cleaned (build_app).
+    return demo, {"theme": gr.themes.Soft(), "css": CSS, "state_session_capacity": settings.sessions,
+                  "max_file_size": MAX_UPLOAD_BYTES}

@@ -1,19 +1,22 @@
 """Model loading: checkpoints, precisions, devices, and the model in service. Knows nothing of Gradio.
 
-A :class:`ModelManager` holds the model in service. Loading builds a new :class:`LoadedModel` and
-swaps it in only when it is ready, so a failed load keeps the previous model serving. Generation
+A :class:`ModelManager` holds the loaded models (a bounded pool) and which one each visitor's session
+uses; a failed load changes nothing. Generation
 lives in :mod:`demo.generation`, analysis in :mod:`demo.attention` and :mod:`demo.next_token`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import logging
 import os
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 from transformers import (
@@ -27,8 +30,27 @@ from .catalog import ModelSpec, find_spec
 from .errors import ModelLoadError, NoModelError, ValidationError
 from .validation import check_choice
 
-# bitsandbytes warns on every 8-bit matmul of a float32 input (CPU 8-bit): once is plenty.
+
+class OncePerMessage(logging.Filter):
+    """Lets each distinct message through once. bitsandbytes logs a warning on every 8-bit matmul of a
+    float32 input (CPU 8-bit: 144 lines for 8 tokens of the bundled model); one line per cause is plenty."""
+
+    def __init__(self):
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = f"{record.name}:{record.msg}"
+        if key in self._seen:
+            return False
+        if len(self._seen) < 1000:
+            self._seen.add(key)
+        return True
+
+
+# bitsandbytes both warns (warnings) and logs (logging) it: once each.
 warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(OncePerMessage())
 
 PRECISIONS = {
     "auto": "8-bit on GPU, fp32 on CPU",
@@ -63,6 +85,7 @@ class LoadedModel:
     device: str
     precision: str
     load_seconds: float
+    scheduler: object = field(default=None, repr=False, compare=False)  # its decode loop (demo.batching)
 
     @property
     def name(self) -> str:
@@ -151,8 +174,10 @@ def warm_up(model, tokenizer) -> None:
 
 def _explain_load_error(spec: ModelSpec, exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
+    if spec.local_path is not None:  # a visitor sees the model's name, never a folder of the server
+        text = text.replace(str(spec.local_path), f"<{spec.name}>").replace(spec.source, f"<{spec.name}>")
     low = text.lower()
-    where = f"'{spec.name}' ({spec.source})"
+    where = f"'{spec.name}'" if spec.local_path is not None else f"'{spec.name}' ({spec.source})"
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in low:
         return f"Not enough memory to load {where}. Try a smaller model or 8-bit/4-bit precision."
     if spec.local_path is not None:
@@ -213,54 +238,184 @@ def _bnb_available() -> bool:
     return True
 
 
-class ModelManager:
-    """The model in service, and switching between catalogue models safely."""
+ModelKey = tuple[str, str]  # (catalogue name, resolved precision)
+# Which models a visitor may load (GPT_EXPLORER_VISITOR_MODELS); the operator's own loads are not limited.
+VISITOR_MODELS = {
+    "all": "any catalogue model, Hub downloads included",
+    "local": "models already loaded, and checkpoints in local folders (no downloads)",
+    "loaded": "only the models already loaded",
+}
+MAX_SESSIONS = 10_000  # remembered model choices, least recently used first out
 
-    def __init__(self, catalog: list[ModelSpec], device: str | None = None):
+
+class ModelManager:
+    """The loaded models and which one each visitor's session uses.
+
+    A bounded pool: models are kept least-recently-used first out within ``memory_mb`` (their
+    weights' footprint), except the default (what a new visitor gets) and any model a request is
+    using (:meth:`use`). Each model loads once however many visitors ask at the same time: the others
+    wait for that load. A session's choice (:meth:`load` with ``session``) changes that session only;
+    a load without a session (the operator's, at start-up) sets the default."""
+
+    def __init__(self, catalog: list[ModelSpec], device: str | None = None, memory_mb: float | None = None,
+                 visitor_models: str = "all"):
         self.catalog = list(catalog)
         self.device = device or default_device()
-        self._current: LoadedModel | None = None
-        self._load_lock = threading.Lock()
+        self.memory_mb = memory_mb
+        self.visitor_models = check_choice("visitor models", visitor_models, list(VISITOR_MODELS), exact=True)
+        self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()  # least recently used first
+        self._users: dict[ModelKey, int] = {}
+        self._sessions: OrderedDict[str, ModelKey] = OrderedDict()
+        self._loading: dict[ModelKey, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the dicts above (never held during a load)
         self._owner_pid = os.getpid()
+        self.default: ModelKey | None = None
         self.last_error: str | None = None
-        self.notice: str | None = None  # why the model in service is not the one the app meant to start with
+        self.notice: str | None = None  # why the default is not the model the app meant to start with
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.catalog]
 
+    def key(self, name, precision="auto") -> ModelKey:
+        """The pool key of a catalogue model in a precision ('auto' resolved); ValidationError if refused."""
+        return find_spec(self.catalog, name).name, resolve_precision(precision, self.device)
+
     def after_fork(self) -> None:
-        """In a process forked from this one (a ZeroGPU worker): a fresh load lock, since a load that
-        held it at the fork goes on in the parent only."""
+        """In a process forked from this one (a ZeroGPU worker): fresh locks, since a load that held
+        one at the fork goes on in the parent only."""
         if self._owner_pid != os.getpid():
-            self._load_lock, self._owner_pid = threading.Lock(), os.getpid()
+            self._lock, self._loading, self._owner_pid = threading.Lock(), {}, os.getpid()
+
+    # ------------------------------------------------------------------------- which model serves whom
 
     @property
     def current(self) -> LoadedModel | None:
-        return self._current
+        """The default model (a new visitor's)."""
+        return self._models.get(self.default) if self.default else None
 
-    def require(self) -> LoadedModel:
-        if self._current is None:
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._models.values())
+
+    def session_key(self, session: str | None) -> ModelKey | None:
+        with self._lock:
+            return self._sessions.get(session, self.default) if session is not None else self.default
+
+    def require(self, session: str | None = None) -> LoadedModel:
+        """The model this session uses (the default for a session that chose none)."""
+        with self._lock:
+            return self._lookup(session)
+
+    @contextlib.contextmanager
+    def use(self, session: str | None = None) -> Iterator[LoadedModel]:
+        """The session's model, kept from eviction until the block ends."""
+        with self._lock:
+            loaded = self._lookup(session)
+            key = (loaded.name, loaded.precision)
+            self._users[key] = self._users.get(key, 0) + 1
+        try:
+            yield loaded
+        finally:
+            with self._lock:
+                self._users[key] -= 1
+
+    def _lookup(self, session: str | None) -> LoadedModel:
+        key = self._sessions.get(session, self.default) if session is not None else self.default
+        loaded = self._models.get(key) if key else None
+        if loaded is None:
+            if key is not None and key != self.default:
+                raise NoModelError(f"{key[0]} ({key[1]}) was unloaded to make room for other models: "
+                                   "load it again in the model menu.")
             why = f" The last attempt failed: {self.last_error}" if self.last_error else ""
             raise NoModelError(f"No model is loaded yet: choose one in the model menu.{why}")
-        return self._current
+        self._models.move_to_end(key)
+        if session is not None and session in self._sessions:
+            self._sessions.move_to_end(session)
+        return loaded
 
-    def load(self, name: str, precision: str = "auto", progress: ProgressFn | None = None) -> LoadedModel:
-        """Load a catalogue model and put it in service; on failure the previous model keeps serving."""
-        spec = find_spec(self.catalog, name)
-        resolve_precision(precision, self.device)  # validate before taking the lock
-        with self._load_lock:
-            cur = self._current
-            if cur is not None and cur.spec == spec and cur.precision == resolve_precision(precision, self.device):
-                return cur
-            try:
-                loaded = load_model(spec, precision, self.device, progress)
-            except ModelLoadError as exc:
-                self.last_error = str(exc)
-                raise
-            self._current, self.last_error, self.notice = loaded, None, None
-            del cur
+    def forget(self, session: str | None) -> None:
+        """A session ended (its page was closed): drop its choice."""
+        with self._lock:
+            self._sessions.pop(session, None)
+
+    # ------------------------------------------------------------------------- loading
+
+    def check_visitor_may_load(self, key: ModelKey) -> None:
+        """ValidationError when the operator's setting keeps visitors from loading this model."""
+        if key in self._models or self.visitor_models == "all":
+            return
+        spec = find_spec(self.catalog, key[0])
+        if self.visitor_models == "local" and spec.local_path is not None:
+            return
+        loaded = ", ".join(f"{n} ({p})" for n, p in self._models) or "none"
+        allowed = "models already loaded" if self.visitor_models == "loaded" else \
+            "models already loaded and local checkpoints"
+        raise ValidationError(f"This server lets visitors choose only {allowed}; {key[0]} ({key[1]}) is not one "
+                              f"of them. Loaded now: {loaded}.")
+
+    def load(self, name, precision="auto", progress: ProgressFn | None = None, session: str | None = None,
+             visitor: bool = False) -> LoadedModel:
+        """Load a catalogue model (once: a model already loaded, or being loaded for someone else, is
+        shared). With ``session`` that session uses it from now on; without, it becomes the default.
+        ``visitor``: apply the operator's limit on what visitors may load. On failure nothing changes."""
+        key = self.key(name, precision)
+        if visitor:
+            self.check_visitor_may_load(key)
+        with self._lock:
+            loaded = self._models.get(key)
+            key_lock = self._loading.setdefault(key, threading.Lock()) if loaded is None else None
+        if loaded is None:
+            if key_lock.locked() and progress:
+                progress(0.02, f"{key[0]} ({key[1]}) is being loaded for another visitor: waiting for it")
+            with key_lock:
+                with self._lock:
+                    loaded = self._models.get(key)
+                if loaded is None:
+                    try:
+                        loaded = load_model(find_spec(self.catalog, key[0]), key[1], self.device, progress)
+                    except ModelLoadError as exc:
+                        if session is None:
+                            self.last_error = str(exc)
+                        raise
+                    with self._lock:
+                        self._models[key] = loaded
+                        self._evict(keep=key)
+        with self._lock:
+            self._models.move_to_end(key)
+            if session is None:
+                self.default, self.last_error, self.notice = key, None, None
+            else:
+                self._sessions[session] = key
+                self._sessions.move_to_end(session)
+                while len(self._sessions) > MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
+        return loaded
+
+    def add(self, loaded: LoadedModel) -> None:
+        """Put a model loaded elsewhere into the pool as the default (tests, scripts)."""
+        key = (loaded.name, loaded.precision)
+        with self._lock:
+            self._models[key] = loaded
+            self.default = key
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(m.memory_bytes for m in self._models.values())
+
+    def _evict(self, keep: ModelKey) -> None:
+        """Unload least recently used models until the pool fits its budget; the default, ``keep`` and
+        models in use stay (the pool may then stay over budget until they are free)."""
+        if self.memory_mb is None:
+            return
+        freed = False
+        while self.memory_bytes > self.memory_mb * 2**20:
+            idle = [k for k in self._models if k not in (keep, self.default) and not self._users.get(k)]
+            if not idle:
+                break
+            del self._models[idle[0]]
+            freed = True
+        if freed:
             gc.collect()
             if self.device == "cuda":
                 torch.cuda.empty_cache()
-            return loaded

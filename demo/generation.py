@@ -1,8 +1,8 @@
 """Streamed generation, the record of the tokens it drew, and branching from a token. No Gradio.
 
-Each generation runs ``model.generate`` in a worker thread feeding a ``TextIteratorStreamer``;
-closing the :func:`stream_generate` generator (a Stop, a closed tab, a cancelled API call) sets an
-event that a stopping criterion checks at every step, and joins the thread. The final update
+Each generation is a request to its model's batched decode loop (:mod:`demo.batching`), which runs
+every visitor's generation together; closing the :func:`stream_generate` generator (a Stop, a closed
+tab, a cancelled API call) takes its row out of the batch at the next step. The final update
 carries every drawn token with its probability and alternatives; :func:`generation_record` turns
 that into plain data for the probability-coloured view, and :func:`branch_prompt` continues a
 finished generation from another token.
@@ -10,24 +10,20 @@ finished generation from another token.
 
 from __future__ import annotations
 
-import itertools
-import queue
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .backend import LoadedModel
+from .batching import THREAD_PREFIX, scheduler_for
 from .errors import ValidationError
 from .sampling import MAX_NEW_TOKENS, ChosenToken, SamplingParams, TokenChooser, build_processors, resolve_seed
 from .tokens import display_token
 from .validation import check_text, encode_text
-
-THREAD_PREFIX = "gpt-explorer-generate"
-_thread_ids = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -59,42 +55,6 @@ class GenerationUpdate:
     prompt_ids: list[int] | None = None  # the prompt as the model saw it (final update)
 
 
-class _TokenStreamer(TextIteratorStreamer):
-    """TextIteratorStreamer that releases text token by token rather than word by word, holding back
-    only an incomplete multi-byte character, and counts and times the generated tokens."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.n_tokens = 0
-        self.t_first: float | None = None
-        self.t_last: float | None = None
-
-    def put(self, value):
-        if self.skip_prompt and self.next_tokens_are_prompt:
-            self.next_tokens_are_prompt = False
-            return
-        self.n_tokens += int(value.numel())
-        self.t_last = time.perf_counter()
-        if self.t_first is None:
-            self.t_first = self.t_last
-        self.token_cache.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-        if text.endswith("\ufffd"):
-            return  # the rest of a multi-byte character is still to come
-        printable, self.print_len = text[self.print_len:], len(text)
-        if text.endswith("\n"):  # keep re-decoding cheap on long texts
-            self.token_cache, self.print_len = [], 0
-        self.on_finalized_text(printable)
-
-
-class _StopOnEvent(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 def prepare_prompt(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> tuple[list[int], int]:
     """Token ids of the prompt, keeping the most recent tokens so prompt + new tokens fit the
     context window. Returns (ids, number of tokens dropped from the start)."""
@@ -109,70 +69,85 @@ def live_generation_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
 
 
+# Streamed updates are paced: at most 50 a second per generation (faster than the eye follows), and
+# about UPDATES_PER_S in all when many generations stream at once (each update costs the server a
+# message; tokens that arrive meanwhile share one), so the server's time goes to the model.
+MAX_UPDATES_PER_S = 50
+UPDATES_PER_S = 40
+
+
+def update_interval(streams: int) -> float:
+    """Seconds between two updates of one generation while ``streams`` generations run."""
+    return max(1 / MAX_UPDATES_PER_S, streams / UPDATES_PER_S)
+
+
 def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: float = 0.05
                     ) -> Iterator[GenerationUpdate]:
-    """Stream a generation as growing text. Close the generator to stop the model (within a step)."""
+    """Stream a generation as growing text, decoded in the model's batched decode loop together with
+    every other generation on that model (:mod:`demo.batching`). Close the generator to stop the
+    model: its row leaves the batch at the next step."""
     t0 = time.perf_counter()
     params = resolve_seed(request.sampling) if request.sampling.do_sample else request.sampling
     ids, dropped = prepare_prompt(loaded, request.prompt, request.max_new_tokens)
-    tok = loaded.tokenizer
-    input_ids = torch.tensor([ids], device=loaded.model.device)
-    streamer = _TokenStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=poll_s)
-    stop = threading.Event()
+    scheduler = scheduler_for(loaded)
+    ticket = scheduler.submit(ids, params, request.max_new_tokens)
+    new: list[int] = []
+    times: list[float] = []
+
+    def update(**kw) -> GenerationUpdate:
+        n = len(new)
+        rate = (n - 1) / (times[-1] - times[0]) if n >= 2 and times[-1] > times[0] else None
+        text = loaded.tokenizer.decode(new, skip_special_tokens=True)
+        if not kw.get("done") and text.endswith("\ufffd"):
+            text = text.rstrip("\ufffd")  # the rest of a multi-byte character is still to come
+        return GenerationUpdate(text=text, n_tokens=n, elapsed_s=time.perf_counter() - t0,
+                                ttft_s=times[0] - t0 if times else None, tokens_per_s=rate,
+                                prompt_tokens=len(ids), truncated_tokens=dropped, seed=params.seed, **kw)
+
+    try:
+        due = 0.0  # when the next update may go (the first goes at once)
+        while True:
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            events = [ticket.next_event(poll_s)]
+            events += ticket.ready()  # tokens that came meanwhile share one update
+            end = None
+            for event in events:
+                if event.token is not None:
+                    new.append(event.token.token_id)
+                    times.append(event.at)
+                if event.reason is not None:
+                    end = event
+            if end is not None:
+                break
+            if events[0].token is not None or len(events) > 1:
+                yield update()
+                due = time.perf_counter() + update_interval(scheduler.streams)
+        if end.reason == "error":
+            err = end.error
+            raise RuntimeError(f"generation failed: {type(err).__name__}: {err}") from err
+        yield update(done=True, stop_reason=end.reason, chosen=list(ticket.chosen), prompt_ids=ids)
+    finally:
+        ticket.cancel()  # also reached on GeneratorExit: a closed stream stops the model at the next step
+
+
+def generate_alone(loaded: LoadedModel, request: GenerationRequest) -> list[ChosenToken]:
+    """One generation with transformers' ``generate`` on its own (no batching): the reference the
+    batched loop is checked against, with the same processors and token chooser."""
+    params = resolve_seed(request.sampling) if request.sampling.do_sample else request.sampling
+    ids, _ = prepare_prompt(loaded, request.prompt, request.max_new_tokens)
     chooser = TokenChooser(params.do_sample, params.seed)
     processors = build_processors(params)
     processors.append(chooser)
-    error: list[BaseException] = []
-
-    def work():
-        try:
-            with torch.inference_mode():
-                loaded.model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=request.max_new_tokens,
-                    do_sample=False, num_beams=1, temperature=None, top_k=None, top_p=None, logits_processor=processors,
-                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]), streamer=streamer,
-                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                )
-        except BaseException as exc:
-            error.append(exc)
-            streamer.end()
-
-    def update(text: str, **kw) -> GenerationUpdate:
-        now = time.perf_counter()
-        n = streamer.n_tokens
-        rate = None
-        if n >= 2 and streamer.t_last and streamer.t_first and streamer.t_last > streamer.t_first:
-            rate = (n - 1) / (streamer.t_last - streamer.t_first)
-        ttft = streamer.t_first - t0 if streamer.t_first else None
-        return GenerationUpdate(text=text, n_tokens=n, elapsed_s=now - t0, ttft_s=ttft, tokens_per_s=rate,
-                                prompt_tokens=len(ids), truncated_tokens=dropped, seed=params.seed, **kw)
-
-    thread = threading.Thread(target=work, name=f"{THREAD_PREFIX}-{next(_thread_ids)}", daemon=True)
-    thread.start()
-    text = ""
-    try:
-        while True:
-            try:
-                piece = next(streamer)
-            except StopIteration:
-                break
-            except queue.Empty:
-                if not thread.is_alive() and streamer.text_queue.empty():
-                    break
-                continue
-            if piece:
-                text += piece
-                yield update(text)
-        thread.join()
-        if error:
-            raise RuntimeError(f"generation failed: {type(error[0]).__name__}: {error[0]}") from error[0]
-        last = chooser.chosen[-1].token_id if chooser.chosen else None
-        reason = "end of text" if last is not None and last == tok.eos_token_id else "length"
-        yield update(text, done=True, stop_reason=reason, chosen=chooser.chosen, prompt_ids=ids)
-    finally:
-        stop.set()  # also reached on GeneratorExit: a closed stream stops the model
-        thread.join(timeout=5)
+    input_ids = torch.tensor([ids], device=loaded.model.device)
+    tok = loaded.tokenizer
+    with torch.inference_mode():
+        loaded.model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=request.max_new_tokens,
+            do_sample=False, num_beams=1, temperature=None, top_k=None, top_p=None, logits_processor=processors,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return chooser.chosen
 
 
 # ----------------------------------------------------------------------------- generation in slices

@@ -8,13 +8,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .backend import PRECISIONS
+from .backend import PRECISIONS, VISITOR_MODELS
 from .errors import ValidationError
 
 PRECISION_CHOICES = tuple(PRECISIONS)
 DEFAULT_QUEUE_SIZE = 64
 CPU_CONCURRENCY = 2
 GPU_CONCURRENCY = 4
+DEFAULT_MAX_STREAMS = 32
+DEFAULT_MODEL_MEMORY_MB = 4096
+DEFAULT_VISITOR_MODELS = "local"
+DEFAULT_SESSIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,11 @@ class Settings:
     model: str | None = None  # GPT_EXPLORER_MODEL: catalogue name loaded at start-up
     precision: str = "auto"  # GPT_EXPLORER_PRECISION
     extra_models: tuple[str, ...] = ()  # GPT_EXPLORER_MODELS ('NAME=SOURCE;…') and --add-model
-    concurrency: int | None = None  # GPT_EXPLORER_CONCURRENCY: generations at once (2 on CPU, 4 on GPU)
+    concurrency: int | None = None  # GPT_EXPLORER_CONCURRENCY: analysis requests at once (2 on CPU, 4 on GPU)
+    max_streams: int = DEFAULT_MAX_STREAMS  # GPT_EXPLORER_MAX_STREAMS: generations decoded together
+    model_memory_mb: int = DEFAULT_MODEL_MEMORY_MB  # GPT_EXPLORER_MODEL_MEMORY_MB: loaded models' budget
+    visitor_models: str = DEFAULT_VISITOR_MODELS  # GPT_EXPLORER_VISITOR_MODELS: all | local | loaded
+    sessions: int = DEFAULT_SESSIONS  # GPT_EXPLORER_SESSIONS: visitors' page state kept, oldest out first
     queue_size: int = DEFAULT_QUEUE_SIZE  # GPT_EXPLORER_QUEUE_SIZE: waiting requests before "queue full"
     zero_gpu: bool = False  # SPACES_ZERO_GPU: set by Hugging Face on ZeroGPU Spaces
 
@@ -35,6 +43,15 @@ class Settings:
                                   f"got {self.precision[:20]!r}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValidationError(f"GPT_EXPLORER_CONCURRENCY must be at least 1, got {self.concurrency}")
+        if self.sessions < 1:
+            raise ValidationError(f"GPT_EXPLORER_SESSIONS must be at least 1, got {self.sessions}")
+        if self.max_streams < 1:
+            raise ValidationError(f"GPT_EXPLORER_MAX_STREAMS must be at least 1, got {self.max_streams}")
+        if self.model_memory_mb < 1:
+            raise ValidationError(f"GPT_EXPLORER_MODEL_MEMORY_MB must be at least 1, got {self.model_memory_mb}")
+        if self.visitor_models not in VISITOR_MODELS:
+            raise ValidationError(f"GPT_EXPLORER_VISITOR_MODELS must be one of {', '.join(VISITOR_MODELS)}, "
+                                  f"got {self.visitor_models[:20]!r}")
         if self.queue_size < 1:
             raise ValidationError(f"GPT_EXPLORER_QUEUE_SIZE must be at least 1, got {self.queue_size}")
 
@@ -47,6 +64,10 @@ class Settings:
             extra_models=tuple(e.strip() for e in env.get("GPT_EXPLORER_MODELS", "").split(";") if e.strip()),
             concurrency=_int(env, "GPT_EXPLORER_CONCURRENCY"),
             queue_size=_or(_int(env, "GPT_EXPLORER_QUEUE_SIZE"), DEFAULT_QUEUE_SIZE),
+            max_streams=_or(_int(env, "GPT_EXPLORER_MAX_STREAMS"), DEFAULT_MAX_STREAMS),
+            model_memory_mb=_or(_int(env, "GPT_EXPLORER_MODEL_MEMORY_MB"), DEFAULT_MODEL_MEMORY_MB),
+            visitor_models=env.get("GPT_EXPLORER_VISITOR_MODELS") or DEFAULT_VISITOR_MODELS,
+            sessions=_or(_int(env, "GPT_EXPLORER_SESSIONS"), DEFAULT_SESSIONS),
             zero_gpu=bool(env.get("SPACES_ZERO_GPU")),
         )
 

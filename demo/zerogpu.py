@@ -7,8 +7,8 @@ the duration the call declares, and keeps warm workers for later calls. Four rul
 1. Arguments and results cross a process boundary as pickles: a task takes and returns plain values
    (texts, numbers, dicts, numpy arrays, figures), never the model manager or a lock.
 2. A warm worker keeps the memory it was forked with, models included: each call carries the key
-   (name, precision) of the model the app serves now, and the worker loads that model if it holds
-   another one, so a model switch is seen by every later call (and books time for that load).
+   (name, precision) of the model the visitor uses, and the worker loads that model if it lacks it,
+   so a visitor's model switch is seen by their later calls (and books time for that load).
 3. torch's CPU thread pool does not survive a fork: the worker sets one thread before any torch work.
 4. A call books the GPU for its declared duration (the default is 60 s, which lowers a visitor's
    queue priority and aborts longer work): each task declares a duration fitted to its work.
@@ -57,18 +57,9 @@ def prepare_worker(manager=None) -> None:
         manager.after_fork()
 
 
-def model_key(manager) -> tuple[str, str] | None:
-    cur = manager.current
-    return (cur.name, cur.precision) if cur is not None else None
-
-
-def ensure_model(manager, key: tuple[str, str] | None) -> None:
-    """Make ``manager`` (a worker's copy) serve the model ``key`` names, loading it if it differs."""
-    if key is None:
-        return
-    cur = manager.current
-    if cur is None or (cur.name, cur.precision) != tuple(key):
-        manager.load(*key)
+def worker_model(manager, key: tuple[str, str]):
+    """The model ``key`` names in this worker's copy of the pool (loaded if this worker lacks it)."""
+    return manager.load(*key)
 
 
 def slice_tokens(tokens_per_s: float | None, remaining: int) -> int:
@@ -86,13 +77,13 @@ def slice_duration(tokens: int, tokens_per_s: float | None) -> int:
 
 def gpu_task(fn: Callable, manager, duration: int | Callable = ANALYSIS_S, spaces_module=None,
              errors: Callable[[Exception], Exception] = lambda exc: exc) -> Callable:
-    """``fn`` (a function, not a generator) as a ZeroGPU task. The caller's side adds the served model's
-    key to the call and passes ``fn``'s own arguments on (they must pickle); the worker's side prepares
-    the process, loads that model if it holds another, then runs ``fn``. ``duration``: seconds, or a
-    function of ``fn``'s arguments; a call whose model differs from the one this task last ran books
+    """``fn(loaded, *args)`` (a function, not a generator) as a ZeroGPU task. The caller's side sends the
+    loaded model's key (name, precision) instead of the model, and ``fn``'s other arguments (they must
+    pickle); the worker's side prepares the process, takes that model from its copy of the pool
+    (loading it if it lacks it), then runs ``fn``. ``duration``: seconds, or a function of ``fn``'s
+    other arguments; a call whose model differs from the one this task last ran books
     :data:`MODEL_LOAD_S` more (the worker may load it). ``errors`` turns an exception in the worker into
-    the one the caller sees (ZeroGPU passes only Gradio's own errors on with their message). The
-    returned function keeps ``fn``'s signature (Gradio reads it for the API page)."""
+    the one the caller sees (ZeroGPU passes only Gradio's own errors on with their message)."""
     if spaces_module is None:
         import spaces as spaces_module
     last_key: list = [None]
@@ -104,16 +95,15 @@ def gpu_task(fn: Callable, manager, duration: int | Callable = ANALYSIS_S, space
     def in_worker(key, *args, **kwargs):
         try:
             prepare_worker(manager)
-            ensure_model(manager, key)
-            return fn(*args, **kwargs)
+            return fn(worker_model(manager, key), *args, **kwargs)
         except Exception as exc:
             raise errors(exc) from exc
 
     task = spaces_module.GPU(in_worker, duration=booked)
 
     @functools.wraps(fn)
-    def call(*args, **kwargs):
-        key = model_key(manager)
+    def call(loaded, *args, **kwargs):
+        key = (loaded.name, loaded.precision)
         result = task(key, *args, **kwargs)
         last_key[0] = key
         return result

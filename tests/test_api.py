@@ -74,9 +74,9 @@ def test_client_cancel_stops_the_generation_thread(client):
     assert not live_generation_threads(), "generation still running 1.5 s after the client cancelled"
 
 
-def test_load_model_offline_hub_keeps_serving(client, live_app):
-    status = client.predict(name="gpt2", precision="auto", api_name="/load_model")
-    assert "Hugging Face Hub" in status and "gutenberg-gpt" in status
+def test_load_model_of_a_hub_model_is_refused_and_the_model_keeps_serving(client, live_app):
+    status = client.predict(name="gpt2", precision="auto", api_name="/load_model")  # visitors: local models only
+    assert "lets visitors choose only" in status and "gutenberg-gpt" in status
     assert live_app[0].manager.require().name == "gutenberg-gpt"
     with pytest.raises(AppError, match="Model must be one of gutenberg-gpt, gpt2, .*; got '/etc/passwd'"):
         client.predict(name="/etc/passwd", precision="auto", api_name="/load_model")
@@ -101,7 +101,7 @@ def test_a_generation_that_ends_at_once_still_gets_its_record(tmp_path):
         ln_f.weight.zero_()
         ln_f.bias.copy_(loaded.model.transformer.wte.weight[eos] * 100)
     manager = ModelManager([spec], device="cpu")
-    manager._current = loaded
+    manager.add(loaded)
     updates = list(GenerateHandlers(manager).generate("Hello there", 5, 1.0, 0, 1.0, 0.0, 1.0, 0, False, 0))
     text, stats, record = updates[-1]
     assert text == "" and "model ended the text" in stats

@@ -26,7 +26,7 @@ class FakeManager:
     def __init__(self, loaded):
         self.current = loaded
 
-    def require(self):
+    def require(self, session=None):
         return self.current
 
 

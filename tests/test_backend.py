@@ -118,15 +118,17 @@ def test_max_new_tokens_must_fit_the_context(tiny_loaded):
         run(tiny_loaded, "hello", 200, GREEDY)
 
 
-def test_model_error_in_thread_reaches_the_consumer(tiny_loaded, monkeypatch):
+def test_model_error_in_the_decode_loop_reaches_the_consumer_and_the_loop_recovers(tiny_loaded, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(tiny_loaded.model, "generate", boom)
+    monkeypatch.setattr(tiny_loaded.model, "forward", boom)
     t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match="kaboom"):
         run(tiny_loaded, "hello", 5, GREEDY)
     assert time.perf_counter() - t0 < 5
+    monkeypatch.undo()
+    assert run(tiny_loaded, "hello", 5, GREEDY)[-1].n_tokens == 5  # the next generation is served
 
 
 # ----------------------------------------------------------------------------- model manager
@@ -240,7 +242,7 @@ def test_the_first_forward_runs_inside_the_load_lock_before_the_model_serves(tin
             real(model, tokenizer)
         finally:
             hook.remove()
-        seen.append((manager._load_lock.locked(), manager.current, len(calls)))
+        seen.append((manager._loading[("tiny", "int8")].locked(), manager.current, len(calls)))
 
     monkeypatch.setattr(backend, "warm_up", spy)
     loaded = manager.load("tiny", "int8")

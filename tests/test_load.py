@@ -56,9 +56,10 @@ def test_16_concurrent_streams_all_finish_with_valid_text(live_app, client):
 
 @pytest.fixture(scope="module")
 def small_app(tmp_path_factory):
-    """The app in its own process, as in production, with a queue of 2 and one request at a time."""
+    """The app in its own process, as in production, with a queue of 2 and one generation at a time."""
     log = tmp_path_factory.mktemp("small-app") / "app.log"
-    server = bl.AppServer(env={"GPT_EXPLORER_QUEUE_SIZE": 2, "GPT_EXPLORER_CONCURRENCY": 1},
+    env = {"GPT_EXPLORER_QUEUE_SIZE": 2, "GPT_EXPLORER_CONCURRENCY": 1, "GPT_EXPLORER_MAX_STREAMS": 1}
+    server = bl.AppServer(env=env,
                           model="gutenberg-gpt", precision="fp32", device="cpu", log_path=log)
     server.start()
     yield server

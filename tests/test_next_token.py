@@ -40,7 +40,7 @@ def as_list(p: SamplingParams) -> list:
 @pytest.fixture(scope="module")
 def manager(tiny_spec, tiny_loaded):
     m = ModelManager([tiny_spec], device="cpu")
-    m._current = tiny_loaded  # the session's tiny model, without loading it again
+    m.add(tiny_loaded)  # the session's tiny model, without loading it again
     return m
 
 

@@ -10,10 +10,7 @@ or view reuses the cached forward pass.
 from __future__ import annotations
 
 import json
-import tempfile
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
 import gradio as gr
@@ -35,8 +32,9 @@ from ..attention import export_tables as attention_tables
 from ..backend import ModelManager
 from ..cache import ModelCache
 from ..errors import ValidationError
+from ..exports import ExportFolder
 from ..validation import check_text
-from .common import MODEL_QUEUE, PRIVATE, AppContext, unchanged, user_errors
+from .common import PRIVATE, AppContext, current_session, unchanged, user_errors
 
 DEFAULT_TEXT = ("It was a dark and stormy night, and the old captain sat by the fire. "
                 "It was a dark and stormy night, and the old captain")
@@ -51,8 +49,6 @@ INTRO = (
     "*look back* at the tokens before it and decide how much each one matters. Type a text (or use "
     "**See its attention →** on the Generate tab), press **Show attention**, then pick a view, a layer and a head.")
 EXPORT_MAX_NUMBERS = 4_000_000  # one export file holds at most this many weights
-EXPORT_DIR = Path(tempfile.gettempdir()) / "gpt-explorer-attention"
-EXPORT_KEEP_S = 15 * 60
 
 VIEW_CHOICES = [(label, key) for key, label in VIEWS.items()]
 AGG_CHOICES = [(label, key) for key, label in AGGREGATES.items()]
@@ -134,49 +130,32 @@ def _clamp(value, hi: int, default: int = 0) -> int:
     return min(max(v, 0), hi)
 
 
-def write_export(stem: str, csv_text: str, data: dict, folder: Path = EXPORT_DIR, keep_s: float = EXPORT_KEEP_S
-                 ) -> list[str]:
-    """Write one export (CSV + JSON) into a fresh folder under ``folder``; drop exports older than
-    ``keep_s``. Returns the two paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in folder.glob("*/*"):
-        try:
-            if now - old.stat().st_mtime > keep_s:
-                old.unlink()
-                old.parent.rmdir()
-        except OSError:
-            pass
-    target = Path(tempfile.mkdtemp(dir=folder))
-    csv_path, json_path = target / f"{stem}.csv", target / f"{stem}.json"
-    csv_path.write_text(csv_text, encoding="utf-8")
-    json_path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    return [str(csv_path), str(json_path)]
-
-
 # ----------------------------------------------------------------------------- handlers
 
 
 class AttentionHandlers:
     """The tab's server functions. ``gpu`` wraps the forward pass (ZeroGPU), identity elsewhere."""
 
-    def __init__(self, manager: ModelManager, cache: ModelCache, gpu: Callable = lambda fn, **kw: fn):
+    def __init__(self, manager: ModelManager, cache: ModelCache, gpu: Callable = lambda fn, **kw: fn,
+                 exports: ExportFolder | None = None):
         self.manager, self.cache = manager, cache
+        self.exports = exports or ExportFolder()
         # The forward pass, where the model runs (a ZeroGPU worker on such hardware; else here): text
         # in, plain arrays out; the cache stays in this process.
         self._compute = gpu(self._attention)
 
-    def _attention(self, text: str) -> AttentionResult:
-        return compute_attention(self.manager.require(), text)
+    @staticmethod
+    def _attention(loaded, text: str) -> AttentionResult:
+        return compute_attention(loaded, text)
 
     def fetch(self, text) -> tuple[AttentionResult, bool]:
-        """(the attention of `text` under the model in service, whether the cache held it)."""
+        """(the attention of `text` under the visitor's model, whether the cache held it)."""
         text = check_text("text", text)
-        loaded = self.manager.require()
+        loaded = self.manager.require(current_session())
         hit = self.cache.peek("attention", loaded, text)
         if hit is not None:
             return hit, True
-        return attention_of(loaded, text, self.cache, lambda _loaded, t: self._compute(t)), False
+        return attention_of(loaded, text, self.cache, self._compute), False
 
     @user_errors
     def analyse(self, text, analysed, view, layer, head, aggregate, token, scope) -> Analysed:
@@ -198,7 +177,7 @@ class AttentionHandlers:
     def switch(self, analysed, text, view, layer, head, aggregate, token, scope) -> Shown:
         """Another layer / head / view of the analysed text (cached: no forward pass)."""
         source = analysed or text
-        fresh = self.cache.peek("attention", self.manager.require(), source) is None
+        fresh = self.cache.peek("attention", self.manager.require(current_session()), source) is None
         result, _ = self.fetch(source)
         try:
             v = AttentionView.parse(result, view, layer, head, aggregate, token, scope)
@@ -214,7 +193,8 @@ class AttentionHandlers:
         """CSV + JSON of the matrix the view shows (exact values, not the blocks of a long text)."""
         result, _ = self.fetch(analysed or text)
         v = AttentionView.parse(result, view, layer, head, aggregate, token, scope)
-        return write_export(*attention_tables(result, v, EXPORT_MAX_NUMBERS))
+        stem, csv_text, data = attention_tables(result, v, EXPORT_MAX_NUMBERS)
+        return self.exports.write(stem, {"csv": csv_text, "json": json.dumps(data, ensure_ascii=False)})
 
     @user_errors
     def api_attention(self, text, layer, head, view, aggregate, token, scope):
@@ -254,7 +234,7 @@ def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
     cur = ctx.manager.current
     n_layers = cur.model.config.num_hidden_layers if cur is not None else 12
     n_heads = cur.model.config.num_attention_heads if cur is not None else 12
-    h = AttentionHandlers(ctx.manager, ctx.cache, ctx.gpu)
+    h = AttentionHandlers(ctx.manager, ctx.cache, ctx.gpu, ctx.exports)
 
     gr.Markdown(INTRO)
     with gr.Row(equal_height=True):
@@ -302,19 +282,20 @@ def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
         api_plot = gr.Plot(label="figure")
         api_data = gr.JSON(label="data")
         api_btn = gr.Button("attention")
+    ctx.unkept_outputs.extend([api_plot, api_data])
     api_btn.click(h.api_attention, [api_text, api_layer, api_head, api_view, api_aggregate, api_token, api_scope],
-                  [api_plot, api_data], api_name="attention", **MODEL_QUEUE)
+                  [api_plot, api_data], api_name="attention", **ctx.model_queue)
 
     settings = [view, layer, head, aggregate, token, scope]
     shown = dict(zip(Shown._fields, [plot, note, notice, strip]))
     analysed_out = [{**shown, "layer": layer, "head": head, "token": token, "analysed": analysed}[f]
                     for f in Analysed._fields]
     analyse_event = dict(fn=h.analyse, inputs=[text, analysed, *settings], outputs=analysed_out,
-                         show_progress_on=[plot], **PRIVATE, **MODEL_QUEUE)
+                         show_progress_on=[plot], **PRIVATE, **ctx.model_queue)
     show_btn.click(**analyse_event)
     text.submit(**analyse_event)
     switch = dict(fn=h.switch, inputs=[analysed, text, *settings], outputs=[shown[f] for f in Shown._fields],
-                  show_progress="minimal", show_progress_on=[plot], **PRIVATE)
+                  show_progress="minimal", show_progress_on=[plot], **PRIVATE, **ctx.model_queue)
     controls_for_view = dict(fn=view_controls, inputs=view, outputs=[layer, head, aggregate, token, scope, open_btn],
                              queue=False, **PRIVATE)
     view.input(**controls_for_view).then(**switch)
@@ -330,7 +311,7 @@ def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
         return (index if isinstance(index, int) else gr.skip()), "token"
 
     strip.select(pick_token, None, [token, view], queue=False, **PRIVATE).then(**controls_for_view).then(**switch)
-    export_btn.click(h.export, [analysed, text, *settings], files, **PRIVATE)
+    export_btn.click(h.export, [analysed, text, *settings], files, **PRIVATE, **ctx.model_queue)
 
     def first_visit(text_, done, *args):
         """First opening of the tab: show the default text without a click."""
@@ -342,5 +323,5 @@ def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
             return unchanged(Analysed)
 
     tab.select(first_visit, [text, analysed, *settings], analysed_out, show_progress_on=[plot], **PRIVATE,
-               **MODEL_QUEUE)
+               **ctx.model_queue)
     return AttentionTab(text, analyse_event)

@@ -1,38 +1,62 @@
 """What every tab shares: the app context handed to each builder, the one place where an error
-becomes the message a visitor sees, and the model's concurrency group."""
+becomes the message a visitor sees, the visitor's session, and the concurrency groups."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import threading
+import time
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 from ..backend import ModelManager
 from ..cache import ModelCache
 from ..errors import ExplorerError
+from ..exports import ExportFolder
 from ..settings import Settings
 from ..zerogpu import ANALYSIS_S, gpu_task
 
-# Every event that runs the model shares one concurrency group: one model on one device. The Generate
-# events set the group's limit; the others join it without a limit of their own.
-MODEL_QUEUE = dict(concurrency_id="model", concurrency_limit=None)
 PRIVATE = dict(api_visibility="private")
+# Generations wait on their model's batched decode loop (one thread per model, one forward pass per
+# step for all of them): their events share the "generate" group, as many at once as the loop has rows.
+GENERATE_QUEUE_ID = "generate"
+# Every other event that runs a model (analysis) shares the "model" group and its limit
+# (GPT_EXPLORER_CONCURRENCY); tests/test_structure.py checks that no such event is left outside.
+MODEL_QUEUE_ID = "model"
+
+
+def current_session() -> str:
+    """The session (a browser tab, or one API client) of the event being handled in this thread.
+    Gradio keeps the event's request in a context variable while a handler (or each step of a
+    generator handler) runs; outside an event, and for a request without one, "anonymous"."""
+    try:
+        from gradio.context import LocalContext
+
+        request = LocalContext.request.get(None)
+    except (ImportError, AttributeError):  # pragma: no cover - a Gradio without it: one shared session
+        request = None
+    session = getattr(request, "session_hash", None)
+    return session if isinstance(session, str) and session else "anonymous"
 
 
 @dataclass(frozen=True)
 class AppContext:
-    """What a tab builder needs from the app: the model manager, the analysis cache, the settings."""
+    """What a tab builder needs from the app: the model manager, the analysis cache, the settings, the
+    export folder."""
 
     manager: ModelManager
     cache: ModelCache
     settings: Settings
+    exports: ExportFolder = field(default_factory=ExportFolder)
+    unkept_outputs: list = field(default_factory=list)  # API-only outputs not to keep in sessions (see below)
 
     def gpu(self, fn: Callable, duration: int | Callable = ANALYSIS_S) -> Callable:
-        """``fn`` as a ZeroGPU task on a ZeroGPU Space (the ``spaces`` package present), else unchanged.
-        See :mod:`demo.zerogpu` for what that takes of ``fn``."""
+        """``fn(loaded, *args)`` as a ZeroGPU task on a ZeroGPU Space (the ``spaces`` package present),
+        else unchanged. See :mod:`demo.zerogpu` for what that takes of ``fn``."""
         if not self.settings.zero_gpu:
             return fn
         try:
@@ -44,6 +68,20 @@ class AppContext:
     @property
     def concurrency(self) -> int:
         return self.settings.concurrency_for(self.manager.device)
+
+    @property
+    def model_queue(self) -> dict:
+        """Event options of an event that runs a model outside generation."""
+        return dict(concurrency_id=MODEL_QUEUE_ID, concurrency_limit=self.concurrency)
+
+    @property
+    def generate_queue(self) -> dict:
+        """Event options of a generation event."""
+        return dict(concurrency_id=GENERATE_QUEUE_ID, concurrency_limit=self.settings.max_streams)
+
+    def model(self):
+        """The model the session of the event being handled uses."""
+        return self.manager.require(current_session())
 
 
 def unchanged(outputs: type[tuple]):
@@ -111,3 +149,39 @@ def _positional(params: list[inspect.Parameter], args: tuple, kwargs: dict) -> l
     bound = inspect.Signature(params).bind(*args, **kwargs)
     bound.apply_defaults()
     return list(bound.arguments.values())
+
+
+FORGET_EVERY_S = 5.0
+
+
+def forget_outputs(demo: gr.Blocks, components: list, every_s: float = FORGET_EVERY_S) -> threading.Thread | None:
+    """Gradio keeps, in each session, the last value of every output it sent: for an API-only output
+    such as /attention's matrix (about 10 MB at 512 tokens) that is memory nobody reads again, and
+    each new API client is a new session. A daemon thread clears those values every ``every_s``
+    seconds. It reads Gradio's session store (``state_holder.session_data``, an internal part); where
+    a release changes it, nothing is cleared and ``GPT_EXPLORER_SESSIONS`` still bounds the memory."""
+    ids = [c._id for c in components]
+    if not ids:
+        return None
+    ref = weakref.ref(demo)
+
+    def clear_forever():
+        while True:
+            time.sleep(every_s)
+            app = ref()
+            if app is None:
+                return
+            sessions = getattr(getattr(app, "state_holder", None), "session_data", None)
+            if not isinstance(sessions, dict):
+                return
+            for session in list(sessions.values()):
+                config = getattr(session, "config_values", None)
+                for i in ids:
+                    props = config.get(i, {}).get("props") if isinstance(config, dict) else None
+                    if isinstance(props, dict) and props.get("value") is not None:
+                        props["value"] = None
+            del app
+
+    thread = threading.Thread(target=clear_forever, name="gpt-explorer-forget-outputs", daemon=True)
+    thread.start()
+    return thread

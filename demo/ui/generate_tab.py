@@ -31,10 +31,9 @@ from ..sampling import MAX_NEW_TOKENS, SETTINGS, validate_sampling
 from ..tokens import display_token
 from ..validation import check_index
 from ..zerogpu import SLICE_S, slice_duration, slice_tokens
-from .common import MODEL_QUEUE, PRIVATE, AppContext, user_errors, with_parameters
+from .common import PRIVATE, AppContext, current_session, user_errors, with_parameters
 from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
 
-MIN_UPDATE_INTERVAL_S = 1 / 50  # at most 50 streamed updates a second per generation
 EXAMPLES = [
     "It was a dark and stormy night, and",
     "The old sea captain looked at the boy and said,",
@@ -87,9 +86,10 @@ class GenerateHandlers:
         self.manager = manager
         self.run_slice = run_slice
 
-    def slice(self, request: GenerationRequest, state: SliceState, max_tokens: int) -> SliceState:
+    @staticmethod
+    def slice(loaded, request: GenerationRequest, state: SliceState, max_tokens: int) -> SliceState:
         """One slice of a generation (runs where the model is: a ZeroGPU worker)."""
-        return generate_slice(self.manager.require(), request, state, max_tokens, SLICE_S)
+        return generate_slice(loaded, request, state, max_tokens, SLICE_S)
 
     @user_errors
     def generate(self, prompt, max_new_tokens, *sampling) -> Iterator[tuple[str, str, dict | None]]:
@@ -97,23 +97,19 @@ class GenerateHandlers:
         generation's record once it is done). ``sampling`` values come in :data:`SAMPLING_ORDER`."""
         params = validate_sampling(**dict(zip(SAMPLING_ORDER, sampling)))
         request = validate_request(prompt, max_new_tokens, params)
-        loaded = self.manager.require()
+        with self.manager.use(current_session()) as loaded:  # not unloaded while it generates
+            yield from self._stream(loaded, request)
+
+    def _stream(self, loaded, request: GenerationRequest) -> Iterator[tuple[str, str, dict | None]]:
         stream = stream_generate(loaded, request) if self.run_slice is None else self._sliced(loaded, request)
 
         def record(update):  # stamped with the model that generated, even if another loads meanwhile
             return generation_record(loaded, request.prompt, update, {
-                **params.as_dict(), "seed": update.seed, "max_new_tokens": request.max_new_tokens})
+                **request.sampling.as_dict(), "seed": update.seed, "max_new_tokens": request.max_new_tokens})
 
-        try:
-            last_sent = 0.0
+        try:  # the stream paces its updates (demo.generation.update_interval)
             for update in stream:
-                if update.done:
-                    yield update.text, format_stats(update), record(update)
-                elif time.perf_counter() - last_sent >= MIN_UPDATE_INTERVAL_S:
-                    # Faster than the eye can follow: tokens that arrive within one interval share a
-                    # message, which keeps the server's per-message cost off the model's speed.
-                    yield update.text, format_stats(update), None
-                    last_sent = time.perf_counter()
+                yield update.text, format_stats(update), record(update) if update.done else None
         finally:
             stream.close()  # also on GeneratorExit (Stop, a closed tab): stops the model
 
@@ -122,10 +118,8 @@ class GenerateHandlers:
         """The updates of a generation made of slices; closing this generator requests no more slices."""
         state, started = start_slices(loaded, request), time.perf_counter()
         while not state.done:
-            if self.manager.current is not loaded:  # each slice runs on the model in service
-                raise ValidationError("the model was switched during this generation: generate again")
             n = slice_tokens(state.tokens_per_s, request.max_new_tokens - len(state.generated))
-            state = self.run_slice(request, state, n)
+            state = self.run_slice(loaded, request, state, n)  # each slice on this generation's model
             yield slice_update(loaded, state, started)
 
 
@@ -168,7 +162,7 @@ class TokenViewHandlers:
     @user_errors
     def branch(self, record, position, token_id):
         """(new prompt, message): the prompt cut before `position`, ending with `token_id`."""
-        loaded = self.manager.require()
+        loaded = self.manager.require(current_session())
         record = check_record(record)
         if position is None or position == "":
             raise ValidationError("click a token in the coloured text (or choose one in the list) first")
@@ -227,7 +221,7 @@ def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
 
     inputs = [prompt, max_new_tokens] + [controls[n] for n in SAMPLING_ORDER]
     generate = with_parameters(gen.generate, API_PARAMETERS)
-    limit = {**MODEL_QUEUE, "concurrency_limit": ctx.concurrency}
+    limit = ctx.generate_queue
     events = [gen_btn.click(generate, inputs, [output, stats, last_generation], api_name="generate", **limit),
               prompt.submit(generate, inputs, [output, stats, last_generation], **PRIVATE, **limit)]
     for ev in events:

@@ -24,7 +24,7 @@ from ..plots_next_token import code_label
 from ..sampling import NAMES, SETTING, SamplingParams, validate_sampling
 from ..tokens import display_token
 from ..validation import check_choice, check_index, check_number, check_text, encode_text
-from .common import MODEL_QUEUE, PRIVATE, AppContext, unchanged, user_errors, with_parameters
+from .common import PRIVATE, AppContext, current_session, unchanged, user_errors, with_parameters
 from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs
 
 DEFAULT_TEXT = "It was a dark and stormy night, and"
@@ -199,14 +199,16 @@ class NextTokenHandlers:
         self._logits = gpu(self._forward_logits)
         self._lens = gpu(self._logit_lens)
 
-    def _forward_logits(self, window: list[int]):
-        return nt.forward_last_logits(self.manager.require(), window)
+    @staticmethod
+    def _forward_logits(loaded, window: list[int]):
+        return nt.forward_last_logits(loaded, window)
 
-    def _logit_lens(self, ids: list[int], positions: int) -> nt.LensResult:
-        return nt.logit_lens(self.manager.require(), ids, positions)
+    @staticmethod
+    def _logit_lens(loaded, ids: list[int], positions: int) -> nt.LensResult:
+        return nt.logit_lens(loaded, ids, positions)
 
     def _forward(self, loaded, window: list[int]):
-        return self._logits(list(window))
+        return self._logits(loaded, list(window))
 
     # -- helpers
 
@@ -224,7 +226,7 @@ class NextTokenHandlers:
 
     def analyse(self, text, state, top_n, settings: list, query="") -> tuple[dict, dict, list[dict]]:
         """(view data, new state, look-up results) for a text and settings."""
-        loaded = self.manager.require()
+        loaded = self.manager.require(current_session())
         text = check_text("text", text)
         params = _settings(settings)
         n = _top_n(top_n)
@@ -239,7 +241,7 @@ class NextTokenHandlers:
 
     def view(self, data: dict, found: list[dict]) -> dict:
         """The plot, summary, note, table, choose list and look-up of a distribution."""
-        loaded = self.manager.require()
+        loaded = self.manager.require(current_session())
         choices = [(f"look-up: {r['query_label']} → first token {r['token']}   {plots.fmt_prob(r['raw_prob'])} → "
                     f"{plots.fmt_prob(r['prob'])}{'' if r['kept'] else '  (filtered)'}", r["id"]) for r in found]
         choices += [(choice_label(r), r["id"]) for r in data["rows"]]
@@ -263,7 +265,7 @@ class NextTokenHandlers:
 
     @user_errors
     def step(self, mode: str, text, state, top_n, query, chosen, *settings) -> NextTokenView:
-        loaded = self.manager.require()
+        loaded = self.manager.require(current_session())
         mode = check_choice("step", mode, list(nt.STEP_MODES))
         text = check_text("text", text)
         params = _settings(list(settings))
@@ -297,7 +299,7 @@ class NextTokenHandlers:
             raise ValidationError("nothing to undo: no token has been appended yet")
         history = list(state["history"])
         prev = history.pop()
-        loaded = self.manager.require()
+        loaded = self.manager.require(current_session())
         ids = list(state.get("ids", []))[: int(prev["n"])]
         if state.get("model") != loaded.name or loaded.decode(ids) != prev["text"]:
             ids = list(encode_text(loaded.tokenizer, prev["text"]).ids)  # the text was edited in between
@@ -308,11 +310,11 @@ class NextTokenHandlers:
 
     @user_errors
     def lens(self, text, state, positions):
-        loaded = self.manager.require()
+        loaded = self.manager.require(current_session())
         text = check_text("text", text)
         positions = check_number("positions", positions, 1, nt.LENS_MAX_POSITIONS, integer=True)
         ids = self._ids(loaded, text, state)
-        result = self._lens(ids, positions)
+        result = self._lens(loaded, ids, positions)
         msg = LENS_NOTE
         if result.shown_from:
             msg += (f"\n\nShowing the last {len(result.positions)} of {len(result.positions) + result.shown_from} "
@@ -338,10 +340,10 @@ class NextTokenHandlers:
     def api_logit_lens(self, text: str, positions: int = 16) -> dict:
         """Logit lens of `text`: for each of the last `positions` positions, the top next token (and its
         probability) read from every layer's residual stream through the final layer norm and unembedding."""
-        loaded = self.manager.require()
+        loaded = self.manager.require(current_session())
         positions = check_number("positions", positions, 1, nt.LENS_MAX_POSITIONS, integer=True)
         ids = list(encode_text(loaded.tokenizer, check_text("text", text)).ids)
-        return self._lens(ids, positions).as_dict()
+        return self._lens(loaded, ids, positions).as_dict()
 
 
 def copy_settings(*values):
@@ -421,8 +423,7 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
     components = dict(text=text, state=state, plot=plot, summary=summary, note=note, table=table, choose=choose,
                       lookup=lookup_md, step=step_md)
     view_out = [components[f] for f in NextTokenView._fields]
-    # Forward passes share the generation's concurrency group: one model on one device.
-    common = dict(**PRIVATE, **MODEL_QUEUE)
+    common = dict(**PRIVATE, **ctx.model_queue)
 
     refresh = h.refresh
     for event in (show_btn.click, text.submit, lookup_btn.click, query.submit):
@@ -449,8 +450,8 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
         refresh, view_in, view_out, **common)
     to_gen.click(copy_settings, settings, [gen_controls[n] for n in NAMES], **PRIVATE)
 
-    gr.api(api_next_token_function(h), api_name="next_token", **MODEL_QUEUE)
-    gr.api(h.api_logit_lens, api_name="logit_lens", **MODEL_QUEUE)
+    gr.api(api_next_token_function(h), api_name="next_token", **ctx.model_queue)
+    gr.api(h.api_logit_lens, api_name="logit_lens", **ctx.model_queue)
 
     tab.select(h.first_show, view_in, view_out, **common)  # draw the bars when first opened
 
@@ -461,4 +462,4 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
         return [*values, *out]
 
     return NextTokenTab(text, dict(fn=on_text, inputs=[text, top_n, query] + gen_settings,
-                                   outputs=settings + [preset] + view_out, **PRIVATE))
+                                   outputs=settings + [preset] + view_out, **common))

@@ -9,11 +9,13 @@ import gradio as gr
 
 from ..backend import PRECISIONS, ModelManager
 from ..errors import ExplorerError
+from ..exports import EXPORT_KEEP_S
 from . import about_tab, attention_tab, generate_tab, next_token_tab
-from .common import PRIVATE, AppContext, user_errors
+from .common import PRIVATE, AppContext, current_session, user_errors
 from .inputs import ChoiceDropdown
 
 TITLE = "GPT Explorer"
+CACHE_CLEAN_EVERY_S = 300
 CSS = """
 .stats { font-size: 0.9em; opacity: 0.85; }
 .model-status { font-size: 0.95em; }
@@ -21,16 +23,21 @@ footer { display: none !important; }
 """
 
 
-def format_model_status(manager: ModelManager) -> str:
-    cur = manager.current
-    if cur is None:
-        why = manager.last_error or "loading…"
-        return f"⚠️ **No model loaded.** {html.escape(why)}"
+def format_model_status(manager: ModelManager, session: str | None = None) -> str:
+    """This visitor's model (device, precision, memory), and what else the server holds."""
+    try:
+        cur = manager.require(session)
+    except ExplorerError as exc:
+        return f"⚠️ **No model.** {html.escape(str(exc))}"
     i = cur.info()
     status = (f"**{html.escape(i['name'])}** · {i['device']} · {i['precision']} ({i['precision_label']}) · "
               f"{i['memory_mb']:,} MB in memory · {i['parameters'] / 1e6:,.1f} M parameters · "
               f"context {i['context_length']} tokens")
-    if manager.notice:
+    others = [m for m in manager.loaded() if m is not cur]
+    if others:
+        listed = ", ".join(f"{html.escape(m.name)} ({m.precision})" for m in others)
+        status += f"  \nAlso loaded on this server (for other visitors): {listed}. Your choice changes only your page."
+    if manager.notice and (cur.name, cur.precision) == manager.default:
         status += f"\n\nℹ️ {html.escape(manager.notice)}"
     return status
 
@@ -41,17 +48,24 @@ class ModelHandlers:
 
     @user_errors
     def load_model(self, name, precision, progress=gr.Progress()):
-        """Load a catalogue model. On failure the previous model keeps serving and the error is shown."""
+        """Load a catalogue model for this visitor (their session; other visitors keep theirs). On
+        failure the visitor's previous model stays and the error is shown."""
+        session = current_session()
         try:
             progress(0.0, desc=f"Loading {name}…")
-            self.manager.load(name, precision, progress=lambda frac, msg: progress(frac, desc=msg))
+            self.manager.load(name, precision, progress=lambda frac, msg: progress(frac, desc=msg), session=session,
+                              visitor=True)
         except ExplorerError as exc:
             gr.Warning(str(exc))
-            return format_model_status(self.manager) + f"\n\n❌ {html.escape(str(exc))}"
-        return format_model_status(self.manager)
+            return format_model_status(self.manager, session) + f"\n\n❌ {html.escape(str(exc))}"
+        return format_model_status(self.manager, session)
 
     def status(self) -> str:
-        return format_model_status(self.manager)
+        return format_model_status(self.manager, current_session())
+
+    def forget(self) -> None:
+        """The visitor closed the page: forget their choice."""
+        self.manager.forget(current_session())
 
 
 def _join(prompt: str, output: str) -> str:
@@ -67,7 +81,8 @@ def _opener(tab_id: str):
 def build_app(ctx: AppContext) -> gr.Blocks:
     manager = ctx.manager
     models = ModelHandlers(manager)
-    with gr.Blocks(title=TITLE) as demo:
+    # Gradio copies every file it serves into its cache: delete copies older than the exports' lifetime.
+    with gr.Blocks(title=TITLE, delete_cache=(CACHE_CLEAN_EVERY_S, EXPORT_KEEP_S)) as demo:
         gr.Markdown(f"# {TITLE}\nTry a GPT language model and see inside it: generate text, watch where each "
                     "attention head looks, and see the probability of every possible next token.")
         with gr.Row(equal_height=True):
@@ -96,4 +111,5 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             button.click(_join, [gen.prompt, gen.output], target.text, **PRIVATE).then(
                 _opener(tab_id), None, tabs, **PRIVATE).then(**target.on_text)
         demo.load(models.status, None, model_status, **PRIVATE)
+        demo.unload(models.forget)
     return demo

@@ -1,0 +1,319 @@
+"""Batched generation: one decode loop per model runs every visitor's generation together. No Gradio.
+
+A :class:`BatchScheduler` owns one thread that, while any generation is active, repeats: admit the
+requests that arrived (each reads its prompt in a forward pass of its own, then joins the batch), run
+**one batched forward pass** for the next token of every active row, choose each row's token, hand it
+to that request's stream, and drop the rows that finished or were cancelled. A Stop therefore takes
+effect at the next step, and a new visitor waits at most one step before the prompt is read.
+
+Each request keeps its own state in its own object (:class:`_Request`): its sampling settings as
+transformers' logits processors (:func:`demo.sampling.build_processors`), its seeded
+:class:`~demo.sampling.TokenChooser`, and its token history. The processors run row by row on that
+row's scores and history, exactly the calls ``generate`` makes for a single request, so the same seed
+and settings draw the same text alone or inside a batch (up to the last bits of the batched matmuls:
+see ``docs/architecture.md``).
+
+Why by hand: ``generate`` takes one set of sampling settings per call, and transformers' continuous
+batching (``ContinuousBatchingManager``) applies only temperature, top-k and top-p per request, keeps
+``do_sample`` and the seed global, drops repetition penalty and no-repeat n-grams, and switches the
+model to paged attention for as long as it runs, which breaks the ordinary forward passes of the
+Attention and Next-token tabs. What this module writes itself is the bookkeeping of the batch: the
+rows of the transformers ``DynamicCache`` (its ``batch_select_indices`` drops rows; new rows are
+left-padded and concatenated), the 2-D attention mask and each row's position ids.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import queue
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from .backend import LoadedModel
+from .sampling import ChosenToken, SamplingParams, TokenChooser, build_processors
+
+log = logging.getLogger("gpt_explorer")
+THREAD_PREFIX = "gpt-explorer-generate"  # the decode loops' threads (see generation.live_generation_threads)
+MAX_ROWS = 32  # generations in one batch; more wait for a free row
+_ids = itertools.count(1)
+
+
+@dataclass
+class Event:
+    """What a request's stream receives: a token (with when it was chosen), or the end (``reason``
+    'length', 'end of text' or 'error' with ``error``)."""
+
+    token: ChosenToken | None = None
+    at: float = 0.0
+    reason: str | None = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Request:
+    """One generation: its settings and everything that changes while it runs (never kept in lists
+    beside the batch's rows, so dropping a row cannot mix two requests' state)."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_new_tokens: int
+    eos_token_id: int | None
+    history: torch.Tensor  # [1, prompt + max_new_tokens] token ids; the first `length` are real
+    length: int
+    processors: object
+    chooser: TokenChooser
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    generated: int = 0
+
+    def choose(self, logits: torch.Tensor) -> ChosenToken:
+        """Choose this request's next token from its row of logits ([1, vocab]), as ``generate`` would:
+        fp32 scores, the request's processors on its own history, then its chooser."""
+        ids = self.history[:, :self.length]
+        scores = self.processors(ids, logits.float())
+        self.chooser(ids, scores)
+        chosen = self.chooser.chosen[-1]
+        self.history[0, self.length] = chosen.token_id
+        self.length += 1
+        self.generated += 1
+        return chosen
+
+    def finished(self, chosen: ChosenToken) -> str | None:
+        if self.eos_token_id is not None and chosen.token_id == self.eos_token_id:
+            return "end of text"
+        return "length" if self.generated >= self.max_new_tokens else None
+
+
+class Ticket:
+    """A submitted generation, seen from the stream that waits for its tokens."""
+
+    def __init__(self, request: _Request, scheduler: BatchScheduler):
+        self._request, self._scheduler = request, scheduler
+
+    def cancel(self) -> None:
+        """Stop this generation (the loop drops its row before the next step)."""
+        self._request.cancelled.set()
+
+    def next_event(self, timeout: float = 0.05) -> Event:
+        """The next event, waiting for it (checking every ``timeout`` seconds that the loop still runs)."""
+        while True:
+            try:
+                return self._request.events.get(timeout=timeout)
+            except queue.Empty:
+                if not self._scheduler.active and self._request.events.empty():
+                    return Event(reason="error", error=RuntimeError("the decode loop ended"))
+
+    def ready(self) -> list[Event]:
+        """The events that have arrived, without waiting."""
+        out = []
+        while True:
+            try:
+                out.append(self._request.events.get_nowait())
+            except queue.Empty:
+                return out
+
+    @property
+    def chosen(self) -> list[ChosenToken]:
+        return self._request.chooser.chosen
+
+
+class _Batch:
+    """The rows decoding together: their requests, the transformers cache and the 2-D attention mask
+    (1 = a real token, 0 = left padding), always changed together."""
+
+    def __init__(self):
+        self.requests: list[_Request] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [rows, columns]
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def keep(self, keep: list[int]) -> None:
+        """Keep only these rows (indices into the current rows), then drop columns that are padding in
+        every remaining row."""
+        if len(keep) == len(self.requests):
+            return
+        self.requests = [self.requests[i] for i in keep]
+        if not keep:
+            self.cache = self.mask = None
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        first = int(self.mask.any(dim=0).nonzero()[0])
+        if first:
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+
+    def add(self, request: _Request, cache: DynamicCache, length: int) -> None:
+        """A new row whose prompt was read into ``cache`` (``length`` columns)."""
+        mask = torch.ones((1, length), dtype=torch.long, device=request.history.device)
+        if self.cache is None:
+            self.requests, self.cache, self.mask = [request], cache, mask
+            return
+        width = max(self.mask.shape[1], length)
+        pad_old, pad_new = width - self.mask.shape[1], width - length
+        self.mask = torch.cat([F.pad(self.mask, (pad_old, 0)), F.pad(mask, (pad_new, 0))])
+        for old, new in zip(self.cache.layers, cache.layers):
+            old.keys = torch.cat([F.pad(old.keys, (0, 0, pad_old, 0)), F.pad(new.keys, (0, 0, pad_new, 0))])
+            old.values = torch.cat([F.pad(old.values, (0, 0, pad_old, 0)), F.pad(new.values, (0, 0, pad_new, 0))])
+        self.requests.append(request)
+
+
+class BatchScheduler:
+    """The decode loop of one loaded model. :meth:`submit` queues a generation and returns its
+    :class:`Ticket`; the loop's thread starts with the first request and ends when none is left."""
+
+    def __init__(self, loaded: LoadedModel, max_rows: int = MAX_ROWS):
+        self.loaded, self.max_rows = loaded, max_rows
+        self._lock = threading.Lock()
+        self._pending: list[_Request] = []
+        self._thread: threading.Thread | None = None
+        self._running: list[_Request] = []  # the batch's requests (for cancel_all)
+        self.steps = 0  # batched decode steps run (for tests and benchmarks)
+        self.max_batch = 0  # the most rows one step has decoded
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int) -> Ticket:
+        """Queue a generation (``params`` with its seed resolved when sampling); ids already fit the
+        model's context with the new tokens."""
+        device = self.loaded.model.device
+        history = torch.zeros((1, len(prompt_ids) + max_new_tokens), dtype=torch.long, device=device)
+        history[0, :len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
+        request = _Request(prompt_ids=list(prompt_ids), params=params, max_new_tokens=max_new_tokens,
+                           eos_token_id=self.loaded.tokenizer.eos_token_id, history=history,
+                           length=len(prompt_ids), processors=build_processors(params),
+                           chooser=TokenChooser(params.do_sample, params.seed))
+        with self._lock:
+            self._pending.append(request)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"{THREAD_PREFIX}-{next(_ids)}",
+                                                daemon=True)
+                self._thread.start()
+        return Ticket(request, self)
+
+    @property
+    def active(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def streams(self) -> int:
+        """Generations running or waiting on this loop."""
+        return len(self._running) + len(self._pending)
+
+    def cancel_all(self) -> None:
+        """Cancel every generation of this loop (pending and running)."""
+        with self._lock:
+            for request in self._pending + self._running:
+                request.cancelled.set()
+
+    # ------------------------------------------------------------------------- the loop
+
+    def _run(self) -> None:
+        batch = _Batch()
+        while True:
+            with self._lock:
+                room = self.max_rows - len(batch)
+                admitted, self._pending = self._pending[:room], self._pending[room:]
+                if not admitted and not batch:
+                    self._thread = None
+                    return
+            try:
+                with torch.inference_mode():
+                    self._drop(batch)
+                    for request in admitted:
+                        self._admit(batch, request)
+                    self._drop(batch)
+                    self._running = list(batch.requests)
+                    if batch:
+                        self._step(batch)
+            except Exception as exc:  # a failed forward ends every generation in the batch with the reason
+                log.exception("batched generation failed")
+                for request in batch.requests + admitted:
+                    request.events.put(Event(reason="error", error=exc))
+                batch = _Batch()
+
+    def _admit(self, batch: _Batch, request: _Request) -> None:
+        """Read the prompt (a forward pass of its own), choose the first token, add the row."""
+        if request.cancelled.is_set():
+            return
+        model = self.loaded.model
+        ids = request.history[:, :request.length]
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True,
+                    position_ids=torch.arange(request.length, device=ids.device).unsqueeze(0))
+        chosen = request.choose(out.logits[:, -1, :])
+        request.events.put(Event(token=chosen, at=time.perf_counter()))
+        reason = request.finished(chosen)
+        if reason:
+            request.events.put(Event(reason=reason))
+            return
+        batch.add(request, out.past_key_values, request.length - 1)
+
+    def _step(self, batch: _Batch) -> None:
+        """One batched forward: every row's last token in, every row's next token out."""
+        requests = batch.requests
+        device = batch.mask.device
+        last = torch.cat([r.history[:, r.length - 1:r.length] for r in requests])
+        positions = batch.mask.sum(dim=1, keepdim=True)
+        batch.mask = torch.cat([batch.mask, torch.ones((len(requests), 1), dtype=torch.long, device=device)], dim=1)
+        out = self.loaded.model(input_ids=last, attention_mask=batch.mask, position_ids=positions,
+                                past_key_values=batch.cache, use_cache=True)
+        batch.cache = out.past_key_values
+        self.steps += 1
+        self.max_batch = max(self.max_batch, len(requests))
+        logits = out.logits[:, -1, :]
+        keep = []
+        for i, request in enumerate(requests):
+            if request.cancelled.is_set():
+                continue
+            chosen = request.choose(logits[i:i + 1])
+            request.events.put(Event(token=chosen, at=time.perf_counter()))
+            reason = request.finished(chosen)
+            if reason:
+                request.events.put(Event(reason=reason))
+            else:
+                keep.append(i)
+        batch.keep(keep)
+
+    @staticmethod
+    def _drop(batch: _Batch) -> None:
+        """Drop cancelled rows (a Stop or a closed page)."""
+        if batch:
+            batch.keep([i for i, r in enumerate(batch.requests) if not r.cancelled.is_set()])
+
+
+_schedulers_lock = threading.Lock()
+_schedulers: weakref.WeakSet[BatchScheduler] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At exit, let running decode loops end (a thread killed inside torch aborts the process)."""
+    for scheduler in list(_schedulers):
+        with scheduler._lock:
+            pending, scheduler._pending = scheduler._pending, []
+            thread = scheduler._thread
+        for request in pending:
+            request.cancelled.set()
+        if thread is not None:
+            scheduler.cancel_all()
+            thread.join(timeout=5)
+
+
+def scheduler_for(loaded: LoadedModel, max_rows: int = MAX_ROWS) -> BatchScheduler:
+    """The decode loop of this loaded model (made on first use, kept with the model)."""
+    with _schedulers_lock:
+        if loaded.scheduler is None:
+            loaded.scheduler = BatchScheduler(loaded, max_rows)
+            _schedulers.add(loaded.scheduler)
+        return loaded.scheduler

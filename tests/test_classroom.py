@@ -1,0 +1,393 @@
+"""Many visitors on one server: the batched decode loop, a model per visitor in a bounded pool, every
+model-running event inside a concurrency limit, private and capped exports, quiet logs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import pytest
+from conftest import BUNDLED, free_port, make_tiny_checkpoint
+
+from demo.backend import ModelManager, load_model
+from demo.batching import BatchScheduler
+from demo.catalog import ModelSpec
+from demo.errors import ModelLoadError, NoModelError, ValidationError
+from demo.exports import ExportError, ExportFolder
+from demo.generation import generate_alone, live_generation_threads, prepare_prompt, stream_generate, validate_request
+from demo.sampling import PRESETS, validate_sampling
+
+PROMPTS = ["It was a dark and stormy night, and", "The old man", "Alice was beginning to get very tired of",
+           "Once", "In the morning the village woke to find that the river", "He said", "The cat sat on the mat.",
+           "Tell me a story about the sea"]
+# Eight requests with different settings: each sampling setting, greedy, and the penalties.
+SETTINGS = [dict(seed=1), dict(seed=2, top_k=20), dict(seed=3, top_p=0.5, temperature=1.3),
+            dict(seed=4, min_p=0.05), dict(seed=5, repetition_penalty=1.5), dict(seed=6, no_repeat_ngram_size=2),
+            dict(do_sample=False, repetition_penalty=1.2, no_repeat_ngram_size=3), dict(seed=8, temperature=0.3)]
+
+
+def requests(n_tokens: int = 30):
+    return [validate_request(p, n_tokens, validate_sampling(**s)) for p, s in zip(PROMPTS, SETTINGS)]
+
+
+def drain(ticket) -> list[int]:
+    ids = []
+    while True:
+        event = ticket.next_event(1.0)
+        if event.token is not None:
+            ids.append(event.token.token_id)
+        if event.reason is not None:
+            assert event.reason != "error", event.error
+            return ids
+
+
+def submit_all_at_once(loaded, reqs) -> tuple[list[list[int]], BatchScheduler]:
+    scheduler = BatchScheduler(loaded)
+    tickets = []
+    hold = threading.Lock()
+    hold.acquire()
+    real_run = scheduler._run
+
+    def run_after_all_are_queued():
+        with hold:
+            pass
+        real_run()
+
+    scheduler._run = run_after_all_are_queued
+    for r in reqs:
+        ids, _ = prepare_prompt(loaded, r.prompt, r.max_new_tokens)
+        tickets.append(scheduler.submit(ids, r.sampling, r.max_new_tokens))
+    hold.release()
+    return [drain(t) for t in tickets], scheduler
+
+
+# ----------------------------------------------------------------------------- the batched decode loop
+
+
+def test_the_same_seed_gives_the_same_text_alone_and_inside_a_batch_of_8(tiny_loaded):
+    reqs = requests()
+    alone = [[c.token_id for c in generate_alone(tiny_loaded, r)] for r in reqs]  # transformers' generate
+    streamed = [[c.token_id for c in list(stream_generate(tiny_loaded, r))[-1].chosen] for r in reqs]
+    batched, scheduler = submit_all_at_once(tiny_loaded, reqs)
+    assert scheduler.max_batch == 8, "the eight requests should have decoded together"
+    assert streamed == alone
+    assert batched == alone
+    assert all(len(ids) == 30 for ids in batched)
+
+
+def test_rows_join_and_leave_between_steps_without_disturbing_the_others(bundled_loaded):
+    reqs = requests(40)
+    alone = [[c.token_id for c in generate_alone(bundled_loaded, r)] for r in reqs[:3]]
+    scheduler = BatchScheduler(bundled_loaded)
+    out: dict[int, list[int]] = {}
+
+    def run(i, delay):
+        time.sleep(delay)
+        r = reqs[i]
+        ids, _ = prepare_prompt(bundled_loaded, r.prompt, r.max_new_tokens)
+        out[i] = drain(scheduler.submit(ids, r.sampling, r.max_new_tokens))
+
+    threads = [threading.Thread(target=run, args=(i, d)) for i, d in enumerate((0, 0.03, 0.06))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert scheduler.max_batch >= 2, "the later requests should have joined the running batch"
+    assert [out[i] for i in range(3)] == alone
+
+
+def test_a_stop_takes_the_row_out_at_the_next_step_and_the_others_go_on(bundled_loaded):
+    scheduler = BatchScheduler(bundled_loaded)
+    ids, _ = prepare_prompt(bundled_loaded, "The old man", 400)
+    params = validate_sampling(seed=3)
+    keep = scheduler.submit(ids, params, 300)
+    stop = scheduler.submit(ids, params, 400)
+    for _ in range(5):
+        stop.next_event(1.0)
+    stop.cancel()
+    steps_at_cancel = scheduler.steps
+    assert len(drain(keep)) == 300
+    time.sleep(0.05)
+    late = [e for e in stop.ready() if e.token is not None]
+    assert len(late) <= 2, f"{len(late)} tokens came after the Stop"
+    assert scheduler.steps > steps_at_cancel
+    t0 = time.perf_counter()
+    while scheduler.active and time.perf_counter() - t0 < 2:
+        time.sleep(0.01)
+    assert not scheduler.active and not [t for t in live_generation_threads() if "generate" in t.name
+                                         and scheduler._thread is t]
+
+
+def test_closing_a_stream_stops_its_row(bundled_loaded):
+    stream = stream_generate(bundled_loaded, validate_request("The old man", 500, PRESETS["Balanced"]))
+    for _ in range(3):
+        next(stream)
+    stream.close()
+    t0 = time.perf_counter()
+    while live_generation_threads() and time.perf_counter() - t0 < 1.5:
+        time.sleep(0.01)
+    assert not live_generation_threads(), "the decode loop still runs 1.5 s after the only stream closed"
+
+
+def test_8_bit_generations_batch_too(tiny_loaded_int8):
+    reqs = requests(12)
+    batched, scheduler = submit_all_at_once(tiny_loaded_int8, reqs)
+    assert scheduler.max_batch == 8 and all(len(ids) == 12 for ids in batched)
+
+
+# ----------------------------------------------------------------------------- a model per visitor
+
+
+@pytest.fixture(scope="module")
+def pool_specs(tmp_path_factory):
+    a = make_tiny_checkpoint(tmp_path_factory.mktemp("pool-a"), n_layer=2, seed=0)
+    b = make_tiny_checkpoint(tmp_path_factory.mktemp("pool-b"), n_layer=3, seed=1)
+    return [ModelSpec("a", str(a)), ModelSpec("b", str(b)), ModelSpec("hub", "some-org/some-model")]
+
+
+def test_a_visitors_load_changes_their_model_only(pool_specs):
+    manager = ModelManager(pool_specs, device="cpu")
+    manager.load("a", "fp32")  # the operator's: the default
+    manager.load("b", "fp32", session="alice", visitor=True)
+    assert manager.require("alice").name == "b"
+    assert manager.require("bob").name == "a" and manager.require().name == "a"
+    manager.forget("alice")  # her page closed
+    assert manager.require("alice").name == "a"
+
+
+def test_a_model_loads_once_however_many_visitors_ask_at_once(pool_specs, monkeypatch):
+    import demo.backend as backend
+
+    calls = []
+    real = backend.load_model
+
+    def slow_load(*args, **kwargs):
+        calls.append(args[0].name)
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "load_model", slow_load)
+    manager = ModelManager(pool_specs, device="cpu")
+    manager.load("a", "fp32")
+    got, waits = [], []
+    threads = [threading.Thread(target=lambda s=s: got.append(manager.load(
+        "b", "fp32", session=s, visitor=True, progress=lambda f, msg: waits.append(msg)))) for s in "xyz"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["a", "b"] and len({id(m) for m in got}) == 1
+    assert any("being loaded for another visitor" in w for w in waits)
+
+
+def test_the_pool_keeps_to_its_memory_budget_but_never_evicts_the_default_or_a_model_in_use(pool_specs):
+    manager = ModelManager(pool_specs, device="cpu", memory_mb=0.001)  # room for nothing but what must stay
+    manager.load("a", "fp32")
+    manager.load("b", "fp32", session="s1")
+    manager.load("b", "int8", session="s2")  # over budget: b fp32 is idle and goes
+    assert {(m.name, m.precision) for m in manager.loaded()} == {("a", "fp32"), ("b", "int8")}
+    with pytest.raises(NoModelError, match="unloaded to make room"):
+        manager.require("s1")
+    with manager.use("s2"):  # a generation is using it
+        manager.load("b", "fp32", session="s3")
+        assert ("b", "int8") in {(m.name, m.precision) for m in manager.loaded()}
+    manager.load("b", "fp32", session="s1")  # loading it again works
+    assert manager.require("s1").precision == "fp32"
+
+
+def test_the_operator_limits_what_visitors_may_load(pool_specs):
+    only_loaded = ModelManager(pool_specs, device="cpu", visitor_models="loaded")
+    only_loaded.load("a", "fp32")
+    with pytest.raises(ValidationError, match="only models already loaded"):
+        only_loaded.load("b", "fp32", session="s", visitor=True)
+    assert only_loaded.load("a", "auto", session="s", visitor=True).name == "a"  # auto = fp32 on CPU: loaded
+    local = ModelManager(pool_specs, device="cpu", visitor_models="local")
+    local.load("a", "fp32")
+    assert local.load("b", "fp32", session="s", visitor=True).name == "b"
+    with pytest.raises(ValidationError, match="local checkpoints"):
+        local.load("hub", "fp32", session="s", visitor=True)  # refused before any download is tried
+
+
+def test_a_load_error_names_the_model_not_the_servers_folder(tmp_path):
+    folder = tmp_path / "secret-place" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{not json")
+    manager = ModelManager([ModelSpec("mine", str(folder))], device="cpu")
+    with pytest.raises(ModelLoadError) as err:
+        manager.load("mine", "fp32", session="s", visitor=True)
+    assert "mine" in str(err.value) and "secret-place" not in str(err.value) and str(tmp_path) not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the app: sessions and limits
+
+
+@pytest.fixture(scope="module")
+def class_app(tiny_path):
+    """The app with the bundled model and a tiny one visitors may choose."""
+    from demo.app_factory import create_app
+
+    demo, launch_kwargs = create_app(model="gutenberg-gpt", precision="fp32", device="cpu",
+                                     extra_models=[f"tiny={tiny_path}"])
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
+    yield demo, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_a_visitors_model_switch_does_not_change_another_visitors_model(class_app):
+    from gradio_client import Client
+
+    alice, bob = Client(class_app[1], verbose=False), Client(class_app[1], verbose=False)
+    status = alice.predict("tiny", "fp32", api_name="/load_model")
+    assert "**tiny**" in status and "gutenberg-gpt" in status  # hers, and what else the server holds
+    _, alice_data = alice.predict("The cat", 0, 0, "head", "mean-heads", -1, "layer", api_name="/attention")
+    _, bob_data = bob.predict("The cat", 0, 0, "head", "mean-heads", -1, "layer", api_name="/attention")
+    assert alice_data["model"] == "tiny" and bob_data["model"] == "gutenberg-gpt"
+    params = dict(prompt="The cat", max_new_tokens=6, do_sample=False, repetition_penalty=1.0)
+    models = {m.name: m for m in class_app[0].manager.loaded()}
+    request = validate_request("The cat", 6, validate_sampling(do_sample=False, repetition_penalty=1.0))
+    expected = {name: m.tokenizer.decode([c.token_id for c in generate_alone(m, request)], skip_special_tokens=True)
+                for name, m in models.items()}
+    assert expected["tiny"] != expected["gutenberg-gpt"]
+    assert alice.predict(**params, api_name="/generate")[0] == expected["tiny"]
+    assert bob.predict(**params, api_name="/generate")[0] == expected["gutenberg-gpt"]
+    assert class_app[0].manager.require().name == "gutenberg-gpt"  # the server's default is untouched
+
+
+def test_a_hub_model_is_refused_to_visitors_by_default(class_app):
+    from gradio_client import Client
+
+    status = Client(class_app[1], verbose=False).predict("gpt2-xl", "fp32", api_name="/load_model")
+    assert "lets visitors choose only" in status and "gpt2-xl" in status
+
+
+# Event handlers that never run a model (they format, copy values between inputs, or load one: the
+# "load" group has its own limit of one).
+MODEL_FREE = {"preset_values", "copy_settings", "_join", "open_tab", "view_controls", "pick_token", "<lambda>",
+              "on_generation", "select", "clicked", "branch", "status", "forget", "load_model",
+              "load_example"}
+
+
+def test_every_event_that_runs_a_model_is_inside_a_model_concurrency_limit(class_app):
+    demo = class_app[0]
+    model_groups = ("model", "generate")
+    outside = []
+    for fn in demo.fns.values():
+        name = getattr(fn.fn, "__name__", None)
+        if fn.fn is None or name in MODEL_FREE:
+            continue
+        if fn.concurrency_id not in model_groups:
+            outside.append(name)
+    assert not outside, f"events that may run a model outside the model groups: {outside}"
+    queues = demo._queue.event_queue_per_concurrency_id
+    assert queues["model"].concurrency_limit == 2 and queues["generate"].concurrency_limit == 32
+    assert queues["load"].concurrency_limit == 1
+
+
+def test_uploads_are_refused_and_gradio_cleans_its_cache(class_app):
+    demo = class_app[0]
+    assert demo.max_file_size == 1 and demo.delete_cache is not None
+    assert demo.state_session_capacity <= 1000
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def test_exports_go_to_a_private_folder_and_refuse_a_planted_link(tmp_path):
+    folder = ExportFolder()
+    paths = folder.write("view", {"csv": "a,b\n1,2\n", "json": "{}"})
+    root = folder.root
+    assert all(p.startswith(str(root)) for p in paths)
+    assert os.stat(root).st_mode & 0o077 == 0 and "gpt-explorer-exports-" in root.name  # private, unguessable
+    folder.clear()
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    link = tmp_path / "exports-link"
+    link.symlink_to(victim, target_is_directory=True)
+    with pytest.raises(ExportError, match="not a plain folder"):
+        ExportFolder(link).write("view", {"csv": "x"})
+
+    root = tmp_path / "exports"
+    root.mkdir(mode=0o700)
+    planted = root / "old"
+    planted.symlink_to(victim, target_is_directory=True)  # a link planted among the exports
+    os.utime(victim, (0, 0))
+    ExportFolder(root, keep_s=0).write("view", {"csv": "x"})
+    assert (victim / "precious.txt").read_text() == "keep me" and not planted.exists()
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(ExportError, match="not private"):
+        ExportFolder(shared).write("view", {"csv": "x"})
+
+
+def test_exports_are_capped_in_bytes_oldest_first(tmp_path):
+    root = tmp_path / "exports"
+    root.mkdir(mode=0o700)
+    folder = ExportFolder(root, max_bytes=2500)
+    first = folder.write("one", {"csv": "x" * 1000})
+    time.sleep(0.01)
+    folder.write("two", {"csv": "x" * 1000})
+    folder.write("three", {"csv": "x" * 1000})  # the oldest goes to make room
+    assert not os.path.exists(first[0]) and len(list(root.iterdir())) == 2
+    with pytest.raises(ExportError, match="over the"):
+        folder.write("huge", {"csv": "x" * 3000})
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+def test_8_bit_on_cpu_logs_one_line_per_cause(tiny_loaded_int8, caplog):
+    with caplog.at_level(logging.INFO):
+        list(stream_generate(tiny_loaded_int8, validate_request("The ship", 8, PRESETS["Greedy"])))
+        list(stream_generate(tiny_loaded_int8, validate_request("The sea", 8, PRESETS["Greedy"])))
+    bnb = [r for r in caplog.records if r.name.startswith("bitsandbytes")]
+    assert len(bnb) <= 1
+
+
+def test_new_settings_come_from_the_environment_with_clear_errors():
+    from demo.settings import Settings
+
+    s = Settings.from_env({"GPT_EXPLORER_VISITOR_MODELS": "loaded", "GPT_EXPLORER_MAX_STREAMS": "8",
+                           "GPT_EXPLORER_MODEL_MEMORY_MB": "512", "GPT_EXPLORER_SESSIONS": "100"})
+    assert (s.visitor_models, s.max_streams, s.model_memory_mb, s.sessions) == ("loaded", 8, 512, 100)
+    assert Settings().visitor_models == "local"  # the safe default: no downloads for visitors
+    with pytest.raises(ValidationError, match="GPT_EXPLORER_VISITOR_MODELS"):
+        Settings.from_env({"GPT_EXPLORER_VISITOR_MODELS": "everything"})
+    with pytest.raises(ValidationError, match="GPT_EXPLORER_MAX_STREAMS"):
+        Settings.from_env({"GPT_EXPLORER_MAX_STREAMS": "0"})
+
+
+def test_bundled_model_in_a_batch_matches_alone_on_greedy():
+    loaded = load_model(ModelSpec("gutenberg-gpt", str(BUNDLED)), "fp32", device="cpu")
+    reqs = [validate_request(p, 24, PRESETS["Greedy"]) for p in PROMPTS]
+    alone = [[c.token_id for c in generate_alone(loaded, r)] for r in reqs]
+    batched, scheduler = submit_all_at_once(loaded, reqs)
+    assert scheduler.max_batch == 8 and batched == alone
+
+
+def test_the_api_matrix_is_not_kept_in_the_session_after_the_call(class_app):
+    from gradio_client import Client
+
+    from demo.ui.common import FORGET_EVERY_S
+
+    demo = class_app[0]
+    client = Client(class_app[1], verbose=False)
+    _, data = client.predict("The cat sat on the mat. " * 20, 0, 0, "head", "mean-heads", -1, "layer",
+                             api_name="/attention")
+    assert len(data["weights"]) > 50
+    session = demo.state_holder.session_data[client.session_hash]
+
+    def kept_values():
+        return [c["props"].get("value") for c in session.config_values.values()
+                if isinstance(c.get("props", {}).get("value"), dict) and "weights" in c["props"]["value"]]
+
+    t0 = time.perf_counter()
+    while kept_values() and time.perf_counter() - t0 < FORGET_EVERY_S * 3:
+        time.sleep(0.2)
+    assert not kept_values(), "the session still holds the attention matrix"
