@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_generate import free_port, wait_for
+from bench_generate import app_command, free_port, wait_for
 
 PROMPT = "It was a dark and stormy night, and the"
 LONG_TEXT = ("It was a dark and stormy night, and the old captain sat by the fire, telling the boy of the sea. " * 40)
