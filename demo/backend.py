@@ -298,10 +298,6 @@ class ModelManager:
         with self._lock:
             return list(self._models.values())
 
-    def session_key(self, session: str | None) -> ModelKey | None:
-        with self._lock:
-            return self._sessions.get(session, self.default) if session is not None else self.default
-
     def require(self, session: str | None = None) -> LoadedModel:
         """The model this session uses (the default for a session that chose none)."""
         with self._lock:

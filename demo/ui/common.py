@@ -79,10 +79,6 @@ class AppContext:
         """Event options of a generation event."""
         return dict(concurrency_id=GENERATE_QUEUE_ID, concurrency_limit=self.settings.max_streams)
 
-    def model(self):
-        """The model the session of the event being handled uses."""
-        return self.manager.require(current_session())
-
 
 def unchanged(outputs: type[tuple]):
     """An outputs tuple (a NamedTuple class) whose every field leaves its component as it is."""
