@@ -18,7 +18,7 @@ import io
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,13 +111,17 @@ def token_limit(loaded) -> int:
     return max(1, min(loaded.context_length, MAX_TOKENS, by_memory))
 
 
-def compute_attention(loaded, text) -> AttentionResult:
+def compute_attention(loaded, text, ids: Sequence[int] | None = None) -> AttentionResult:
     """Run the model once on a (valid) text, its first `token_limit` tokens, and return every layer's and
     head's attention weights. Works for any precision the backend loads (fp32, bf16, fp16, 8-bit, 4-bit) on
-    CPU or GPU: the weights come back as float32 numpy on the CPU."""
+    CPU or GPU: the weights come back as float32 numpy on the CPU. ``ids``: the exact tokens that spell
+    ``text`` where they are known (a generation's tokens, which need not be how the text re-tokenizes)."""
     limit = token_limit(loaded)
-    enc = encode_text(loaded.tokenizer, text, limit=limit, keep="first")
-    kept = list(enc.ids)
+    if ids is None:
+        enc = encode_text(loaded.tokenizer, text, limit=limit, keep="first")
+        kept, total = list(enc.ids), enc.total
+    else:
+        kept, total = [int(i) for i in ids[:limit]], len(ids)
     model = loaded.model
     # The transformer body only: the LM head's logits ([T, vocab]) are not needed and can be large.
     body = getattr(model, "base_model", None) or model
@@ -140,7 +144,7 @@ def compute_attention(loaded, text) -> AttentionResult:
     weights.setflags(write=False)
     return AttentionResult(
         model_name=loaded.name, precision=loaded.precision, text=text, token_ids=tuple(kept),
-        tokens=tuple(display_tokens(loaded.tokenizer, kept)), weights=weights, total_tokens=enc.total, limit=limit,
+        tokens=tuple(display_tokens(loaded.tokenizer, kept)), weights=weights, total_tokens=total, limit=limit,
         seconds=seconds)
 
 

@@ -259,7 +259,7 @@ def generation_record(loaded: LoadedModel, prompt: str, update: GenerationUpdate
         "settings": settings,
         "tokens": [
             {"id": c.token_id, "label": display_token(tok, c.token_id), "text": tok.decode([c.token_id]),
-             "prob": c.prob,
+             "prob": c.prob, "surprisal_bits": round(c.surprisal_bits, 4), "entropy_bits": round(c.entropy_bits, 4),
              "alternatives": [{"id": i, "label": display_token(tok, i), "prob": p} for i, p in c.alternatives]}
             for c in (update.chosen or [])
         ],

@@ -14,6 +14,8 @@ RAW_COLOR = "#9ecae1"  # the model's own probability
 RAW_FILTERED_COLOR = "#d9d9d9"
 AFTER_COLOR = "#1f5fa8"  # after the sampling settings
 FILTERED_TEXT = "#8c8c8c"
+DRAWN_COLOR = "#d62728"  # the token a generation drew, in the view of its step
+ENTROPY_COLOR = "#7f7f7f"
 MONO = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace"
 
 # probability of a generated token -> background colour (expected: blue … surprising: red)
@@ -57,8 +59,10 @@ def empty_figure(message: str) -> go.Figure:
 # ----------------------------------------------------------------------------- next-token bars
 
 
-def bar_label(row: dict) -> str:
+def bar_label(row: dict, drawn: bool = False) -> str:
     label = f"{row['rank']}. {plot_escape(row['token'])}"
+    if drawn:
+        return f"<b>{label} ◀ drawn</b>"
     if not row["kept"]:
         return f"<span style='color:{FILTERED_TEXT}'><s>{label}</s></span>"
     return label
@@ -71,7 +75,8 @@ def bars_figure(data: dict) -> go.Figure:
     rows = data["rows"]
     if not rows:
         return empty_figure("No tokens to show")
-    labels = [bar_label(r) for r in rows]
+    drawn = (data.get("drawn") or {}).get("id")  # a generation's step: the token that was drawn, marked
+    labels = [bar_label(r, r["id"] == drawn) for r in rows]
     raw = [r["raw_prob"] for r in rows]
     after = [r["prob"] for r in rows]
     custom = [[plot_escape(r["token"]), r["id"], fmt_prob(r["raw_prob"]), fmt_prob(r["prob"]),
@@ -86,7 +91,8 @@ def bars_figure(data: dict) -> go.Figure:
         dict(common, x=raw, name="the model's probability",
              marker=dict(color=[RAW_COLOR if r["kept"] else RAW_FILTERED_COLOR for r in rows]),
              text=[fmt_prob(p) for p in raw], textfont=dict(size=11, color="#555")),
-        dict(common, x=after, marker=dict(color=AFTER_COLOR), textfont=dict(size=11),
+        dict(common, x=after, marker=dict(color=[DRAWN_COLOR if r["id"] == drawn else AFTER_COLOR for r in rows]),
+             textfont=dict(size=11),
              name="after the penalties (greedy takes the top one)" if greedy else "after the sampling settings",
              text=[fmt_prob(r["prob"]) if r["kept"] else "✕ filtered" for r in rows]),
     ]
@@ -99,6 +105,47 @@ def bars_figure(data: dict) -> go.Figure:
                    rangemode="tozero", zeroline=True, fixedrange=True),
         yaxis=dict(autorange="reversed", tickfont=dict(family=MONO, size=13), fixedrange=True, type="category"),
         hoverlabel=dict(font=dict(family=MONO)),
+    )
+    return go.Figure(dict(data=traces, layout=layout), _validate=False)
+
+
+# ----------------------------------------------------------------------------- surprise timeline
+
+TIMELINE_NOTE = ("**Surprise timeline.** One point per generated token: how surprised the model was by its own "
+                 "pick (red, −log₂ of the probability it had: 0 bits = a sure thing, each extra bit = half as likely) "
+                 "and how uncertain it was before picking (grey, the entropy of the distribution it drew from). "
+                 "Peaks are where the model was surprised by its own pick. Click a point to open that token.")
+
+
+def timeline_figure(record: dict | None, selected: int | None = None) -> go.Figure:
+    """Surprisal of each drawn token and the entropy of the distribution it came from (after the
+    sampling settings), in bits, one point per generated token; ``selected`` gets a vertical line."""
+    tokens = (record or {}).get("tokens") or []
+    if not tokens:
+        return empty_figure("Generate some text: each token's surprise will appear here")
+    x = list(range(1, len(tokens) + 1))
+    surprisal = [min(float(t.get("surprisal_bits", 0.0)), 99.0) for t in tokens]
+    entropy = [float(t.get("entropy_bits", 0.0)) for t in tokens]
+    custom = [[plot_escape(t.get("label", "")), fmt_prob(float(t.get("prob", 0.0))), s, e, i]
+              for i, (t, s, e) in enumerate(zip(tokens, surprisal, entropy))]
+    hover = ("token #%{x} <b>%{customdata[0]}</b><br>probability %{customdata[1]}<br>"
+             "surprisal %{customdata[2]:.2f} bits<br>entropy %{customdata[3]:.2f} bits<extra></extra>")
+    traces = [
+        dict(type="scatter", mode="lines+markers", x=x, y=surprisal, name="surprisal of the drawn token",
+             line=dict(color=DRAWN_COLOR, width=1.5), marker=dict(size=7), customdata=custom, hovertemplate=hover),
+        dict(type="scatter", mode="lines", x=x, y=entropy, name="entropy of its distribution",
+             line=dict(color=ENTROPY_COLOR, width=1.5, dash="dot"), customdata=custom, hovertemplate=hover),
+    ]
+    shapes = []
+    if selected is not None and 0 <= selected < len(tokens):
+        shapes.append(dict(type="line", x0=selected + 1, x1=selected + 1, y0=0, y1=1, yref="paper",
+                           line=dict(color="#1f5fa8", width=2)))
+    layout = dict(
+        height=280, margin=dict(l=10, r=10, t=40, b=45), hovermode="closest", shapes=shapes,
+        legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0),
+        xaxis=dict(title=dict(text="generated token (1 = first)"), range=[0.5, len(tokens) + 0.5],
+                   tickformat="d", fixedrange=True),
+        yaxis=dict(title=dict(text="bits"), rangemode="tozero", fixedrange=True),
     )
     return go.Figure(dict(data=traces, layout=layout), _validate=False)
 
@@ -166,7 +213,8 @@ TOKEN_VIEW_CSS = """
 .toklegend span.sw { color: #1a1a1a; padding: 1px 7px; border-radius: 3px; }
 """
 
-# clicks (and Enter on a focused token) select a position for branching
+# Clicks (and Enter on a focused token) select a position: its step opens, and branching starts there.
+# A click on a point of the surprise timeline (plotly's own click event on that figure) selects its token too.
 TOKEN_VIEW_JS = """
 const pick = (el) => { if (el) trigger('token_click', {pos: parseInt(el.dataset.pos)}); };
 element.addEventListener('click', (e) => pick(e.target.closest('[data-pos]')));
@@ -176,6 +224,17 @@ element.addEventListener('keydown', (e) => {
     if (el) { e.preventDefault(); pick(el); }
   }
 });
+const bindTimeline = () => {
+  const gd = document.querySelector('#surprise-timeline .js-plotly-plot');
+  if (!gd || !gd.on || gd.__pickBound) return;
+  gd.__pickBound = true;
+  gd.on('plotly_click', (ev) => {
+    const pt = ev && ev.points && ev.points[0];
+    if (pt && Number.isInteger(pt.pointIndex)) trigger('token_click', {pos: pt.pointIndex});
+  });
+};
+new MutationObserver(bindTimeline).observe(document.body, {childList: true, subtree: true});
+bindTimeline();
 """
 
 

@@ -130,6 +130,12 @@ class ChosenToken:
     token_id: int
     prob: float  # probability the token had in the distribution it was drawn from (after the filters)
     alternatives: list[tuple[int, float]] = field(default_factory=list)  # top (id, prob) of that distribution
+    entropy_bits: float = 0.0  # entropy of that distribution: how uncertain the pick was
+
+    @property
+    def surprisal_bits(self) -> float:
+        """-log2 of the drawn token's probability: 0 for a sure pick, 1 more bit for each halving."""
+        return -math.log2(self.prob) if self.prob > 0 else math.inf
 
 
 class TokenChooser(LogitsProcessor):
@@ -165,6 +171,7 @@ class TokenChooser(LogitsProcessor):
         self.chosen.append(ChosenToken(
             token_id=int(choice), prob=float(probs[0, choice]),
             alternatives=[(int(i), float(p)) for i, p in zip(top.indices.tolist(), top.values.tolist())],
+            entropy_bits=float(torch.special.entr(probs[0].double()).sum()) / math.log(2),
         ))
         forced = torch.full_like(scores, -math.inf)
         return forced.scatter_(1, choice, 0.0)

@@ -91,3 +91,38 @@ def client(live_app):
     from gradio_client import Client
 
     return Client(live_app[1], verbose=False)
+
+
+# ----------------------------------------------------------------------------- real-browser tests
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian chromium, headless (skips where it is missing)."""
+    from browser_helpers import CHROMIUM, launch
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set GPT_EXPLORER_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, live_app):
+    """A fresh tab on the app (its own context: no state shared between tests), console recorded."""
+    from browser_helpers import VIEWPORT, open_app, wait_until
+
+    from demo.generation import live_generation_threads
+
+    context = browser.new_context(viewport=VIEWPORT)
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    pg.console = open_app(pg, live_app[1])
+    yield pg
+    context.close()
+    assert not live_generation_threads() or wait_until(lambda: not live_generation_threads(), 10), \
+        "a generation thread outlived its browser tab"

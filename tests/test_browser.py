@@ -10,21 +10,16 @@ also refreshes the README's pictures in docs/screenshots/.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import gradio as gr
 import pytest
 from browser_helpers import (
-    CHROMIUM,
-    VIEWPORT,
     choose_preset,
     click_generate,
     generate,
     growth_samples,
     injected_elements,
-    launch,
     number_input,
-    open_app,
     open_tab,
     output_text,
     screenshot,
@@ -47,31 +42,6 @@ PROMPT = "The old sea captain looked at the boy and said,"
 GEN_SLIDERS = ["Max new tokens", "Temperature", "Top-k", "Top-p (nucleus)", "Min-p", "Repetition penalty",
                "No-repeat n-gram size"]
 STATUS = '[data-testid="markdown"].model-status'
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium, or set GPT_EXPLORER_CHROMIUM)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, live_app):
-    """A fresh tab on the app (its own context: no state shared between tests), console recorded."""
-    context = browser.new_context(viewport=VIEWPORT)
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
-    pg.console = open_app(pg, live_app[1])
-    yield pg
-    context.close()
-    assert not live_generation_threads() or wait_until(lambda: not live_generation_threads(), 10), \
-        "a generation thread outlived its browser tab"
 
 
 def tab_has_plot(demo: gr.Blocks, label: str) -> bool:

@@ -362,9 +362,9 @@ def test_branching_starts_with_the_chosen_prefix(manager, tiny_loaded):
     cont = list(stream_generate(tiny_loaded, validate_request(new_prompt, 4, params)))[-1]
     assert (new_prompt + cont.text).startswith(prefix + tiny_loaded.tokenizer.decode([alt]))
     # selection and the view
-    pos_value, radio, view = h.select(record, pos)
+    pos_value, radio, view, timeline = h.select(record, pos)
     assert pos_value == pos and radio.value == alt and "tok sel" in view
-    html_out, dd, _, _ = h.on_generation(record)
+    html_out, dd, *_ = h.on_generation(record)
     assert html_out.count("data-pos=") == len(gen_ids) and len(dd.choices) == len(gen_ids)
     with pytest.raises(gr.Error):
         h.branch(record, 99, alt)

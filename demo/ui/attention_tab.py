@@ -16,6 +16,7 @@ from typing import NamedTuple
 import gradio as gr
 
 from .. import plots_attention as P
+from .. import steps
 from ..attention import (
     AGGREGATES,
     SCOPES,
@@ -74,6 +75,24 @@ class Analysed(NamedTuple):
     layer: object
     head: object
     token: object
+    analysed: str
+
+
+class OpenedStep(NamedTuple):
+    """The outputs of opening a generated token's step: the text, the view, its controls, what it shows."""
+
+    text: str
+    view: str
+    layer: object
+    head: object
+    aggregate: object
+    token: object
+    scope: object
+    open_head: object
+    plot: object
+    note: str
+    notice: str
+    strip: object
     analysed: str
 
 
@@ -145,8 +164,8 @@ class AttentionHandlers:
         self._compute = gpu(self._attention)
 
     @staticmethod
-    def _attention(loaded, text: str) -> AttentionResult:
-        return compute_attention(loaded, text)
+    def _attention(loaded, text: str, ids: list[int] | None = None) -> AttentionResult:
+        return compute_attention(loaded, text, ids)
 
     def fetch(self, text) -> tuple[AttentionResult, bool]:
         """(the attention of `text` under the visitor's model, whether the cache held it)."""
@@ -197,6 +216,23 @@ class AttentionHandlers:
         return self.exports.write(stem, {"csv": csv_text, "json": json.dumps(data, ensure_ascii=False)})
 
     @user_errors
+    def open_step(self, record, position) -> OpenedStep:
+        """A generated token's step (see :mod:`demo.steps`): the whole generation, in the 'One token' view of
+        the token the model read last before drawing it (the forward pass the Generate tab cached)."""
+        loaded = self.manager.require(current_session())
+        record, k = steps.check_step(loaded, record, position)
+        hit = self.cache.peek("attention", loaded, steps.generation_text(loaded, record)) is not None
+        result = steps.generation_attention(loaded, record, self.cache, self._compute)
+        v = steps.step_view(result, record, k)
+        return OpenedStep(result.text, "token",
+                          gr.Slider(maximum=max(1, result.n_layers - 1), value=v.layer, visible=True),
+                          gr.Slider(maximum=max(1, result.n_heads - 1), value=v.head, visible=False),
+                          gr.Dropdown(visible=False),
+                          gr.Dropdown(choices=token_choices(result), value=v.token, visible=True),
+                          gr.Radio(value=v.scope, visible=True), gr.Button(visible=False),
+                          *render(result, v, cached=hit), result.text)
+
+    @user_errors
     def api_attention(self, text, layer, head, view, aggregate, token, scope):
         """The attention of `text`: the figure of the chosen view, and JSON with the tokens and the
         [T, T] weight matrix of `layer`/`head` (rows = query, columns = key; each row sums to 1).
@@ -227,6 +263,7 @@ def view_controls(view):
 class AttentionTab(NamedTuple):
     text: gr.Textbox
     on_text: dict  # the event that analyses the text box (for the Generate tab's link)
+    open_step: Callable[[list], dict]  # inputs (record, position) -> the event that opens a generated token's step
 
 
 def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
@@ -324,4 +361,10 @@ def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
 
     tab.select(first_visit, [text, analysed, *settings], analysed_out, show_progress_on=[plot], **PRIVATE,
                **ctx.model_queue)
-    return AttentionTab(text, analyse_event)
+    def open_step(inputs: list) -> dict:
+        """The event that opens a generated token's step, its inputs the record and the position."""
+        outputs = [text, view, layer, head, aggregate, token, scope, open_btn, *shown.values(), analysed]
+        return dict(fn=h.open_step, inputs=inputs, outputs=outputs, show_progress_on=[plot], **PRIVATE,
+                    **ctx.model_queue)
+
+    return AttentionTab(text, analyse_event, open_step)

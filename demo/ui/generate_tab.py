@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from .. import plots_attention, steps
+from ..attention import AttentionResult, AttentionUnavailable, compute_attention
 from ..backend import ModelManager
+from ..cache import ModelCache
 from ..errors import ValidationError
 from ..generation import (
     GenerationRequest,
@@ -26,7 +29,18 @@ from ..generation import (
     stream_generate,
     validate_request,
 )
-from ..plots_next_token import TOKEN_VIEW_CSS, TOKEN_VIEW_JS, code_label, fmt_prob, token_view_html
+from ..next_token import forward_last_logits
+from ..plots_next_token import (
+    TIMELINE_NOTE,
+    TOKEN_VIEW_CSS,
+    TOKEN_VIEW_JS,
+    bars_figure,
+    code_label,
+    empty_figure,
+    fmt_prob,
+    timeline_figure,
+    token_view_html,
+)
 from ..sampling import MAX_NEW_TOKENS, SETTINGS, validate_sampling
 from ..tokens import display_token
 from ..validation import check_index
@@ -34,6 +48,7 @@ from ..zerogpu import SLICE_S, slice_duration, slice_tokens
 from .common import PRIVATE, AppContext, current_session, user_errors, with_parameters
 from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
 
+STEP_BARS = 20  # bars in the view of a step (the drawn token is added when it is not among them)
 EXAMPLES = [
     "It was a dark and stormy night, and",
     "The old sea captain looked at the boy and said,",
@@ -46,6 +61,10 @@ EXAMPLES = [
 SAMPLING_ORDER = ([s.name for s in SETTINGS if s.kind in ("float", "int")]
                   + [s.name for s in SETTINGS if s.kind in ("bool", "seed")])
 API_PARAMETERS = ["prompt", MAX_NEW_TOKENS.name, *SAMPLING_ORDER]
+
+STEP_HELP = """**Click a token** in the coloured text (or a point of the timeline) to open the moment it was
+drawn: the distribution it came from — the model's probabilities and what the sampling settings left, with
+the drawn token marked — and where the model looked to produce it."""
 
 VIEW_HELP = """Each generated token is coloured by the probability it had **when it was drawn** (after the
 sampling settings). Hover a token (or focus it with Tab) to see the top alternatives. **Branching:** click a
@@ -139,22 +158,26 @@ class TokenViewHandlers:
         return out
 
     def on_generation(self, record):
-        """(view, position dropdown, alternatives, message) for a new generation's record."""
+        """(view, position dropdown, alternatives, message, timeline, step view cleared) for a new
+        generation's record."""
+        cleared = (STEP_EMPTY, empty_figure(STEP_PROMPT), empty_figure(STEP_PROMPT), "")
         if not has_tokens(record):
-            return token_view_html(None), gr.Dropdown(choices=[], value=None), gr.Radio(choices=[], value=None), ""
+            return (token_view_html(None), gr.Dropdown(choices=[], value=None), gr.Radio(choices=[], value=None), "",
+                    timeline_figure(None), *cleared)
         positions = [(f"#{i + 1}  {t['label']}   {fmt_prob(t['prob'])}", i) for i, t in enumerate(record["tokens"])]
         return (token_view_html(record), gr.Dropdown(choices=positions, value=None),
-                gr.Radio(choices=[], value=None), "")
+                gr.Radio(choices=[], value=None), "", timeline_figure(record), *cleared)
 
     @user_errors
     def select(self, record, position):
-        """(position, alternatives radio, view with the token outlined)."""
+        """(position, alternatives radio, view with the token outlined, timeline with it marked)."""
         record = check_record(record)
         pos = check_index("position", position, len(record["tokens"]))
         alts = self._alternatives(record, pos)
         drawn = record["tokens"][pos]["id"]
         first_other = next((i for _, i in alts if i != drawn), None)
-        return pos, gr.Radio(choices=alts, value=first_other), token_view_html(record, selected=pos)
+        return (pos, gr.Radio(choices=alts, value=first_other), token_view_html(record, selected=pos),
+                timeline_figure(record, pos))
 
     def clicked(self, record, evt: gr.EventData):
         return self.select(record, getattr(evt, "pos", None) if evt is not None else None)
@@ -179,6 +202,66 @@ class TokenViewHandlers:
         return new_prompt, msg
 
 
+STEP_EMPTY = "*No token selected yet.*"
+STEP_PROMPT = "Click a generated token to open its step"
+
+
+def format_step(data: dict, record: dict, attention: AttentionResult | None) -> str:
+    """The selected step in words: the drawn token, its probability and surprise, the uncertainty it
+    came from, and which token's attention row shows where the model looked."""
+    k, d = data["step"], data["drawn"]
+    eb, ea = data["entropy_before_bits"], data["entropy_after_bits"]
+    kept = (f"rank {d['rank_after']} of the {data['survivors']:,} tokens the settings left" if d["kept"]
+            else "**filtered out** by the settings")
+    lines = [
+        f"**Token #{k + 1}** {code_label(d['token'])} was drawn with probability **{fmt_prob(d['prob'])}** after the "
+        f"sampling settings ({kept}); the model alone gave it {fmt_prob(d['raw_prob'])} (rank {d['rank']:,} of "
+        f"{data['vocab_size']:,}).",
+        f"**Surprisal** {data['surprisal_bits']:.2f} bits · **entropy** of the distribution it came from "
+        f"{ea:.2f} bits after the settings, {eb:.2f} bits for the model alone (as uncertain as a fair pick among "
+        f"≈ {2 ** ea:,.0f} tokens).",
+    ]
+    if attention is not None:
+        q = len(record.get("prompt_ids") or []) + k - 1
+        lines.append(f"**Where it looked:** the attention of {code_label(attention.tokens[q])} (token {q}), the last "
+                     "token the model had read, in every head of every layer.")
+    return "\n\n".join(lines)
+
+
+class StepHandlers:
+    """A generated token's step: its distribution and attention row, computed when it is selected
+    (``gpu`` wraps the forward passes on ZeroGPU; the cache stays here)."""
+
+    def __init__(self, manager: ModelManager, cache: ModelCache | None = None, gpu: Callable = lambda fn, **kw: fn):
+        self.manager, self.cache = manager, cache
+        self._logits = gpu(self._forward_logits)
+        self._attention = gpu(self._attention_ids)
+
+    @staticmethod
+    def _forward_logits(loaded, window: list[int]):
+        return forward_last_logits(loaded, window)
+
+    @staticmethod
+    def _attention_ids(loaded, text: str, ids: list[int]) -> AttentionResult:
+        return compute_attention(loaded, text, ids)
+
+    @user_errors
+    def inspect(self, record, position):
+        """(summary, distribution figure, attention figure, attention caption) of the selected token."""
+        if position is None or position == "":
+            return STEP_EMPTY, empty_figure(STEP_PROMPT), empty_figure(STEP_PROMPT), ""
+        loaded = self.manager.require(current_session())
+        record, k = steps.check_step(loaded, record, position)
+        data = steps.step_distribution(loaded, record, k, STEP_BARS, self.cache, self._logits)
+        try:
+            result = steps.generation_attention(loaded, record, self.cache, self._attention)
+            view = steps.step_view(result, record, k)
+        except (AttentionUnavailable, ValidationError) as exc:
+            return format_step(data, record, None), bars_figure(data), empty_figure(str(exc)), ""
+        return (format_step(data, record, result), bars_figure(data), plots_attention.figure(result, view),
+                plots_attention.caption(view, result))
+
+
 # ----------------------------------------------------------------------------- layout
 
 
@@ -191,6 +274,10 @@ class GenerateTab:
     controls: dict  # setting name -> input, plus 'preset'
     to_attention: gr.Button
     to_next_token: gr.Button
+    last_generation: gr.State  # the record of the last generation
+    position: gr.Dropdown  # the selected generated token
+    step_to_attention: gr.Button  # open the selected token's step in the other tabs
+    step_to_next_token: gr.Button
 
 
 def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
@@ -217,7 +304,7 @@ def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
             max_new_tokens = setting_input(MAX_NEW_TOKENS)
             controls = sampling_inputs()
     last_generation = gr.State(None)
-    on_generation = _build_token_view(ctx, last_generation, prompt)
+    on_generation, token_view = _build_token_view(ctx, last_generation, prompt)
 
     inputs = [prompt, max_new_tokens] + [controls[n] for n in SAMPLING_ORDER]
     generate = with_parameters(gen.generate, API_PARAMETERS)
@@ -228,24 +315,48 @@ def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
         ev.then(**on_generation)
     stop_btn.click(None, None, None, cancels=events, **PRIVATE)
     preset.change(preset_values, preset, [controls[n] for n in PRESET_TARGETS], **PRIVATE)
-    return GenerateTab(prompt, output, {**controls, "preset": preset}, to_attention, to_next)
+    return GenerateTab(prompt, output, {**controls, "preset": preset}, to_attention, to_next, last_generation,
+                       *token_view)
 
 
-def _build_token_view(ctx: AppContext, last_generation: gr.State, prompt: gr.Textbox) -> dict:
-    """The probability-coloured output under the generated text; returns the event that fills it."""
+def _build_token_view(ctx: AppContext, last_generation: gr.State, prompt: gr.Textbox
+                      ) -> tuple[dict, tuple[gr.Dropdown, gr.Button, gr.Button]]:
+    """The probability-coloured output under the generated text, its surprise timeline and the view of
+    the selected token's step; returns the event that fills them, and (position, the step's two links)."""
     h = TokenViewHandlers(ctx.manager)
+    sh = StepHandlers(ctx.manager, ctx.cache, ctx.gpu)
     with gr.Accordion("How likely was each token? (probability-coloured output)", open=True):
         gr.Markdown(VIEW_HELP)
         view = gr.HTML(token_view_html(None), css_template=TOKEN_VIEW_CSS, js_on_load=TOKEN_VIEW_JS,
                        elem_id="token-view")
+        gr.Markdown(TIMELINE_NOTE)
+        timeline = gr.Plot(timeline_figure(None), show_label=False, elem_id="surprise-timeline")
         with gr.Row(equal_height=True):
             position = gr.Dropdown(choices=[], value=None, label="Token to change", scale=2)
             alternative = gr.Radio(choices=[], value=None, label="Put this token in its place", scale=3)
         with gr.Row():
             branch_btn = gr.Button("✂ Branch: cut here and put in this token", size="sm")
         branch_md = gr.Markdown("")
-    view.token_click(h.clicked, [last_generation], [position, alternative, view], **PRIVATE)
-    position.input(h.select, [last_generation, position], [position, alternative, view], **PRIVATE)
+    with gr.Accordion("This token's step: what it was drawn from, and where the model looked", open=True):
+        gr.Markdown(STEP_HELP)
+        step_md = gr.Markdown(STEP_EMPTY, elem_id="step-summary")
+        with gr.Tabs():
+            with gr.Tab("What it was drawn from"):
+                step_bars = gr.Plot(empty_figure(STEP_PROMPT), show_label=False, elem_id="step-bars")
+            with gr.Tab("Where it looked"):
+                step_attention = gr.Plot(empty_figure(STEP_PROMPT), show_label=False, elem_id="step-attention")
+                step_caption = gr.Markdown("")
+        with gr.Row():
+            to_next = gr.Button("Open this step in the Next-token tab →", size="sm")
+            to_attention = gr.Button("Open this step in the Attention tab →", size="sm")
+    selected = [position, alternative, view, timeline]
+    inspect = dict(fn=sh.inspect, inputs=[last_generation, position],
+                   outputs=[step_md, step_bars, step_attention, step_caption], show_progress_on=[step_bars],
+                   **PRIVATE, **ctx.model_queue)
+    view.token_click(h.clicked, [last_generation], selected, **PRIVATE).success(**inspect)
+    position.input(h.select, [last_generation, position], selected, **PRIVATE).success(**inspect)
     branch_btn.click(h.branch, [last_generation, position, alternative], [prompt, branch_md], **PRIVATE)
-    return dict(fn=h.on_generation, inputs=[last_generation], outputs=[view, position, alternative, branch_md],
-                **PRIVATE)
+    return (dict(fn=h.on_generation, inputs=[last_generation],
+                 outputs=[view, position, alternative, branch_md, timeline, step_md, step_bars, step_attention,
+                          step_caption], **PRIVATE),
+            (position, to_attention, to_next))

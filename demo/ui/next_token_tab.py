@@ -17,6 +17,7 @@ import gradio as gr
 
 from .. import next_token as nt
 from .. import plots_next_token as plots
+from .. import steps
 from ..backend import ModelManager
 from ..cache import ModelCache
 from ..errors import ValidationError
@@ -370,6 +371,7 @@ def api_next_token_function(h: NextTokenHandlers) -> Callable:
 class NextTokenTab(NamedTuple):
     text: gr.Textbox
     on_text: dict  # the event that receives a text and settings from the Generate tab
+    open_step: Callable[[list], dict]  # inputs (record, position) -> the event that opens a generated token's step
 
 
 def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
@@ -461,5 +463,21 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
         out = h.refresh(text_, None, top_n_, query_, *values[: len(NAMES)])
         return [*values, *out]
 
+    @user_errors
+    def open_step(record, position, top_n_, query_):
+        """A generated token's step: the text the model had read when it drew it (its exact tokens), under
+        the generation's own settings, with a fresh history."""
+        loaded = ctx.manager.require(current_session())
+        record, k = steps.check_step(loaded, record, position)
+        ids = steps.step_context(record, k)
+        text_ = loaded.decode(ids)
+        values = copy_settings(*[(record.get("settings") or {}).get(n, SETTING[n].default) for n in NAMES])
+        view = h.refresh(text_, {"model": loaded.name, "text": text_, "ids": ids, "history": []}, top_n_, query_,
+                         *values)
+        return [*values, *view._replace(text=text_)]
+
+    def open_step_event(inputs: list) -> dict:
+        return dict(fn=open_step, inputs=[*inputs, top_n, query], outputs=settings + view_out, **common)
+
     return NextTokenTab(text, dict(fn=on_text, inputs=[text, top_n, query] + gen_settings,
-                                   outputs=settings + [preset] + view_out, **common))
+                                   outputs=settings + [preset] + view_out, **common), open_step_event)

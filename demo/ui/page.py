@@ -110,6 +110,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         for button, target, tab_id in ((gen.to_attention, att, "attention"), (gen.to_next_token, nxt, "next_token")):
             button.click(_join, [gen.prompt, gen.output], target.text, **PRIVATE).then(
                 _opener(tab_id), None, tabs, **PRIVATE).then(**target.on_text)
+        # A generated token's step, opened in an analysis tab (its forward passes are in the cache already).
+        step = [gen.last_generation, gen.position]
+        for button, target, tab_id in ((gen.step_to_attention, att, "attention"),
+                                       (gen.step_to_next_token, nxt, "next_token")):
+            button.click(_opener(tab_id), None, tabs, **PRIVATE).then(**target.open_step(step))
         demo.load(models.status, None, model_status, **PRIVATE)
         demo.unload(models.forget)
     return demo

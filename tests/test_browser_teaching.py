@@ -1,0 +1,131 @@
+"""Real-browser tests of the teaching views (Debian chromium + Playwright, the bundled model): one
+generated token through every view, the surprise timeline, samples side by side, the cost of 8 bits,
+and a link that restores the lesson. The fixtures ``browser``, ``page`` and ``live_app`` are in
+conftest.py; the helpers find elements by label, text or the ``elem_id`` the app sets on purpose."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from browser_helpers import (
+    generate,
+    open_tab,
+    screenshot,
+    scroll_to,
+    set_prompt,
+    set_seed,
+    set_slider,
+    stats_text,
+    tokens_generated,
+    wait_for_plot_with_data,
+)
+
+pytestmark = pytest.mark.browser
+
+PROMPT = "The old sea captain looked at the boy and said,"
+PCT = re.compile(r"([0-9.]+(?:e-?[0-9]+)?)%")
+
+
+def percent(text: str) -> float:
+    """The first percentage in a text, as a fraction."""
+    m = PCT.search(text)
+    assert m, f"no percentage in {text!r}"
+    return float(m.group(1)) / 100
+
+
+def tooltip(page, k: int) -> tuple[str, float]:
+    """(label, probability) of generated token k as the coloured output shows them (its tooltip)."""
+    first = page.locator(f'#token-view .tok[data-pos="{k}"] .tip').text_content().splitlines()[0]
+    m = re.match(rf"#{k + 1} (.*?)\s+p = (.*)$", first)
+    assert m, first
+    return m.group(1), percent(m.group(2)) if m.group(2) != "0" else 0.0
+
+
+def plot_data(page, selector: str) -> list[dict]:
+    """The traces (x, y, name) of the plotly figure inside ``selector``."""
+    return page.evaluate("s => (document.querySelector(s + ' .js-plotly-plot').data || []).map(t => "
+                         "({x: t.x, y: t.y, name: t.name}))", selector)
+
+
+def wait_step(page, k: int) -> str:
+    page.wait_for_function("k => document.querySelector('#step-summary').innerText.includes('Token #' + k + ' ')",
+                           arg=k + 1, timeout=60_000)
+    return page.locator("#step-summary").inner_text()
+
+
+def drawn_bar(page) -> tuple[str, float]:
+    """(label, probability after the settings) of the bar marked as drawn in the step's distribution."""
+    page.wait_for_function("() => { const g = document.querySelector('#step-bars .js-plotly-plot'); "
+                           "return g && g.data && g.data.length === 2; }")
+    traces = plot_data(page, "#step-bars")
+    marked = [i for i, y in enumerate(traces[1]["y"]) if "◀ drawn" in y]
+    assert len(marked) == 1, traces[1]["y"]
+    return traces[1]["y"][marked[0]], traces[1]["x"][marked[0]]
+
+
+def click_timeline_point(page, index: int) -> None:
+    """A real mouse click on point ``index`` of the surprise timeline (plotly's own hit-testing)."""
+    xy = page.evaluate("""i => {
+      const gd = document.querySelector('#surprise-timeline .js-plotly-plot');
+      const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+      return [box.left + xa._offset + xa.l2p(gd.data[0].x[i]), box.top + ya._offset + ya.l2p(gd.data[0].y[i])];
+    }""", index)
+    page.mouse.move(*xy)
+    page.mouse.click(*xy)
+
+
+def test_a_generated_token_opens_its_step_and_the_timeline_has_a_point_per_token(page, live_app):
+    set_prompt(page, PROMPT)
+    set_slider(page, "Max new tokens", 10)
+    set_seed(page, 11)
+    generate(page)
+    n = tokens_generated(stats_text(page))
+    page.wait_for_function("n => document.querySelectorAll('#token-view .tok').length === n", arg=n)
+
+    # The timeline: one point per generated token, surprisal and entropy in bits.
+    wait_for_plot_with_data(page, "#surprise-timeline")
+    surprisal, entropy = plot_data(page, "#surprise-timeline")
+    assert surprisal["x"] == list(range(1, n + 1)) and len(entropy["y"]) == n
+    assert all(y >= 0 for y in surprisal["y"] + entropy["y"])
+
+    # Clicking token k (the first, one in the middle, the last) shows the distribution it was drawn
+    # from, the drawn token marked, with the probability the coloured output showed.
+    for k in (0, 4, n - 1):
+        label, p = tooltip(page, k)
+        page.locator(f'#token-view .tok[data-pos="{k}"]').click()
+        summary = wait_step(page, k)
+        assert label in summary
+        assert percent(summary.split("probability", 1)[1]) == pytest.approx(p, rel=0.02), (summary, p)
+        bar_label, bar_p = drawn_bar(page)
+        assert label in bar_label and bar_p == pytest.approx(p, rel=0.02)
+        assert surprisal["y"][k] == pytest.approx(-math.log2(p), abs=0.05)
+    # Where it looked: the attention of the token read last, drawn in every head of every layer.
+    page.get_by_role("tab", name="Where it looked").click()
+    wait_for_plot_with_data(page, "#step-attention")
+    scroll_to(page, "#step-summary", 200)
+    screenshot(page, "token-step", docs_name="token-step")
+
+    # A click on a point of the timeline selects that token too.
+    scroll_to(page, "#surprise-timeline", 120)
+    click_timeline_point(page, 2)
+    wait_step(page, 2)
+    page.wait_for_selector('#token-view .tok.sel[data-pos="2"]')
+    screenshot(page, "surprise-timeline", docs_name="surprise-timeline")
+
+    # One click away: the Next-token tab with the text the model had read, and the Attention tab on its row.
+    page.get_by_role("button", name="Open this step in the Next-token tab").click()
+    page.wait_for_function("n => [...document.querySelectorAll('[role=tab]')].some(t => t.textContent.trim() === n "
+                           "&& t.getAttribute('aria-selected') === 'true')", arg="Next token")
+    wait_for_plot_with_data(page, "[role=tabpanel]")
+    text_box = page.get_by_label("Text", exact=True).filter(visible=True).first
+    assert text_box.input_value().startswith(PROMPT)
+    open_tab(page, "Generate")
+    page.get_by_role("button", name="Open this step in the Attention tab").click()
+    page.wait_for_function("p => { const el = document.querySelector('#attention-text textarea'); "
+                           "return el && el.value.startsWith(p) && el.value.length > p.length; }", arg=PROMPT)
+    wait_for_plot_with_data(page, "#attention-plot")
+    assert page.locator("#attention-view input[value=token]").is_checked()
+    assert "from the cache" in page.locator("#attention-notice").inner_text()
+    assert page.console.errors == []
