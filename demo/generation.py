@@ -81,55 +81,95 @@ def update_interval(streams: int) -> float:
     return max(1 / MAX_UPDATES_PER_S, streams / UPDATES_PER_S)
 
 
+class _Follower:
+    """What one submitted generation has produced so far, turned into updates."""
+
+    def __init__(self, loaded: LoadedModel, ticket, ids: list[int], dropped: int, seed: int | None, t0: float):
+        self.loaded, self.ticket, self.ids, self.dropped, self.seed, self.t0 = loaded, ticket, ids, dropped, seed, t0
+        self.new: list[int] = []
+        self.times: list[float] = []
+        self.end = None  # the event that ended it
+
+    def absorb(self, events: list) -> bool:
+        """Take in events from the ticket; whether a token came."""
+        came = False
+        for event in events:
+            if event.token is not None:
+                self.new.append(event.token.token_id)
+                self.times.append(event.at)
+                came = True
+            if event.reason is not None:
+                self.end = event
+        return came
+
+    def check(self) -> None:
+        if self.end is not None and self.end.reason == "error":
+            err = self.end.error
+            raise RuntimeError(f"generation failed: {type(err).__name__}: {err}") from err
+
+    def update(self) -> GenerationUpdate:
+        n, times = len(self.new), self.times
+        rate = (n - 1) / (times[-1] - times[0]) if n >= 2 and times[-1] > times[0] else None
+        done = self.end is not None
+        text = self.loaded.tokenizer.decode(self.new, skip_special_tokens=True)
+        if not done and text.endswith("\ufffd"):
+            text = text.rstrip("\ufffd")  # the rest of a multi-byte character is still to come
+        return GenerationUpdate(
+            text=text, n_tokens=n, elapsed_s=time.perf_counter() - self.t0,
+            ttft_s=times[0] - self.t0 if times else None, tokens_per_s=rate,
+            prompt_tokens=len(self.ids), truncated_tokens=self.dropped, seed=self.seed, done=done,
+            stop_reason=self.end.reason if done else None, chosen=list(self.ticket.chosen) if done else None,
+            prompt_ids=self.ids if done else None)
+
+
+def _submit(loaded: LoadedModel, request: GenerationRequest, t0: float) -> _Follower:
+    params = resolve_seed(request.sampling) if request.sampling.do_sample else request.sampling
+    ids, dropped = prepare_prompt(loaded, request.prompt, request.max_new_tokens)
+    ticket = scheduler_for(loaded).submit(ids, params, request.max_new_tokens)
+    return _Follower(loaded, ticket, ids, dropped, params.seed, t0)
+
+
 def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: float = 0.05
                     ) -> Iterator[GenerationUpdate]:
     """Stream a generation as growing text, decoded in the model's batched decode loop together with
     every other generation on that model (:mod:`demo.batching`). Close the generator to stop the
     model: its row leaves the batch at the next step."""
+    for updates in stream_samples(loaded, [request], poll_s):
+        yield updates[0]
+
+
+def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_s: float = 0.05
+                   ) -> Iterator[list[GenerationUpdate]]:
+    """Stream several generations at once (each with its own settings and seed, all in the same
+    batched decode loop): each update is the list of their updates, in order; the last has every one
+    done. Close the generator to stop them all at the next step."""
     t0 = time.perf_counter()
-    params = resolve_seed(request.sampling) if request.sampling.do_sample else request.sampling
-    ids, dropped = prepare_prompt(loaded, request.prompt, request.max_new_tokens)
-    scheduler = scheduler_for(loaded)
-    ticket = scheduler.submit(ids, params, request.max_new_tokens)
-    new: list[int] = []
-    times: list[float] = []
-
-    def update(**kw) -> GenerationUpdate:
-        n = len(new)
-        rate = (n - 1) / (times[-1] - times[0]) if n >= 2 and times[-1] > times[0] else None
-        text = loaded.tokenizer.decode(new, skip_special_tokens=True)
-        if not kw.get("done") and text.endswith("\ufffd"):
-            text = text.rstrip("\ufffd")  # the rest of a multi-byte character is still to come
-        return GenerationUpdate(text=text, n_tokens=n, elapsed_s=time.perf_counter() - t0,
-                                ttft_s=times[0] - t0 if times else None, tokens_per_s=rate,
-                                prompt_tokens=len(ids), truncated_tokens=dropped, seed=params.seed, **kw)
-
+    followers: list[_Follower] = []
     try:
+        for request in requests:
+            followers.append(_submit(loaded, request, t0))
+        scheduler = scheduler_for(loaded)
         due = 0.0  # when the next update may go (the first goes at once)
         while True:
             wait = due - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            events = [ticket.next_event(poll_s)]
-            events += ticket.ready()  # tokens that came meanwhile share one update
-            end = None
-            for event in events:
-                if event.token is not None:
-                    new.append(event.token.token_id)
-                    times.append(event.at)
-                if event.reason is not None:
-                    end = event
-            if end is not None:
+            running = [f for f in followers if f.end is None]
+            # every stream takes in what came meanwhile (those tokens share one update)
+            came = sum(f.absorb(f.ticket.ready()) for f in running) > 0
+            if not came and running and all(f.end is None for f in running):  # wait for the next step
+                came = running[0].absorb([running[0].ticket.next_event(poll_s)])
+            for f in followers:
+                f.check()
+            if all(f.end is not None for f in followers):
                 break
-            if events[0].token is not None or len(events) > 1:
-                yield update()
+            if came:
+                yield [f.update() for f in followers]
                 due = time.perf_counter() + update_interval(scheduler.streams)
-        if end.reason == "error":
-            err = end.error
-            raise RuntimeError(f"generation failed: {type(err).__name__}: {err}") from err
-        yield update(done=True, stop_reason=end.reason, chosen=list(ticket.chosen), prompt_ids=ids)
+        yield [f.update() for f in followers]
     finally:
-        ticket.cancel()  # also reached on GeneratorExit: a closed stream stops the model at the next step
+        for f in followers:
+            f.ticket.cancel()  # also reached on GeneratorExit: a closed stream stops the model at the next step
 
 
 def generate_alone(loaded: LoadedModel, request: GenerationRequest) -> list[ChosenToken]:

@@ -106,3 +106,33 @@ def test_a_generation_that_ends_at_once_still_gets_its_record(tmp_path):
     text, stats, record = updates[-1]
     assert text == "" and "model ended the text" in stats
     assert record is not None and [t["id"] for t in record["tokens"]] == [eos] and record["model"] == "eos-first"
+
+
+def test_samples_endpoint_equals_single_generations_with_the_same_seeds(client):
+    out_html, data = client.predict(prompt="The sea was", n=3, first_seed=40, max_new_tokens=10,
+                                    temperature=1.0, top_p=1.0, compare=True, temperature_b=0.3, top_p_b=0.9,
+                                    api_name="/samples")
+    samples = data["samples"]
+    assert [s["seed"] for s in samples] == [40, 41, 42, 40, 41, 42]
+    assert [s["row"] for s in samples] == [0, 0, 0, 1, 1, 1] and all(s["done"] for s in samples)
+    assert samples[3]["settings"]["temperature"] == 0.3 and samples[3]["settings"]["top_p"] == 0.9
+    for s in (samples[0], samples[4]):
+        settings = {k: v for k, v in s["settings"].items() if k in GOOD}
+        text, _ = client.predict(**{**GOOD, **settings, "prompt": "The sea was", "max_new_tokens": 10},
+                                 api_name="/generate")
+        assert text == s["text"], s["seed"]
+    assert out_html.count("class='card'") == 6
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("n", 9, r"n must be in \[2, 8\]"),
+    ("n", 1, r"n must be in \[2, 8\]"),
+    ("first_seed", 2**40, "seed"),
+    ("temperature_b", 99, "temperature must be in"),
+    ("top_p_b", "all", "top_p"),
+    ("prompt", "", "prompt"),
+])
+def test_samples_endpoint_validates_on_the_server(client, field, value, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(**{"prompt": "The sea was", "n": 2, "first_seed": 1, "max_new_tokens": 4, "compare": True,
+                          "temperature_b": 1.0, "top_p_b": 1.0, field: value}, api_name="/samples")

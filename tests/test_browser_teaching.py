@@ -129,3 +129,49 @@ def test_a_generated_token_opens_its_step_and_the_timeline_has_a_point_per_token
     assert page.locator("#attention-view input[value=token]").is_checked()
     assert "from the cache" in page.locator("#attention-notice").inner_text()
     assert page.console.errors == []
+
+
+# ----------------------------------------------------------------------------- samples side by side
+
+
+def card_texts(page) -> list[tuple[int, str]]:
+    """(seed, generated text) of each sample card."""
+    return page.evaluate("""() => [...document.querySelectorAll('#samples .card')].map(c => [
+      parseInt(c.querySelector('.head b').textContent),
+      [...c.querySelector('.text').childNodes].filter(n => !(n.classList && n.classList.contains('prompt')))
+        .map(n => n.textContent).join('')])""")
+
+
+def test_samples_stream_side_by_side_and_each_equals_a_generation_alone(page):
+    open_tab(page, "Samples")
+    page.locator("#samples-prompt textarea").fill(PROMPT)
+    set_slider(page, "Samples (seeds)", 3)
+    set_slider(page, "Max new tokens", 12)
+    seed_box = page.get_by_label("Seed of the first sample", exact=True)
+    seed_box.fill("21")
+    seed_box.press("Tab")
+    page.get_by_label("Second row: the same seeds under another temperature and top-p").check()
+    page.get_by_role("button", name="Generate samples").click()
+    page.wait_for_function("() => { const c = document.querySelectorAll('#samples .card'); return c.length === 6 && "
+                           "[...c].every(x => x.querySelector('.head').textContent.includes('done')); }",
+                           timeout=120_000)
+    cards = card_texts(page)
+    assert [seed for seed, _ in cards] == [21, 22, 23] * 2
+    assert all(text.strip() for _, text in cards)
+    heads = page.locator("#samples .rowhead").all_inner_texts()
+    assert len(heads) == 2 and "Temperature 0.8" in heads[0] and "Temperature 1.2" in heads[1], heads
+    scroll_to(page, "#samples", 160)
+    screenshot(page, "samples", docs_name="samples")
+
+    # Re-run the first and the last sample alone in the Generate tab: the same seed gives the same text.
+    for index in (0, 5):
+        page.locator(f'#samples button[data-sample="{index}"]').click()
+        page.wait_for_function("n => [...document.querySelectorAll('[role=tab]')].some(t => t.textContent.trim() "
+                               "=== n && t.getAttribute('aria-selected') === 'true')", arg="Generate")
+        seed = cards[index][0]
+        page.wait_for_function("s => document.querySelector('input[aria-label=\"Seed\"]')?.value === String(s)",
+                               arg=seed)
+        assert page.get_by_label("Prompt", exact=True).input_value() == PROMPT
+        assert generate(page) == cards[index][1], f"sample {index} (seed {seed}) alone"
+        open_tab(page, "Samples")
+    assert page.console.errors == []

@@ -271,7 +271,7 @@ class GenerateTab:
 
     prompt: gr.Textbox
     output: gr.Textbox
-    controls: dict  # setting name -> input, plus 'preset'
+    controls: dict  # setting name -> input, plus 'preset' and 'max_new_tokens'
     to_attention: gr.Button
     to_next_token: gr.Button
     last_generation: gr.State  # the record of the last generation
@@ -315,8 +315,8 @@ def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
         ev.then(**on_generation)
     stop_btn.click(None, None, None, cancels=events, **PRIVATE)
     preset.change(preset_values, preset, [controls[n] for n in PRESET_TARGETS], **PRIVATE)
-    return GenerateTab(prompt, output, {**controls, "preset": preset}, to_attention, to_next, last_generation,
-                       *token_view)
+    controls = {**controls, "preset": preset, "max_new_tokens": max_new_tokens}
+    return GenerateTab(prompt, output, controls, to_attention, to_next, last_generation, *token_view)
 
 
 def _build_token_view(ctx: AppContext, last_generation: gr.State, prompt: gr.Textbox

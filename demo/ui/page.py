@@ -10,7 +10,8 @@ import gradio as gr
 from ..backend import PRECISIONS, ModelManager
 from ..errors import ExplorerError
 from ..exports import EXPORT_KEEP_S
-from . import about_tab, attention_tab, generate_tab, next_token_tab
+from ..sampling import NAMES
+from . import about_tab, attention_tab, generate_tab, next_token_tab, samples_tab
 from .common import PRIVATE, AppContext, current_session, user_errors
 from .inputs import ChoiceDropdown
 
@@ -97,6 +98,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate") as tab:
                 gen = generate_tab.build(tab, ctx)
+            with gr.Tab("Samples", id="samples") as tab:
+                smp = samples_tab.build(tab, ctx)
             with gr.Tab("Attention", id="attention") as tab:
                 att = attention_tab.build(tab, ctx)
             with gr.Tab("Next token", id="next_token") as tab:
@@ -115,6 +118,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         for button, target, tab_id in ((gen.step_to_attention, att, "attention"),
                                        (gen.step_to_next_token, nxt, "next_token")):
             button.click(_opener(tab_id), None, tabs, **PRIVATE).then(**target.open_step(step))
+        # A sample re-run alone: its prompt, length, settings and seed in the Generate tab.
+        smp.view.rerun(smp.rerun.rerun, [smp.data], [gen.prompt, gen.controls["max_new_tokens"],
+                                                      *[gen.controls[n] for n in NAMES]], **PRIVATE).success(
+            _opener("generate"), None, tabs, **PRIVATE)
         demo.load(models.status, None, model_status, **PRIVATE)
         demo.unload(models.forget)
     return demo

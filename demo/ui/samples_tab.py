@@ -1,0 +1,156 @@
+"""The Samples tab: N continuations of one prompt streamed side by side, each with its seed, optionally
+a second row under another temperature and top-p with the same seeds; any sample re-runs alone in the
+Generate tab. Also the public ``/samples`` endpoint."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import gradio as gr
+
+from ..backend import ModelManager
+from ..generation import stream_samples
+from ..samples import FIRST_SEED, N_SAMPLES, SAMPLE_TOKENS, results, sample_set
+from ..sampling import NAMES, SETTING, validate_sampling
+from .common import PRIVATE, AppContext, current_session, user_errors, with_parameters
+from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
+
+DEFAULT_PROMPT = "Once upon a time, in a kingdom by the sea,"
+INTRO = """**Sampling is a roll of the dice.** Here the model continues the same prompt several times at once,
+each sample with its own seed (the dice). What the samples share is what the model is sure of; where they part
+is where it was not. Tick **Second row** to run the *same seeds* under another temperature and top-p: only the
+settings differ, so you see what they do. Every sample shows its seed: **Re-run alone** sends it to the Generate
+tab, where the same seed and settings give the same text."""
+LOCAL_LABELS = {"do_sample": "Sample (off = greedy: every sample the same)", "seed": "Seed (not used here)"}
+# /samples' parameters: the prompt, how many, the first seed, their length, the sampling settings
+# (but the seed), then the second row.
+SAMPLE_SETTINGS = [n for n in NAMES if n != "seed"]
+API_PARAMETERS = ["prompt", "n", "first_seed", "max_new_tokens", *SAMPLE_SETTINGS, "compare", "temperature_b",
+                  "top_p_b"]
+SAMPLES_CSS = """
+.samples { display: grid; gap: 10px; grid-template-columns: repeat(var(--cols, 4), minmax(0, 1fr)); }
+@media (max-width: 700px) { .samples { grid-template-columns: 1fr; } }
+.samples .rowhead { grid-column: 1 / -1; font-weight: 600; margin-top: 6px; }
+.samples .card { border: 1px solid var(--border-color-primary, #ddd); border-radius: 8px; padding: 8px 10px;
+                 display: flex; flex-direction: column; gap: 6px; }
+.samples .head { font-size: 0.85rem; opacity: 0.8; display: flex; justify-content: space-between; gap: 6px; }
+.samples .text { white-space: pre-wrap; word-break: break-word; line-height: 1.5; }
+.samples .prompt { opacity: 0.55; }
+.samples button.rerun { align-self: flex-start; font-size: 0.8rem; padding: 2px 8px; border-radius: 6px;
+                        border: 1px solid var(--border-color-primary, #ccc); background: transparent; cursor: pointer; }
+"""
+SAMPLES_JS = """
+element.addEventListener('click', (e) => {
+  const b = e.target.closest('button[data-sample]');
+  if (b) trigger('rerun', {index: parseInt(b.dataset.sample)});
+});
+"""
+
+
+# ----------------------------------------------------------------------------- formatting (pure)
+
+
+def row_title(settings: dict) -> str:
+    if not settings.get("do_sample", True):
+        return "Greedy (sampling off): every seed gives the same text"
+    return f"Temperature {settings['temperature']:g} · top-p {settings['top_p']:g}"
+
+
+def samples_html(data: dict | None) -> str:
+    """Cards of the samples (escaped text), one row per setting; each with its seed and a re-run button."""
+    if not data or not data.get("samples"):
+        return "<div class='samples'><div class='rowhead'>Press <b>Generate samples</b>.</div></div>"
+    prompt = html.escape(str(data.get("prompt", ""))[-200:])
+    rows = max(s["row"] for s in data["samples"]) + 1
+    cols = min(4, len(data["samples"]) // rows)  # a row per setting (two lines of 4 for 8 seeds)
+    parts = [f"<div class='samples' style='--cols: {cols}'>"]
+    for i, s in enumerate(data["samples"]):
+        if rows > 1 and (i == 0 or data["samples"][i - 1]["row"] != s["row"]):
+            parts.append(f"<div class='rowhead'>Row {'AB'[s['row']]}: {html.escape(row_title(s['settings']))}</div>")
+        state = "done" if s["done"] else "…"
+        parts.append(
+            f"<div class='card' data-index='{i}'><div class='head'><span>seed <b>{s['seed']}</b></span>"
+            f"<span>{s['tokens']} tokens {state}</span></div>"
+            f"<div class='text'><span class='prompt'>{prompt}</span>{html.escape(s['text'])}</div>"
+            f"<button class='rerun' data-sample='{i}' title='Open in the Generate tab with this seed and these "
+            f"settings'>↻ Re-run alone</button></div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+class SamplesHandlers:
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    @user_errors
+    def generate(self, prompt, n, first_seed, max_new_tokens, *values) -> Iterator[tuple[str, dict | None]]:
+        """Stream N samples of `prompt` together: (cards, the samples' data once all are done).
+        ``values``: the settings in :data:`SAMPLE_SETTINGS` order, then compare, temperature_b, top_p_b."""
+        settings, (compare, temperature_b, top_p_b) = values[:len(SAMPLE_SETTINGS)], values[len(SAMPLE_SETTINGS):]
+        params = validate_sampling(**dict(zip(SAMPLE_SETTINGS, settings)))
+        samples = sample_set(prompt, n, first_seed, max_new_tokens, params, compare, temperature_b, top_p_b)
+        with self.manager.use(current_session()) as loaded:
+            stream = stream_samples(loaded, samples.requests())
+            try:
+                for updates in stream:
+                    data = results(samples, updates)
+                    yield samples_html(data), data if all(u.done for u in updates) else gr.skip()
+            finally:
+                stream.close()  # Stop, a closed tab: every sample leaves the batch at the next step
+
+    @staticmethod
+    def rerun(data, evt: gr.EventData):
+        """The Generate tab's prompt, max new tokens, settings (NAMES order) and seed for one sample."""
+        index = getattr(evt, "index", None) if evt is not None else None
+        samples = data.get("samples") if isinstance(data, dict) else None
+        if not isinstance(samples, list) or not isinstance(index, int) or not 0 <= index < len(samples):
+            raise gr.Error("generate samples first, then choose one to re-run", print_exception=False)
+        s = samples[index]["settings"]
+        return [data["prompt"], data["max_new_tokens"], *[s[name] for name in NAMES]]
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+class SamplesTab(NamedTuple):
+    view: gr.HTML
+    data: gr.JSON  # the last samples' data (what a re-run reads)
+    rerun: SamplesHandlers
+
+
+def build(tab: gr.Tab, ctx: AppContext) -> SamplesTab:
+    h = SamplesHandlers(ctx.manager)
+    gr.Markdown(INTRO)
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt for the samples", value=DEFAULT_PROMPT, lines=2, max_lines=8, elem_id="samples-prompt")
+            with gr.Row():
+                n = setting_input(N_SAMPLES, label="Samples (seeds)")
+                first_seed = setting_input(FIRST_SEED, value=FIRST_SEED.default)
+                max_new_tokens = setting_input(SAMPLE_TOKENS)
+            with gr.Row():
+                go_btn = gr.Button("Generate samples", variant="primary")
+                stop_btn = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=2), gr.Accordion("Sampling settings (row A)", open=True):
+            preset = preset_radio()
+            local = sampling_inputs(labels=LOCAL_LABELS)
+            local["seed"].visible = False  # each sample has its own seed (above)
+            with gr.Group():
+                compare = gr.Checkbox(False, label="Second row: the same seeds under another temperature and top-p")
+                temperature_b = setting_input(SETTING["temperature"], value=1.2, label="Temperature (row B)")
+                top_p_b = setting_input(SETTING["top_p"], value=1.0, label="Top-p (row B)")
+    view = gr.HTML(samples_html(None), css_template=SAMPLES_CSS, js_on_load=SAMPLES_JS, elem_id="samples")
+    data = gr.JSON(visible=False, label="samples")
+
+    inputs = [prompt, n, first_seed, max_new_tokens, *[local[k] for k in SAMPLE_SETTINGS], compare, temperature_b,
+              top_p_b]
+    run = with_parameters(h.generate, API_PARAMETERS)
+    event = go_btn.click(run, inputs, [view, data], api_name="samples", **ctx.generate_queue)
+    stop_btn.click(None, None, None, cancels=[event], **PRIVATE)
+    preset.input(preset_values, preset, [local[k] for k in PRESET_TARGETS], **PRIVATE)
+    return SamplesTab(view, data, h)
