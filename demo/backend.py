@@ -358,6 +358,41 @@ class ModelManager:
         key = self.key(name, precision)
         if visitor:
             self.check_visitor_may_load(key)
+        loaded = self._obtain(key, progress, default_on_error=session is None)
+        with self._lock:
+            self._models.move_to_end(key)
+            if session is None:
+                self.default, self.last_error, self.notice = key, None, None
+            else:
+                self._sessions[session] = key
+                self._sessions.move_to_end(session)
+                while len(self._sessions) > MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
+        return loaded
+
+    @contextlib.contextmanager
+    def hold(self, name, precision, progress: ProgressFn | None = None, visitor: bool = False
+             ) -> Iterator[LoadedModel]:
+        """A catalogue model in a precision, loaded if needed (once, like :meth:`load`) but chosen by
+        nobody: kept from eviction until the block ends, then an ordinary pool member (a comparison's
+        second precision)."""
+        key = self.key(name, precision)
+        if visitor:
+            self.check_visitor_may_load(key)
+        while True:
+            loaded = self._obtain(key, progress)
+            with self._lock:
+                if self._models.get(key) is loaded:  # not evicted between the load and here
+                    self._users[key] = self._users.get(key, 0) + 1
+                    break
+        try:
+            yield loaded
+        finally:
+            with self._lock:
+                self._users[key] -= 1
+
+    def _obtain(self, key: ModelKey, progress: ProgressFn | None, default_on_error: bool = False) -> LoadedModel:
+        """The pool's model for ``key``, loading it (once) when it is not there."""
         with self._lock:
             loaded = self._models.get(key)
             key_lock = self._loading.setdefault(key, threading.Lock()) if loaded is None else None
@@ -371,21 +406,12 @@ class ModelManager:
                     try:
                         loaded = load_model(find_spec(self.catalog, key[0]), key[1], self.device, progress)
                     except ModelLoadError as exc:
-                        if session is None:
+                        if default_on_error:
                             self.last_error = str(exc)
                         raise
                     with self._lock:
                         self._models[key] = loaded
                         self._evict(keep=key)
-        with self._lock:
-            self._models.move_to_end(key)
-            if session is None:
-                self.default, self.last_error, self.notice = key, None, None
-            else:
-                self._sessions[session] = key
-                self._sessions.move_to_end(session)
-                while len(self._sessions) > MAX_SESSIONS:
-                    self._sessions.popitem(last=False)
         return loaded
 
     def add(self, loaded: LoadedModel) -> None:

@@ -175,3 +175,25 @@ def test_samples_stream_side_by_side_and_each_equals_a_generation_alone(page):
         assert generate(page) == cards[index][1], f"sample {index} (seed {seed}) alone"
         open_tab(page, "Samples")
     assert page.console.errors == []
+
+
+# ----------------------------------------------------------------------------- the cost of 8 bits
+
+
+def test_the_cost_of_8_bits_compares_the_two_precisions(page, live_app):
+    open_tab(page, "8-bit vs full")
+    page.get_by_role("button", name="Compare 8-bit with full precision").click()
+    page.wait_for_function("() => document.querySelector('#precision-summary').innerText.includes('changed at')",
+                           timeout=120_000)
+    summary = page.locator("#precision-summary").inner_text()
+    m = re.search(r"int8 vs fp32 \(gutenberg-gpt\): the top choice changed at (\d+) of (\d+) positions", summary)
+    assert m and int(m.group(1)) <= int(m.group(2)), summary
+    wait_for_plot_with_data(page, "#precision-plot")
+    traces = plot_data(page, "#precision-plot")
+    kl = traces[0]
+    assert len(kl["y"]) == int(m.group(2)) and all(y >= 0 for y in kl["y"])
+    assert "MB" in page.locator("#precision-memory").inner_text()
+    assert live_app[0].manager.require().precision == "fp32", "the visitor's own model is unchanged"
+    scroll_to(page, "#precision-summary", 60)
+    screenshot(page, "precision", docs_name="precision")
+    assert page.console.errors == []

@@ -11,7 +11,7 @@ from ..backend import PRECISIONS, ModelManager
 from ..errors import ExplorerError
 from ..exports import EXPORT_KEEP_S
 from ..sampling import NAMES
-from . import about_tab, attention_tab, generate_tab, next_token_tab, samples_tab
+from . import about_tab, attention_tab, generate_tab, next_token_tab, precision_tab, samples_tab
 from .common import PRIVATE, AppContext, current_session, user_errors
 from .inputs import ChoiceDropdown
 
@@ -104,6 +104,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 att = attention_tab.build(tab, ctx)
             with gr.Tab("Next token", id="next_token") as tab:
                 nxt = next_token_tab.build(tab, ctx, gen.controls)
+            with gr.Tab("8-bit vs full", id="precision") as tab:
+                precision_tab.build(tab, ctx)
             with gr.Tab("About", id="about") as tab:
                 about_tab.build(tab)
 

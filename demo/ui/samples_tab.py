@@ -128,7 +128,8 @@ def build(tab: gr.Tab, ctx: AppContext) -> SamplesTab:
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column(scale=3):
-            prompt = gr.Textbox(label="Prompt for the samples", value=DEFAULT_PROMPT, lines=2, max_lines=8, elem_id="samples-prompt")
+            prompt = gr.Textbox(label="Prompt for the samples", value=DEFAULT_PROMPT, lines=2, max_lines=8,
+                                elem_id="samples-prompt")
             with gr.Row():
                 n = setting_input(N_SAMPLES, label="Samples (seeds)")
                 first_seed = setting_input(FIRST_SEED, value=FIRST_SEED.default)
