@@ -168,8 +168,12 @@ def wait_for_plot_with_data(page, within: str | None = None, timeout_s: float = 
     sel = f"{within} .js-plotly-plot" if within else ".js-plotly-plot"
     page.wait_for_function("sel => [...document.querySelectorAll(sel)].some(g => g.offsetParent !== null && "
                            "window.__plotSummary(g).nonzero > 0)", arg=sel, timeout=timeout_s * 1000)
-    best = max((plot_summary(page, h) for h in visible_plots(page, within)), key=lambda s: s["nonzero"])
-    return best
+    for _ in range(50):  # a figure may be redrawn between the wait and here
+        plots = visible_plots(page, within)
+        if plots:
+            return max((plot_summary(page, h) for h in plots), key=lambda s: s["nonzero"])
+        time.sleep(0.1)
+    raise AssertionError(f"the figure in {within or 'the page'} disappeared after showing data")
 
 
 def open_tab(page, name: str) -> None:

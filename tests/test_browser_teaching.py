@@ -197,3 +197,99 @@ def test_the_cost_of_8_bits_compares_the_two_precisions(page, live_app):
     scroll_to(page, "#precision-summary", 60)
     screenshot(page, "precision", docs_name="precision")
     assert page.console.errors == []
+
+
+# ----------------------------------------------------------------------------- a link that restores the lesson
+
+
+def selected_tab(page) -> str:
+    return page.evaluate("() => [...document.querySelectorAll('[role=tab]')].find(t => "
+                         "t.getAttribute('aria-selected') === 'true')?.textContent.trim()")
+
+
+def copy_link(page) -> str:
+    page.get_by_role("button", name="Copy a link to this view").click()
+    page.wait_for_function("() => document.querySelector('#share-link textarea, #share-link input')?.value"
+                           ".includes('#')")
+    return page.locator("#share-link textarea, #share-link input").first.input_value()
+
+
+def test_a_copied_link_restores_the_text_settings_and_view_in_a_fresh_browser(page, browser, live_app):
+    set_prompt(page, PROMPT)
+    set_slider(page, "Max new tokens", 14)
+    set_slider(page, "Temperature", 1.3)
+    set_seed(page, 42)
+    text = generate(page)
+    open_tab(page, "Attention")
+    attention_text = "The cat sat on the mat. The cat sat on the"
+    page.locator("#attention-text textarea").fill(attention_text)
+    page.get_by_role("button", name="Show attention").click()
+    wait_for_plot_with_data(page, "#attention-plot")
+    page.locator("#attention-view").get_by_label("All heads of a layer").check()
+    set_slider(page, "Layer (0 = first)", 2)
+    page.wait_for_function("() => document.querySelector('#attention-note').innerText.includes('layer 2')")
+    link = copy_link(page)
+    assert link.startswith(live_app[1]) and "tab=attention" in link and "seed=42" in link
+
+    fresh = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        other = fresh.new_page()
+        other.set_default_timeout(60_000)
+        from browser_helpers import open_app
+
+        console = open_app(other, link)
+        other.wait_for_function("() => [...document.querySelectorAll('[role=tab]')].some(t => "
+                                "t.textContent.trim() === 'Attention' && t.getAttribute('aria-selected') === 'true')")
+        other.wait_for_function("t => document.querySelector('#attention-text textarea').value === t",
+                                arg=attention_text)
+        wait_for_plot_with_data(other, "#attention-plot")
+        assert other.locator("#attention-view").get_by_label("All heads of a layer").is_checked()
+        other.wait_for_function("() => document.querySelector('#attention-note').innerText.includes('layer 2')")
+        assert "Opened from a shared link" in other.locator("#link-notice").inner_text()
+        screenshot(other, "link-restored", docs_name="link-restored")
+        open_tab(other, "Generate")
+        assert other.get_by_label("Prompt", exact=True).input_value() == PROMPT
+        assert other.get_by_label("Seed", exact=True).input_value() == "42"
+        assert number_value(other, "Temperature") == 1.3 and number_value(other, "Max new tokens") == 14
+        assert generate(other) == text, "the same model, settings and seed give the same text"
+        assert console.errors == []
+    finally:
+        fresh.close()
+
+
+def number_value(page, label: str) -> float:
+    return float(page.locator(f'input[aria-label="number input for {label}"]:visible').first.input_value())
+
+
+TAMPERED = {
+    "nan-and-unknown-model": ("#model=no-such-model&temperature=NaN&top_k=-5&tab=attention&layer=999999999",
+                              ["model must be one of", "temperature must be a finite number", "top_k must be in",
+                               "layer must be in"]),
+    "script-in-the-prompt": ("#prompt=%3Cscript%3Ewindow.__pwned%3D1%3C%2Fscript%3E%3Cimg%20src%3Dx%20onerror%3D"
+                             "%22window.__pwned%3D2%22%3E&seed=abc&nonsense=1",
+                             ["seed must be", "'nonsense' is not something a link can set"]),
+    "a-1-mb-prompt": ("#prompt=" + "a" * 1_000_000, ["the link is too long"]),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERED))
+def test_a_tampered_link_opens_the_page_with_a_notice(page, live_app, name):
+    from browser_helpers import injected_elements, open_app
+
+    fragment, expected = TAMPERED[name]
+    page.goto("about:blank")
+    console = open_app(page, live_app[1] + fragment)
+    page.wait_for_function("() => document.querySelector('#link-notice')?.innerText.includes('could not be used')",
+                           timeout=60_000)
+    notice = page.locator("#link-notice").inner_text()
+    for words in expected:
+        assert words in notice, (words, notice)
+    assert len(notice) < 2_000
+    if name == "script-in-the-prompt":
+        assert page.get_by_label("Prompt", exact=True).input_value().startswith("<script>window.__pwned=1")
+    assert injected_elements(page) == {"pwned": None, "imgs": 0, "scripts": 0, "handlers": 0, "iframes": 0}
+    open_tab(page, "Generate")
+    set_slider(page, "Max new tokens", 4)
+    assert generate(page).strip(), "the page works after a bad link"
+    assert live_app[0].manager.require().name == "gutenberg-gpt"
+    assert console.errors == []

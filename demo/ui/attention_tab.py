@@ -264,6 +264,8 @@ class AttentionTab(NamedTuple):
     text: gr.Textbox
     on_text: dict  # the event that analyses the text box (for the Generate tab's link)
     open_step: Callable[[list], dict]  # inputs (record, position) -> the event that opens a generated token's step
+    controls: dict  # view, layer, head, aggregate, token, scope
+    restore: Callable[[gr.State], dict]  # a link's state -> the event that draws the view it names
 
 
 def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
@@ -367,4 +369,22 @@ def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
         return dict(fn=h.open_step, inputs=inputs, outputs=outputs, show_progress_on=[plot], **PRIVATE,
                     **ctx.model_queue)
 
-    return AttentionTab(text, analyse_event, open_step)
+    def restore(restored: gr.State) -> dict:
+        """The event that draws what a link names (a dict from :func:`demo.ui.share.restore`), if it names
+        this tab: its text, in its view, layer, head and token."""
+        def draw(link):
+            if not isinstance(link, dict) or link.get("tab") != "attention" or not link.get("text"):
+                return unchanged(Analysed)
+            a = link.get("attention") or {}
+            try:
+                return h.analyse(link["text"], link["text"], a.get("view", "head"), a.get("layer", 0), a.get("head", 0),
+                                 a.get("aggregate", "mean-heads"), a.get("token"), a.get("scope", "layer"))
+            except gr.Error:
+                return unchanged(Analysed)
+
+        return dict(fn=draw, inputs=[restored], outputs=analysed_out, show_progress_on=[plot], **PRIVATE,
+                    **ctx.model_queue)
+
+    return AttentionTab(text, analyse_event, open_step, dict(zip(("view", "layer", "head", "aggregate", "token",
+                                                                  "scope", "open_head"), [*settings, open_btn])),
+                        restore)

@@ -372,6 +372,7 @@ class NextTokenTab(NamedTuple):
     text: gr.Textbox
     on_text: dict  # the event that receives a text and settings from the Generate tab
     open_step: Callable[[list], dict]  # inputs (record, position) -> the event that opens a generated token's step
+    restore: Callable[[gr.State], dict]  # a link's state -> the event that draws its text, if it names this tab
 
 
 def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
@@ -479,5 +480,19 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
     def open_step_event(inputs: list) -> dict:
         return dict(fn=open_step, inputs=[*inputs, top_n, query], outputs=settings + view_out, **common)
 
+    def restore(restored: gr.State) -> dict:
+        """The event that draws what a link names, if it names this tab: its text under the Generate tab's
+        settings (which the link has just set)."""
+        def draw(link, top_n_, query_, *gen_values):
+            if not isinstance(link, dict) or link.get("tab") != "next_token" or not link.get("text"):
+                return [gr.skip()] * (len(settings) + 1 + len(view_out))
+            try:
+                return on_text(link["text"], top_n_, query_, *gen_values)
+            except gr.Error:
+                return [gr.skip()] * (len(settings) + 1 + len(view_out))
+
+        return dict(fn=draw, inputs=[restored, top_n, query] + gen_settings, outputs=settings + [preset] + view_out,
+                    **common)
+
     return NextTokenTab(text, dict(fn=on_text, inputs=[text, top_n, query] + gen_settings,
-                                   outputs=settings + [preset] + view_out, **common), open_step_event)
+                                   outputs=settings + [preset] + view_out, **common), open_step_event, restore)

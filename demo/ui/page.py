@@ -11,7 +11,7 @@ from ..backend import PRECISIONS, ModelManager
 from ..errors import ExplorerError
 from ..exports import EXPORT_KEEP_S
 from ..sampling import NAMES
-from . import about_tab, attention_tab, generate_tab, next_token_tab, precision_tab, samples_tab
+from . import about_tab, attention_tab, generate_tab, next_token_tab, precision_tab, samples_tab, share
 from .common import PRIVATE, AppContext, current_session, user_errors
 from .inputs import ChoiceDropdown
 
@@ -94,6 +94,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                           label="Precision", scale=1, info="auto = 8-bit on GPU, fp32 on CPU")
             load_btn = gr.Button("Load model", scale=1)
         model_status = gr.Markdown(models.status(), elem_classes="model-status")
+        link_row = share.share_row()
 
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate") as tab:
@@ -108,6 +109,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 precision_tab.build(tab, ctx)
             with gr.Tab("About", id="about") as tab:
                 about_tab.build(tab)
+        tab_ids = {t.id: t for t in tabs.children if isinstance(t, gr.Tab)}
+        share.connect(demo, link_row, manager, tabs, tab_ids, model_dd, precision_dd, model_status, gen, att, nxt,
+                      models.status)
 
         load_btn.click(models.load_model, [model_dd, precision_dd], model_status, api_name="load_model",
                        concurrency_limit=1, concurrency_id="load")

@@ -1,0 +1,124 @@
+"""Links that restore a lesson: what a page shows (model, prompt, sampling settings and seed, tab, the
+analysed text and the attention view), written into the fragment of a URL and read back. No Gradio.
+
+The state travels in the URL's fragment (``#tab=attention&layer=2&…``), which the browser never sends
+to the server with the page request: a long or hostile link cannot stop the page from loading. The
+page hands the fragment to the server, where :func:`read_link` checks every value with the same
+checks the API applies and returns the valid ones with a list of what it had to leave out, so a bad
+link opens the page with a notice instead of an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode
+
+from .attention import AGGREGATES, SCOPES, VIEWS
+from .errors import ExplorerError
+from .sampling import MAX_NEW_TOKENS, SETTING
+from .validation import MAX_TEXT_CHARS, check_choice, check_number, check_text
+
+MAX_LINK_CHARS = 32_000  # a longer link is refused whole (a 1 MB prompt has no place in a URL)
+MAX_FIELDS = 40
+MAX_LINK_TEXT = 4_000  # characters of a prompt or text a link carries
+TABS = ("generate", "samples", "attention", "next_token", "precision", "about")
+GENERATION = (MAX_NEW_TOKENS.name, *SETTING)  # the Generate tab's settings, in the page's order
+ATTENTION = ("view", "layer", "head", "aggregate", "token", "scope")
+MAX_INDEX = 4_096  # a layer, head or token index beyond any model the app serves
+
+
+@dataclass
+class LinkState:
+    """The valid values of a link (None: not in the link, or left out) and the problems found."""
+
+    model: str | None = None
+    precision: str | None = None
+    tab: str | None = None
+    prompt: str | None = None
+    settings: dict = field(default_factory=dict)  # name -> value, of GENERATION
+    text: str | None = None  # the analysis tab's text
+    attention: dict = field(default_factory=dict)  # name -> value, of ATTENTION
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.model or self.tab or self.prompt or self.settings or self.text or self.attention)
+
+
+def _short(value: str, n: int = 40) -> str:
+    return value if len(value) <= n else value[:n] + "…"
+
+
+def _check_setting(name: str, value: str):
+    setting = MAX_NEW_TOKENS if name == MAX_NEW_TOKENS.name else SETTING[name]
+    if setting.kind == "seed" and value.strip() in ("", "-1"):
+        return None
+    return setting.check(value, slider=True)  # what the page's sliders accept
+
+
+def read_link(fragment, models: list[str], precisions: list[str]) -> LinkState:
+    """The state a link's fragment describes (without the '#'), every value checked; a value that fails
+    its check is left out and named in ``problems``."""
+    state = LinkState()
+    if not isinstance(fragment, str) or not fragment.strip("#"):
+        return state
+    if len(fragment) > MAX_LINK_CHARS:
+        state.problems.append(f"the link is too long ({len(fragment):,} characters; at most {MAX_LINK_CHARS:,}), "
+                              "so none of it was used")
+        return state
+    try:
+        pairs = parse_qsl(fragment.lstrip("#"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError:
+        state.problems.append(f"the link has more than {MAX_FIELDS} values, so none of it was used")
+        return state
+    seen: set[str] = set()
+    for key, value in pairs:
+        if key in seen:
+            state.problems.append(f"{_short(key)} is given twice (the first one was used)")
+            continue
+        seen.add(key)
+        try:
+            if key == "model":
+                state.model = check_choice("model", value, models, exact=True)
+            elif key == "precision":
+                state.precision = check_choice("precision", value, precisions, exact=True)
+            elif key == "tab":
+                state.tab = check_choice("tab", value, list(TABS), exact=True)
+            elif key in ("prompt", "text"):
+                setattr(state, key, check_text(key, value, min(MAX_LINK_TEXT, MAX_TEXT_CHARS)))
+            elif key in GENERATION:
+                state.settings[key] = _check_setting(key, value)
+            elif key == "view":
+                state.attention[key] = check_choice("view", value, list(VIEWS), exact=True)
+            elif key == "aggregate":
+                state.attention[key] = check_choice("aggregate", value, list(AGGREGATES), exact=True)
+            elif key == "scope":
+                state.attention[key] = check_choice("scope", value, list(SCOPES), exact=True)
+            elif key in ("layer", "head", "token"):
+                state.attention[key] = check_number(key, value, 0, MAX_INDEX, integer=True)
+            else:
+                state.problems.append(f"{_short(key)!r} is not something a link can set")
+        except ExplorerError as exc:
+            state.problems.append(str(exc))
+    return state
+
+
+def make_link(model: str, precision: str, tab: str, prompt: str, settings: dict, text: str | None = None,
+              attention: dict | None = None) -> str:
+    """The fragment (without '#') of a link to this state; the values are the page's, already valid."""
+    values: list[tuple[str, object]] = [("model", model), ("precision", precision), ("tab", tab)]
+    values.append(("prompt", prompt[:MAX_LINK_TEXT]))
+    for name in GENERATION:
+        value = settings.get(name)
+        if name == "seed" and value is None:
+            value = -1
+        if isinstance(value, bool):
+            value = str(value).lower()
+        if value is not None:
+            values.append((name, value))
+    if text is not None:
+        values.append(("text", text[:MAX_LINK_TEXT]))
+    for name in ATTENTION:
+        if attention and attention.get(name) is not None:
+            values.append((name, attention[name]))
+    return urlencode(values)

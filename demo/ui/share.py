@@ -1,0 +1,141 @@
+"""A link that restores the lesson: the "Copy link" button writes what the page shows into a URL (its
+fragment: see :mod:`demo.links`), and a page opened from such a link is set from it — the model,
+prompt, sampling settings, seed, tab, the analysed text and the attention view — then draws that tab.
+Every value is checked on the server; a bad link opens the page with a notice."""
+
+from __future__ import annotations
+
+import html
+from typing import NamedTuple
+
+import gradio as gr
+
+from ..backend import PRECISIONS, ModelManager
+from ..errors import ExplorerError
+from ..links import ATTENTION, GENERATION, TABS, LinkState, make_link, read_link
+from .attention_tab import AttentionTab, view_controls
+from .common import PRIVATE, current_session, user_errors
+from .generate_tab import GenerateTab
+from .next_token_tab import NextTokenTab
+
+TAB_NAMES = {"generate": "Generate", "samples": "Samples", "attention": "Attention", "next_token": "Next token",
+             "precision": "8-bit vs full", "about": "About"}
+# The page reads its own fragment and hands it to the server; the button's result becomes the full
+# URL, goes to the clipboard (where the browser allows) and into the address bar.
+READ_FRAGMENT_JS = "(fragment) => window.location.hash.slice(1)"
+SHOW_LINK_JS = """(fragment) => {
+  if (!fragment) return fragment;
+  const url = window.location.origin + window.location.pathname + '#' + fragment;
+  try { history.replaceState(null, '', '#' + fragment); } catch (e) {}
+  if (navigator.clipboard) navigator.clipboard.writeText(url).catch(() => {});
+  return url;
+}"""
+
+
+def describe(state: LinkState) -> str:
+    """What a link restored, and what it had to leave out, for the notice above the tabs."""
+    lines = []
+    if not state.empty:
+        where = TAB_NAMES.get(state.tab or "generate", "Generate")
+        lines.append(f"🔗 **Opened from a shared link** on the *{where}* tab. The same model, settings and seed give "
+                     "the same text: press **Generate** to see it.")
+    if state.problems:
+        shown = "; ".join(html.escape(p) for p in state.problems[:6])
+        more = f" (and {len(state.problems) - 6} more)" if len(state.problems) > 6 else ""
+        lines.append(f"⚠️ **Part of this link could not be used**, so the page keeps its defaults there: {shown}{more}.")
+    return "\n\n".join(lines)
+
+
+class ShareHandlers:
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def restore(self, fragment, progress=gr.Progress()) -> list:
+        """Every output of the link's first step (see :func:`connect`), from the page's fragment."""
+        state = read_link(fragment, self.manager.names, list(PRECISIONS))
+        session = current_session()
+        model_dd = precision_dd = gr.skip()
+        if state.model or state.precision:
+            current = self.manager.require(session) if self.manager.current else None
+            name = state.model or (current.name if current else None)
+            precision = state.precision or (current.precision if current else "auto")
+            try:
+                if name:
+                    progress(0.0, desc=f"Loading {name} for this link…")
+                    loaded = self.manager.load(name, precision, session=session, visitor=True,
+                                               progress=lambda frac, msg: progress(frac, desc=msg))
+                    model_dd, precision_dd = loaded.name, loaded.precision
+            except ExplorerError as exc:
+                state.problems.append(str(exc))
+        settings = state.settings
+        tab = state.tab or ("generate" if not state.empty else None)
+        a = state.attention
+        view = a.get("view", "head")
+        controls = list(view_controls(view)) if tab == "attention" else [gr.skip()] * 6
+        if tab == "attention":  # the choices that need no analysis are set here, the rest by the drawing
+            controls[2] = gr.Dropdown(visible=view == "aggregate", value=a.get("aggregate", "mean-heads"))
+            controls[4] = gr.Radio(visible=view == "token", value=a.get("scope", "layer"))
+        restored = {"tab": tab, "text": state.text, "attention": dict(a)} if tab else None
+        return [
+            model_dd, precision_dd,
+            state.prompt if state.prompt is not None else gr.skip(),
+            *[settings[n] if n in settings else gr.skip() for n in GENERATION],
+            gr.Tabs(selected=tab) if tab else gr.skip(), tab or gr.skip(),
+            state.text if tab == "attention" and state.text else gr.skip(),
+            view if tab == "attention" else gr.skip(), *controls,
+            state.text if tab == "next_token" and state.text else gr.skip(),
+            gr.Markdown(describe(state), visible=bool(describe(state))), restored,
+        ]
+
+    @user_errors
+    def link(self, tab, prompt, *values) -> str:
+        """The fragment of a link to what this page shows (its values pass the page's own checks)."""
+        loaded = self.manager.require(current_session())
+        n_gen = len(GENERATION)
+        settings = dict(zip(GENERATION, values[:n_gen]))
+        attention_text, *attention, next_text = values[n_gen:]
+        tab = tab if tab in TABS else "generate"
+        text = attention_text if tab == "attention" else next_text if tab == "next_token" else None
+        view = dict(zip(ATTENTION, attention)) if tab == "attention" else None
+        return make_link(loaded.name, loaded.precision, tab, prompt or "", settings, text, view)
+
+
+class ShareRow(NamedTuple):
+    button: gr.Button
+    link: gr.Textbox
+    notice: gr.Markdown
+
+
+def share_row() -> ShareRow:
+    """The Copy link button, where the link appears, and the notice of a page opened from a link."""
+    with gr.Row(equal_height=True):
+        button = gr.Button("🔗 Copy a link to this view", size="sm", scale=1, min_width=200)
+        link = gr.Textbox(show_label=False, placeholder="A link to what this page shows: a teacher's slide, a "
+                          "student's question…", interactive=False, buttons=["copy"], scale=4, elem_id="share-link",
+                          max_lines=1)
+    return ShareRow(button, link, gr.Markdown("", visible=False, elem_id="link-notice"))
+
+
+def connect(demo: gr.Blocks, row: ShareRow, manager: ModelManager, tabs: gr.Tabs, tab_ids: dict[str, gr.Tab],
+            model_dd, precision_dd, model_status, gen: GenerateTab, att: AttentionTab, nxt: NextTokenTab,
+            status_fn) -> None:
+    """Copying a link, and restoring a page from its link (inside ``demo``, after its tabs are built)."""
+    h = ShareHandlers(manager)
+    share_btn, share_box, notice = row
+    current_tab = gr.State("generate")
+    restored = gr.State(None)
+    fragment = gr.Textbox(visible=False)
+    for tab_id, tab in tab_ids.items():
+        tab.select(lambda t=tab_id: t, None, current_tab, queue=False, **PRIVATE)
+
+    gen_inputs = [gen.controls[n] for n in GENERATION]
+    att_controls = [att.controls[n] for n in ("layer", "head", "aggregate", "token", "scope", "open_head")]
+    outputs = [model_dd, precision_dd, gen.prompt, *gen_inputs, tabs, current_tab, att.text, att.controls["view"],
+               *att_controls, nxt.text, notice, restored]
+    demo.load(h.restore, [fragment], outputs, js=READ_FRAGMENT_JS, show_progress_on=[model_status],
+              **PRIVATE).then(status_fn, None, model_status, **PRIVATE).then(
+        **att.restore(restored)).then(**nxt.restore(restored))
+    link_inputs = [current_tab, gen.prompt, *gen_inputs, att.text, *[att.controls[n] for n in ATTENTION], nxt.text]
+    share_btn.click(h.link, link_inputs, share_box, **PRIVATE).success(None, share_box, share_box, js=SHOW_LINK_JS,
+                                                                     **PRIVATE)
+

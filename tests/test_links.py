@@ -1,0 +1,61 @@
+"""Links that restore a lesson (demo.links): what a link may set, how each value is checked, and that
+a link the page makes reads back to the same state."""
+
+from __future__ import annotations
+
+import pytest
+
+from demo.backend import PRECISIONS
+from demo.links import MAX_LINK_CHARS, make_link, read_link
+
+MODELS = ["gutenberg-gpt", "gpt2"]
+
+
+def read(fragment: str):
+    return read_link(fragment, MODELS, list(PRECISIONS))
+
+
+def test_a_link_the_page_makes_reads_back_to_the_same_state():
+    settings = {"max_new_tokens": 30, "do_sample": True, "temperature": 1.3, "top_k": 0, "top_p": 0.9, "min_p": 0.05,
+                "repetition_penalty": 1.1, "no_repeat_ngram_size": 2, "seed": 42}
+    fragment = make_link("gutenberg-gpt", "fp32", "attention", "Once & for <all> #1?", settings,
+                         text="The cat sat on the mat.", attention={"view": "token", "layer": 2, "head": 1, "token": 5,
+                                                                   "aggregate": "mean-heads", "scope": "all"})
+    state = read(fragment)
+    assert state.problems == []
+    assert (state.model, state.precision, state.tab) == ("gutenberg-gpt", "fp32", "attention")
+    assert state.prompt == "Once & for <all> #1?" and state.text == "The cat sat on the mat."
+    assert state.settings == settings
+    assert state.attention == {"view": "token", "layer": 2, "head": 1, "token": 5, "aggregate": "mean-heads",
+                               "scope": "all"}
+    assert read("#" + fragment).settings == settings
+    assert read(make_link("gpt2", "int8", "generate", "Hi", {**settings, "seed": None})).settings["seed"] is None
+
+
+@pytest.mark.parametrize(("fragment", "words"), [
+    ("temperature=NaN", "temperature must be a finite number"),
+    ("temperature=9", "temperature must be in [0.05, 2]"),  # what the page's slider accepts
+    ("top_k=1.5", "top_k must be a whole number"),
+    ("seed=abc", "seed must be"),
+    ("do_sample=maybe", "do_sample"),
+    ("model=../../etc/passwd", "model must be one of"),
+    ("precision=fp64", "precision must be one of"),
+    ("tab=admin", "tab must be one of"),
+    ("view=everything", "view must be one of"),
+    ("layer=-1", "layer must be in"),
+    ("prompt=", "prompt is empty"),
+    ("prompt=" + "a" * 5000, "prompt is too long"),
+    ("what=1", "'what' is not something a link can set"),
+    ("seed=1&seed=2", "seed is given twice"),
+])
+def test_each_bad_value_is_left_out_and_named(fragment, words):
+    state = read(fragment)
+    assert any(words in p for p in state.problems), state.problems
+    assert all(len(p) < 300 for p in state.problems), "a bad value is quoted short"
+
+
+def test_too_long_or_too_many_values_are_refused_whole():
+    assert "too long" in read("prompt=" + "a" * MAX_LINK_CHARS).problems[0]
+    many = "&".join(f"k{i}=1" for i in range(100))
+    assert "more than" in read(many).problems[0]
+    assert read("").empty and read("#").empty and read(None).empty
