@@ -19,7 +19,7 @@ N_SAMPLES = Setting("n", label="Samples", kind="int", default=4, lo=2, hi=8, sli
                     help="How many continuations to generate at once (each with the next seed)")
 FIRST_SEED = Setting("first_seed", label="Seed of the first sample", kind="seed", default=1,
                      help="The samples use this seed, the next one, and so on (-1 = random)")
-SAMPLE_TOKENS = Setting("max_new_tokens", label="Max new tokens", kind="int", default=40, lo=1, hi=256,
+SAMPLE_TOKENS = Setting("max_new_tokens", label="Max new tokens per sample", kind="int", default=40, lo=1, hi=256,
                         slider=(1, 128, 1), help="How many tokens each sample adds at most")
 # The second row's settings: what most changes the character of a text.
 SECOND_SETTINGS = ("temperature", "top_p")

@@ -66,8 +66,8 @@ def need_plot(live_app, label: str):
 def test_page_loads_without_console_errors_and_shows_its_controls(page, live_app):
     assert page.title() == "GPT Explorer"
     assert "gutenberg-gpt" in page.locator(STATUS).inner_text()
-    tabs = page.get_by_role("tab").all_inner_texts()
-    assert [t.strip() for t in tabs] == ["Generate", "Attention", "Next token", "About"]
+    tabs = page.get_by_role("tablist").first.get_by_role("tab").all_inner_texts()  # the page's tabs
+    assert [t.strip() for t in tabs] == ["Generate", "Samples", "Attention", "Next token", "8-bit vs full", "About"]
     # every sampling slider is labelled and starts at the value the app gives it
     expected = {b.label: b.value for b in live_app[0].blocks.values() if isinstance(b, gr.Slider)}
     for label in GEN_SLIDERS:

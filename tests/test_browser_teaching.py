@@ -146,7 +146,7 @@ def test_samples_stream_side_by_side_and_each_equals_a_generation_alone(page):
     open_tab(page, "Samples")
     page.locator("#samples-prompt textarea").fill(PROMPT)
     set_slider(page, "Samples (seeds)", 3)
-    set_slider(page, "Max new tokens", 12)
+    set_slider(page, "Max new tokens per sample", 12)
     seed_box = page.get_by_label("Seed of the first sample", exact=True)
     seed_box.fill("21")
     seed_box.press("Tab")

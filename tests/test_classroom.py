@@ -264,10 +264,11 @@ def test_a_hub_model_is_refused_to_visitors_by_default(class_app):
 
 
 # Event handlers that never run a model (they format, copy values between inputs, or load one: the
-# "load" group has its own limit of one).
+# "load" group has its own limit of one; a page opened from a link loads its model through the same
+# pool, which loads each model once).
 MODEL_FREE = {"preset_values", "copy_settings", "_join", "open_tab", "view_controls", "pick_token", "<lambda>",
               "on_generation", "select", "clicked", "branch", "status", "forget", "load_model",
-              "load_example"}
+              "load_example", "restore", "link", "rerun"}
 
 
 def test_every_event_that_runs_a_model_is_inside_a_model_concurrency_limit(class_app):

@@ -471,7 +471,7 @@ def test_builders_follow_the_ui_contract(manager):
             gen = generate_tab.build(t, ctx)
         with gr.Tab("Next token") as t:
             tab = next_token_tab.build(t, ctx, gen.controls)
-    assert isinstance(tab.text, gr.Textbox) and set(NAMES) | {"preset"} == set(gen.controls)
+    assert isinstance(tab.text, gr.Textbox) and set(NAMES) | {"preset", "max_new_tokens"} == set(gen.controls)
     on_text = tab.on_text
     assert on_text["api_visibility"] == "private" and on_text["inputs"][0] is tab.text
     p = PRESETS["Focused"]

@@ -37,7 +37,7 @@ def describe(state: LinkState) -> str:
     lines = []
     if not state.empty:
         where = TAB_NAMES.get(state.tab or "generate", "Generate")
-        lines.append(f"🔗 **Opened from a shared link** on the *{where}* tab. The same model, settings and seed give "
+        lines.append(f"**Opened from a shared link** on the *{where}* tab. The same model, settings and seed give "
                      "the same text: press **Generate** to see it.")
     if state.problems:
         shown = "; ".join(html.escape(p) for p in state.problems[:6])
@@ -109,7 +109,7 @@ class ShareRow(NamedTuple):
 def share_row() -> ShareRow:
     """The Copy link button, where the link appears, and the notice of a page opened from a link."""
     with gr.Row(equal_height=True):
-        button = gr.Button("🔗 Copy a link to this view", size="sm", scale=1, min_width=200)
+        button = gr.Button("Copy a link to this view", size="sm", scale=1, min_width=200)
         link = gr.Textbox(show_label=False, placeholder="A link to what this page shows: a teacher's slide, a "
                           "student's question…", interactive=False, buttons=["copy"], scale=4, elem_id="share-link",
                           max_lines=1)
