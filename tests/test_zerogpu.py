@@ -190,3 +190,21 @@ def test_without_the_spaces_package_functions_run_here(monkeypatch, tiny_spec):
     ctx = AppContext(manager, ModelCache(), Settings(zero_gpu=True))
     fn = lambda x: x + 1
     assert ctx.gpu(fn) is fn
+
+
+def test_views_that_need_the_model_in_this_process_say_so_on_zerogpu():
+    """Samples side by side and the 8-bit comparison run the model outside a GPU task: on ZeroGPU
+    hardware they answer with a clear message instead of failing obscurely."""
+    import gradio as gr
+
+    from demo.backend import ModelManager
+    from demo.cache import ModelCache
+    from demo.exports import ExportFolder
+    from demo.ui.precision_tab import PrecisionHandlers
+    from demo.ui.samples_tab import SamplesHandlers
+
+    manager = ModelManager([], device="cpu")
+    with pytest.raises(gr.Error, match="ZeroGPU"):
+        next(SamplesHandlers(manager, zero_gpu=True).generate("Hi", 2, 1, 4, *[None] * 10))
+    with pytest.raises(gr.Error, match="ZeroGPU"):
+        PrecisionHandlers(manager, ModelCache(), ExportFolder(), zero_gpu=True).api_compare("Hi")

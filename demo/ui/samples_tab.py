@@ -11,6 +11,7 @@ from typing import NamedTuple
 import gradio as gr
 
 from ..backend import ModelManager
+from ..errors import ValidationError
 from ..generation import stream_samples
 from ..samples import FIRST_SEED, N_SAMPLES, SAMPLE_TOKENS, results, sample_set
 from ..sampling import NAMES, SETTING, validate_sampling
@@ -84,14 +85,17 @@ def samples_html(data: dict | None) -> str:
 
 
 class SamplesHandlers:
-    def __init__(self, manager: ModelManager):
-        self.manager = manager
+    def __init__(self, manager: ModelManager, zero_gpu: bool = False):
+        self.manager, self.zero_gpu = manager, zero_gpu
 
     @user_errors
     def generate(self, prompt, n, first_seed, max_new_tokens, *values) -> Iterator[tuple[str, dict | None]]:
         """Stream N samples of `prompt` together: (cards, the samples' data once all are done).
         ``values``: the settings in :data:`SAMPLE_SETTINGS` order, then compare, temperature_b, top_p_b."""
         settings, (compare, temperature_b, top_p_b) = values[:len(SAMPLE_SETTINGS)], values[len(SAMPLE_SETTINGS):]
+        if self.zero_gpu:  # the batched loop runs where the model is; on ZeroGPU that is a GPU call per slice
+            raise ValidationError("samples side by side are not available on ZeroGPU hardware yet: generate them one "
+                                  "by one with their seeds in the Generate tab")
         params = validate_sampling(**dict(zip(SAMPLE_SETTINGS, settings)))
         samples = sample_set(prompt, n, first_seed, max_new_tokens, params, compare, temperature_b, top_p_b)
         with self.manager.use(current_session()) as loaded:
@@ -124,7 +128,7 @@ class SamplesTab(NamedTuple):
 
 
 def build(tab: gr.Tab, ctx: AppContext) -> SamplesTab:
-    h = SamplesHandlers(ctx.manager)
+    h = SamplesHandlers(ctx.manager, ctx.settings.zero_gpu)
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column(scale=3):
