@@ -306,6 +306,16 @@ def generation_record(loaded: LoadedModel, prompt: str, update: GenerationUpdate
     }
 
 
+TOKEN_COLUMNS = ("position", "token", "id", "probability", "surprisal_bits", "entropy_bits")
+
+
+def record_rows(record: dict) -> list[list]:
+    """One row per generated token (the columns of :data:`TOKEN_COLUMNS`): what the coloured output and
+    the surprise timeline show, for an export."""
+    return [[i + 1, t.get("label", ""), t.get("id"), t.get("prob"), t.get("surprisal_bits"), t.get("entropy_bits")]
+            for i, t in enumerate(record.get("tokens") or [])]
+
+
 def has_tokens(record) -> bool:
     """Whether a value from the page is a generation record with at least one token."""
     return isinstance(record, dict) and isinstance(record.get("tokens"), list) and bool(record["tokens"])

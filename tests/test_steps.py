@@ -121,3 +121,13 @@ def test_timeline_has_one_point_per_token_and_marks_the_selected_one(tiny_loaded
     assert list(fig.data[0].x) == list(range(1, 7)) and len(fig.data[1].y) == 6
     assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text == "bits"
     assert fig.layout.shapes[0].x0 == 3
+
+
+def test_the_export_rows_are_the_numbers_the_view_shows(tiny_loaded):
+    from demo.generation import TOKEN_COLUMNS, record_rows
+
+    record = record_of(tiny_loaded, SETTINGS[0], n=5)
+    rows = record_rows(record)
+    assert len(rows) == 5 and len(TOKEN_COLUMNS) == len(rows[0])
+    for row, tok in zip(rows, record["tokens"]):
+        assert row[1:] == [tok["label"], tok["id"], tok["prob"], tok["surprisal_bits"], tok["entropy_bits"]]

@@ -35,7 +35,7 @@ from ..cache import ModelCache
 from ..errors import ValidationError
 from ..exports import ExportFolder
 from ..validation import check_text
-from .common import PRIVATE, AppContext, current_session, unchanged, user_errors
+from .common import PRIVATE, AppContext, current_session, export_controls, unchanged, user_errors
 
 DEFAULT_TEXT = ("It was a dark and stormy night, and the old captain sat by the fire. "
                 "It was a dark and stormy night, and the old captain")
@@ -301,12 +301,10 @@ def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
     strip = gr.HighlightedText(label="The text as tokens — click a token to see where it looks",
                                show_legend=False, combine_adjacent=False, interactive=False,
                                elem_id="attention-strip")
-    with gr.Accordion("Save this view", open=False):
-        gr.Markdown("**Picture:** hover the plot and click the camera icon (top right of the plot) to download "
-                    "it as a PNG.  \n**Numbers:** the button writes the exact weights of this view (token by "
-                    "token, even when the picture groups tokens in blocks) as CSV and JSON.")
-        export_btn = gr.Button("Prepare CSV + JSON", size="sm")
-        files = gr.File(label="Download", file_count="multiple", interactive=False)
+    export_btn, files = export_controls(
+        "Save this view", "**Picture:** hover the plot and click the camera icon (top right of the plot) to download "
+        "it as a PNG.  \n**Numbers:** the button writes the exact weights of this view (token by token, even when "
+        "the picture groups tokens in blocks) as CSV and JSON.")
     analysed = gr.State(None)  # the text the controls refer to
 
     # The /attention endpoint: API only (its own components, so the page never receives the big JSON).

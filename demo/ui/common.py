@@ -80,6 +80,16 @@ class AppContext:
         return dict(concurrency_id=GENERATE_QUEUE_ID, concurrency_limit=self.settings.max_streams)
 
 
+def export_controls(title: str, note: str) -> tuple[gr.Button, gr.File]:
+    """A closed "Save …" accordion: how to save the picture and what the numbers hold (``note``), the
+    button that prepares the CSV + JSON files, and where they appear for download."""
+    with gr.Accordion(title, open=False):
+        gr.Markdown(note)
+        button = gr.Button("Prepare CSV + JSON", size="sm")
+        files = gr.File(label="Download", file_count="multiple", interactive=False)
+    return button, files
+
+
 def unchanged(outputs: type[tuple]):
     """An outputs tuple (a NamedTuple class) whose every field leaves its component as it is."""
     return outputs(*[gr.skip()] * len(outputs._fields))

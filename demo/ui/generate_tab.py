@@ -4,6 +4,9 @@ Also the public ``/generate`` endpoint."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from ..backend import ModelManager
 from ..cache import ModelCache
 from ..errors import ValidationError
 from ..generation import (
+    TOKEN_COLUMNS,
     GenerationRequest,
     GenerationUpdate,
     SliceState,
@@ -24,6 +28,7 @@ from ..generation import (
     generate_slice,
     generation_record,
     has_tokens,
+    record_rows,
     slice_update,
     start_slices,
     stream_generate,
@@ -45,7 +50,7 @@ from ..sampling import MAX_NEW_TOKENS, SETTINGS, validate_sampling
 from ..tokens import display_token
 from ..validation import check_index
 from ..zerogpu import SLICE_S, slice_duration, slice_tokens
-from .common import PRIVATE, AppContext, current_session, user_errors, with_parameters
+from .common import PRIVATE, AppContext, current_session, export_controls, user_errors, with_parameters
 from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
 
 STEP_BARS = 20  # bars in the view of a step (the drawn token is added when it is not among them)
@@ -337,6 +342,10 @@ def _build_token_view(ctx: AppContext, last_generation: gr.State, prompt: gr.Tex
         with gr.Row():
             branch_btn = gr.Button("✂ Branch: cut here and put in this token", size="sm")
         branch_md = gr.Markdown("")
+        export_btn, files = export_controls(
+            "Save these numbers", "**Picture:** the camera icon on the timeline downloads a PNG. **Numbers:** every "
+            "generated token with its probability, surprisal and entropy (CSV), and the whole record with the "
+            "alternatives, prompt and settings (JSON).")
     with gr.Accordion("This token's step: what it was drawn from, and where the model looked", open=True):
         gr.Markdown(STEP_HELP)
         step_md = gr.Markdown(STEP_EMPTY, elem_id="step-summary")
@@ -356,6 +365,16 @@ def _build_token_view(ctx: AppContext, last_generation: gr.State, prompt: gr.Tex
     view.token_click(h.clicked, [last_generation], selected, **PRIVATE).success(**inspect)
     position.input(h.select, [last_generation, position], selected, **PRIVATE).success(**inspect)
     branch_btn.click(h.branch, [last_generation, position, alternative], [prompt, branch_md], **PRIVATE)
+
+    @user_errors
+    def export_generation(record):
+        """CSV of the tokens (what the view and the timeline show) and JSON of the whole record."""
+        record = check_record(record)
+        buf = io.StringIO()
+        csv.writer(buf).writerows([TOKEN_COLUMNS, *record_rows(record)])
+        return ctx.exports.write("generation", {"csv": buf.getvalue(), "json": json.dumps(record, ensure_ascii=False)})
+
+    export_btn.click(export_generation, [last_generation], files, **PRIVATE)
     return (dict(fn=h.on_generation, inputs=[last_generation],
                  outputs=[view, position, alternative, branch_md, timeline, step_md, step_bars, step_attention,
                           step_caption], **PRIVATE),

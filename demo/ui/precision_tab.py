@@ -17,7 +17,7 @@ from ..errors import ValidationError
 from ..exports import ExportFolder
 from ..precision_compare import compared_precisions, comparison_of, summary_line
 from ..validation import check_text
-from .common import PRIVATE, AppContext, current_session, user_errors
+from .common import PRIVATE, AppContext, current_session, export_controls, user_errors
 
 DEFAULT_TEXT = ("The old miller walked down to the village in the rain. He had not been there for many years, and "
                 "the road was longer than he remembered. At the inn, the landlord looked up from the fire and said "
@@ -102,11 +102,8 @@ def build(tab: gr.Tab, ctx: AppContext) -> None:
         with gr.Column(scale=1, min_width=240):
             gr.Markdown(NOTE)
             memory = gr.Markdown("", elem_id="precision-memory")
-    with gr.Accordion("Save the numbers", open=False):
-        gr.Markdown("**Picture:** the camera icon on the plot downloads a PNG. **Numbers:** position by position "
-                    "(CSV) and everything (JSON).")
-        export_btn = gr.Button("Prepare CSV + JSON", size="sm")
-        files = gr.File(label="Download", file_count="multiple", interactive=False)
+    export_btn, files = export_controls("Save the numbers", "**Picture:** the camera icon on the plot downloads a "
+                                        "PNG. **Numbers:** position by position (CSV) and everything (JSON).")
     compare = dict(fn=h.compare, inputs=[text], outputs=[summary, plot, memory], show_progress_on=[plot], **PRIVATE,
                    **ctx.model_queue)
     go_btn.click(**compare)
