@@ -111,6 +111,7 @@ def test_a_generated_token_opens_its_step_and_the_timeline_has_a_point_per_token
     scroll_to(page, "#surprise-timeline", 120)
     click_timeline_point(page, 2)
     wait_step(page, 2)
+    tooltip_label_2 = tooltip(page, 2)[0]
     page.wait_for_selector('#token-view .tok.sel[data-pos="2"]')
     screenshot(page, "surprise-timeline", docs_name="surprise-timeline")
 
@@ -121,6 +122,9 @@ def test_a_generated_token_opens_its_step_and_the_timeline_has_a_point_per_token
     wait_for_plot_with_data(page, "[role=tabpanel]")
     text_box = page.get_by_label("Text", exact=True).filter(visible=True).first
     assert text_box.input_value().startswith(PROMPT)
+    page.get_by_text("Opened token #3 of the generation").wait_for()
+    chosen = page.get_by_label("…or choose any token from the list").input_value()
+    assert chosen.split(". ", 1)[1].startswith(tooltip_label_2 + " "), "the drawn token is ready in the list"
     open_tab(page, "Generate")
     page.get_by_role("button", name="Open this step in the Attention tab").click()
     page.wait_for_function("p => { const el = document.querySelector('#attention-text textarea'); "

@@ -475,7 +475,14 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
         values = copy_settings(*[(record.get("settings") or {}).get(n, SETTING[n].default) for n in NAMES])
         view = h.refresh(text_, {"model": loaded.name, "text": text_, "ids": ids, "history": []}, top_n_, query_,
                          *values)
-        return [*values, *view._replace(text=text_)]
+        drawn = record["tokens"][k]
+        note = (f"Opened token #{k + 1} of the generation: here the model drew {code_label(drawn.get('label', ''))} "
+                f"(it had {plots.fmt_prob(float(drawn.get('prob', 0.0)))} after the settings). The bars are the "
+                "distribution it was drawn from; the buttons take another path from here.")
+        choose = view.choose
+        if any(value == drawn.get("id") for _, value in choose.choices or []):
+            choose = gr.Dropdown(choices=choose.choices, value=drawn.get("id"))
+        return [*values, *view._replace(text=text_, step=note, choose=choose)]
 
     def open_step_event(inputs: list) -> dict:
         return dict(fn=open_step, inputs=[*inputs, top_n, query], outputs=settings + view_out, **common)
