@@ -268,6 +268,7 @@ class ModelManager:
         self._sessions: OrderedDict[str, ModelKey] = OrderedDict()
         self._loading: dict[ModelKey, threading.Lock] = {}
         self._lock = threading.Lock()  # guards the dicts above (never held during a load)
+        self._load_slot = threading.Lock()  # one load at a time, whatever asked for it (memory is checked after)
         self._owner_pid = os.getpid()
         self.default: ModelKey | None = None
         self.last_error: str | None = None
@@ -286,6 +287,7 @@ class ModelManager:
         one at the fork goes on in the parent only."""
         if self._owner_pid != os.getpid():
             self._lock, self._loading, self._owner_pid = threading.Lock(), {}, os.getpid()
+            self._load_slot = threading.Lock()
 
     # ------------------------------------------------------------------------- which model serves whom
 
@@ -313,8 +315,14 @@ class ModelManager:
         try:
             yield loaded
         finally:
-            with self._lock:
-                self._users[key] -= 1
+            self._release(key)
+
+    def _release(self, key: ModelKey) -> None:
+        """A request is done with a model: once nobody uses it, the pool may shrink back to its budget."""
+        with self._lock:
+            self._users[key] -= 1
+            if not self._users[key]:
+                self._evict(keep=self.default)
 
     def _lookup(self, session: str | None) -> LoadedModel:
         key = self._sessions.get(session, self.default) if session is not None else self.default
@@ -360,6 +368,7 @@ class ModelManager:
             self.check_visitor_may_load(key)
         loaded = self._obtain(key, progress, default_on_error=session is None)
         with self._lock:
+            self._models[key] = loaded  # back in, had another load evicted it in between
             self._models.move_to_end(key)
             if session is None:
                 self.default, self.last_error, self.notice = key, None, None
@@ -388,8 +397,7 @@ class ModelManager:
         try:
             yield loaded
         finally:
-            with self._lock:
-                self._users[key] -= 1
+            self._release(key)
 
     def _obtain(self, key: ModelKey, progress: ProgressFn | None, default_on_error: bool = False) -> LoadedModel:
         """The pool's model for ``key``, loading it (once) when it is not there."""
@@ -404,7 +412,10 @@ class ModelManager:
                     loaded = self._models.get(key)
                 if loaded is None:
                     try:
-                        loaded = load_model(find_spec(self.catalog, key[0]), key[1], self.device, progress)
+                        if self._load_slot.locked() and progress:
+                            progress(0.01, "another model is loading on this server: waiting for it to finish")
+                        with self._load_slot:
+                            loaded = load_model(find_spec(self.catalog, key[0]), key[1], self.device, progress)
                     except ModelLoadError as exc:
                         if default_on_error:
                             self.last_error = str(exc)

@@ -74,18 +74,28 @@ class ModelCache:
                 self.hits += 1
             return value
 
-    def get(self, kind: str, loaded, request: Hashable, compute: Callable[[], Any]) -> Any:
-        """The cached value, else ``compute()`` (once, however many threads ask for the same key)."""
+    def get(self, kind: str, loaded, request: Hashable, compute: Callable[[], Any],
+            accept: Callable[[Any], bool] | None = None) -> Any:
+        """The cached value, else ``compute()`` (once, however many threads ask for the same key).
+        ``accept``: a cached value it refuses is computed again and replaced."""
         key = self.key(kind, loaded, request)
-        with self._lock:
+
+        def cached():
             value = self._lookup(key, loaded.model)
+            if value is not None and accept is not None and not accept(value):
+                self._drop(key)
+                return None
+            return value
+
+        with self._lock:
+            value = cached()
             if value is not None:
                 self.hits += 1
                 return value
             key_lock = self._pending.setdefault(key, threading.Lock())
         with key_lock:
             with self._lock:
-                value = self._lookup(key, loaded.model)
+                value = cached()
                 if value is not None:
                     self.hits += 1
                     return value

@@ -10,6 +10,7 @@ finished generation from another token.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -134,8 +135,9 @@ def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: flo
     """Stream a generation as growing text, decoded in the model's batched decode loop together with
     every other generation on that model (:mod:`demo.batching`). Close the generator to stop the
     model: its row leaves the batch at the next step."""
-    for updates in stream_samples(loaded, [request], poll_s):
-        yield updates[0]
+    with contextlib.closing(stream_samples(loaded, [request], poll_s)) as stream:
+        for updates in stream:
+            yield updates[0]
 
 
 def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_s: float = 0.05
@@ -293,6 +295,7 @@ def generation_record(loaded: LoadedModel, prompt: str, update: GenerationUpdate
     tok = loaded.tokenizer
     return {
         "model": loaded.name,
+        "precision": loaded.precision,
         "prompt": prompt,
         "text": update.text,
         "prompt_ids": list(update.prompt_ids or []),

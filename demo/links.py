@@ -11,7 +11,7 @@ link opens the page with a notice instead of an error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote_plus, urlencode
 
 from .attention import AGGREGATES, SCOPES, VIEWS
 from .errors import ExplorerError
@@ -103,11 +103,27 @@ def read_link(fragment, models: list[str], precisions: list[str]) -> LinkState:
     return state
 
 
+def _fit(text: str, budget: int) -> str:
+    """The longest end of ``text`` (a prompt is read from its end, like the model reads it) within
+    MAX_LINK_TEXT characters and ``budget`` characters once written into a URL."""
+    text = text[-MAX_LINK_TEXT:]
+    lo, hi = 0, len(text)  # the shortest cut that fits: binary search on how much to drop from the start
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(quote_plus(text[mid:])) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return text[lo:]
+
+
 def make_link(model: str, precision: str, tab: str, prompt: str, settings: dict, text: str | None = None,
-              attention: dict | None = None) -> str:
-    """The fragment (without '#') of a link to this state; the values are the page's, already valid."""
+              attention: dict | None = None) -> tuple[str, list[str]]:
+    """(the fragment, without '#', of a link to this state; what had to be shortened). The values are the
+    page's, already valid; the prompt and text are kept whole when the link can hold them, else their
+    ends are kept (a link stays under MAX_LINK_CHARS, or it would not be read back)."""
     values: list[tuple[str, object]] = [("model", model), ("precision", precision), ("tab", tab)]
-    values.append(("prompt", prompt[:MAX_LINK_TEXT]))
+    texts = {k: v for k, v in (("prompt", prompt), ("text", text)) if isinstance(v, str) and v.strip()}
     for name in GENERATION:
         value = settings.get(name)
         if name == "seed" and value is None:
@@ -116,9 +132,14 @@ def make_link(model: str, precision: str, tab: str, prompt: str, settings: dict,
             value = str(value).lower()
         if value is not None:
             values.append((name, value))
-    if text is not None:
-        values.append(("text", text[:MAX_LINK_TEXT]))
     for name in ATTENTION:
         if attention and attention.get(name) is not None:
             values.append((name, attention[name]))
-    return urlencode(values)
+    budget = (MAX_LINK_CHARS - len(urlencode(values)) - 20) // max(1, len(texts))
+    shortened = []
+    for name, value in texts.items():
+        fitted = _fit(value, budget)
+        if fitted != value:
+            shortened.append(f"the {name} (its last {len(fitted):,} of {len(value):,} characters)")
+        values.append((name, fitted))
+    return urlencode(values), shortened

@@ -292,6 +292,9 @@ def test_a_tampered_link_opens_the_page_with_a_notice(page, live_app, name):
     if name == "script-in-the-prompt":
         assert page.get_by_label("Prompt", exact=True).input_value().startswith("<script>window.__pwned=1")
     assert injected_elements(page) == {"pwned": None, "imgs": 0, "scripts": 0, "handlers": 0, "iframes": 0}
+    if "tab=attention" in fragment:  # the link's tab opens once its view is drawn
+        page.wait_for_function("() => [...document.querySelectorAll('[role=tab]')].some(t => t.textContent.trim() "
+                               "=== 'Attention' && t.getAttribute('aria-selected') === 'true')", timeout=60_000)
     open_tab(page, "Generate")
     set_slider(page, "Max new tokens", 4)
     assert generate(page).strip(), "the page works after a bad link"

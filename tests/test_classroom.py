@@ -264,16 +264,15 @@ def test_a_hub_model_is_refused_to_visitors_by_default(class_app):
 
 
 # Event handlers that never run a model (they format, copy values between inputs, or load one: the
-# "load" group has its own limit of one; a page opened from a link loads its model through the same
-# pool, which loads each model once).
+# "load" group has its own limit of one, and a page opened from a link loads its model there too).
 MODEL_FREE = {"preset_values", "copy_settings", "_join", "open_tab", "view_controls", "pick_token", "<lambda>",
               "on_generation", "select", "clicked", "branch", "status", "forget", "load_model",
-              "load_example", "restore", "link", "rerun", "export_generation"}
+              "load_example", "restore", "link", "rerun", "export_generation", "load_linked_model"}
 
 
 def test_every_event_that_runs_a_model_is_inside_a_model_concurrency_limit(class_app):
     demo = class_app[0]
-    model_groups = ("model", "generate")
+    model_groups = ("model", "generate", "samples")
     outside = []
     for fn in demo.fns.values():
         name = getattr(fn.fn, "__name__", None)
@@ -285,6 +284,8 @@ def test_every_event_that_runs_a_model_is_inside_a_model_concurrency_limit(class
     queues = demo._queue.event_queue_per_concurrency_id
     assert queues["model"].concurrency_limit == 2 and queues["generate"].concurrency_limit == 32
     assert queues["load"].concurrency_limit == 1
+    samples = [fn for fn in demo.fns.values() if fn.concurrency_id == "samples"]
+    assert samples and all(fn.concurrency_limit == 1 for fn in samples)  # 16 rows each: half the loop's 32
 
 
 def test_uploads_are_refused_and_gradio_cleans_its_cache(class_app):

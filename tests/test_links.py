@@ -18,9 +18,10 @@ def read(fragment: str):
 def test_a_link_the_page_makes_reads_back_to_the_same_state():
     settings = {"max_new_tokens": 30, "do_sample": True, "temperature": 1.3, "top_k": 0, "top_p": 0.9, "min_p": 0.05,
                 "repetition_penalty": 1.1, "no_repeat_ngram_size": 2, "seed": 42}
-    fragment = make_link("gutenberg-gpt", "fp32", "attention", "Once & for <all> #1?", settings,
-                         text="The cat sat on the mat.", attention={"view": "token", "layer": 2, "head": 1, "token": 5,
-                                                                   "aggregate": "mean-heads", "scope": "all"})
+    fragment, shortened = make_link(
+        "gutenberg-gpt", "fp32", "attention", "Once & for <all> #1?", settings, text="The cat sat on the mat.",
+        attention={"view": "token", "layer": 2, "head": 1, "token": 5, "aggregate": "mean-heads", "scope": "all"})
+    assert shortened == []
     state = read(fragment)
     assert state.problems == []
     assert (state.model, state.precision, state.tab) == ("gutenberg-gpt", "fp32", "attention")
@@ -29,7 +30,7 @@ def test_a_link_the_page_makes_reads_back_to_the_same_state():
     assert state.attention == {"view": "token", "layer": 2, "head": 1, "token": 5, "aggregate": "mean-heads",
                                "scope": "all"}
     assert read("#" + fragment).settings == settings
-    assert read(make_link("gpt2", "int8", "generate", "Hi", {**settings, "seed": None})).settings["seed"] is None
+    assert read(make_link("gpt2", "int8", "generate", "Hi", {**settings, "seed": None})[0]).settings["seed"] is None
 
 
 @pytest.mark.parametrize(("fragment", "words"), [
@@ -59,3 +60,28 @@ def test_too_long_or_too_many_values_are_refused_whole():
     many = "&".join(f"k{i}=1" for i in range(100))
     assert "more than" in read(many).problems[0]
     assert read("").empty and read("#").empty and read(None).empty
+
+
+@pytest.mark.parametrize("alphabet", ["a", "北", "ж"])
+def test_a_long_prompt_keeps_its_end_and_the_link_is_always_read_back(alphabet):
+    prompt, text = "start " + alphabet * 6000 + " end", alphabet * 5000
+    fragment, shortened = make_link("gutenberg-gpt", "fp32", "next_token", prompt, {"seed": 1}, text=text)
+    assert len(fragment) <= MAX_LINK_CHARS and len(shortened) == 2
+    state = read(fragment)
+    assert state.problems == [] and prompt.endswith(state.prompt) and state.prompt.endswith(" end")
+    assert text.endswith(state.text)
+
+
+def test_blank_texts_stay_out_of_a_link():
+    fragment, _ = make_link("gutenberg-gpt", "fp32", "generate", "  ", {}, text="")
+    state = read(fragment)
+    assert state.problems == [] and state.prompt is None and state.text is None
+
+
+def test_what_a_link_held_is_shown_as_plain_text_in_the_notice():
+    from demo.ui.share import describe
+
+    state = read("%5BSign+in+again%5D%28https%3A%2F%2Fev.il%2Fx%29=1&%21%5B%5D%28https%3A%2F%2Ft%2Fp.png%29=2")
+    notice = describe({"tab": None, "problems": state.problems})
+    assert "](" not in notice.replace("\\](", "").replace("\\]\\(", "") and "\\[Sign in again\\]" in notice
+    assert "\\!\\[\\]" in notice

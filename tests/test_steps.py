@@ -131,3 +131,14 @@ def test_the_export_rows_are_the_numbers_the_view_shows(tiny_loaded):
     assert len(rows) == 5 and len(TOKEN_COLUMNS) == len(rows[0])
     for row, tok in zip(rows, record["tokens"]):
         assert row[1:] == [tok["label"], tok["id"], tok["prob"], tok["surprisal_bits"], tok["entropy_bits"]]
+
+
+def test_a_cached_result_of_other_tokens_for_the_same_text_is_replaced(tiny_loaded):
+    record = record_of(tiny_loaded, SETTINGS[0])
+    cache = ModelCache()
+    text = steps.generation_text(tiny_loaded, record)
+    other = compute_attention(tiny_loaded, text, [1, 2, 3])  # the same text read as other tokens
+    cache.get("attention", tiny_loaded, text, lambda: other)
+    result = steps.generation_attention(tiny_loaded, record, cache)
+    assert list(result.token_ids) == record["prompt_ids"] + [t["id"] for t in record["tokens"]]
+    assert cache.peek("attention", tiny_loaded, text) is result

@@ -27,6 +27,9 @@ GENERATE_QUEUE_ID = "generate"
 # Every other event that runs a model (analysis) shares the "model" group and its limit
 # (GPT_EXPLORER_CONCURRENCY); tests/test_structure.py checks that no such event is left outside.
 MODEL_QUEUE_ID = "model"
+# Samples side by side run several generations per event: a group of their own, sized in rows.
+SAMPLES_QUEUE_ID = "samples"
+MAX_SAMPLE_ROWS = 16  # 8 seeds x 2 settings (demo.samples)
 
 
 def current_session() -> str:
@@ -78,6 +81,13 @@ class AppContext:
     def generate_queue(self) -> dict:
         """Event options of a generation event."""
         return dict(concurrency_id=GENERATE_QUEUE_ID, concurrency_limit=self.settings.max_streams)
+
+    @property
+    def samples_queue(self) -> dict:
+        """Event options of a samples event: each holds up to MAX_SAMPLE_ROWS rows of the decode loop, so
+        all of them together take at most half of what ``GPT_EXPLORER_MAX_STREAMS`` allows."""
+        return dict(concurrency_id=SAMPLES_QUEUE_ID,
+                    concurrency_limit=max(1, self.settings.max_streams // (2 * MAX_SAMPLE_ROWS)))
 
 
 def export_controls(title: str, note: str) -> tuple[gr.Button, gr.File]:

@@ -227,7 +227,7 @@ def format_step(data: dict, record: dict, attention: AttentionResult | None) -> 
         f"≈ {2 ** ea:,.0f} tokens).",
     ]
     if attention is not None:
-        q = len(record.get("prompt_ids") or []) + k - 1
+        q = steps.step_query(record, k)
         lines.append(f"**Where it looked:** the attention of {code_label(attention.tokens[q])} (token {q}), the last "
                      "token the model had read, in every head of every layer.")
     return "\n\n".join(lines)

@@ -123,7 +123,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         step = [gen.last_generation, gen.position]
         for button, target, tab_id in ((gen.step_to_attention, att, "attention"),
                                        (gen.step_to_next_token, nxt, "next_token")):
-            button.click(_opener(tab_id), None, tabs, **PRIVATE).then(**target.open_step(step))
+            # the step first, then the tab: its first-visit drawing then finds the step there and keeps it
+            button.click(**target.open_step(step)).success(_opener(tab_id), None, tabs, **PRIVATE)
         # A sample re-run alone: its prompt, length, settings and seed in the Generate tab.
         smp.view.rerun(smp.rerun.rerun, [smp.data], [gen.prompt, gen.controls["max_new_tokens"],
                                                       *[gen.controls[n] for n in NAMES]], **PRIVATE).success(

@@ -90,7 +90,7 @@ class SamplesHandlers:
 
     @user_errors
     def generate(self, prompt, n, first_seed, max_new_tokens, *values) -> Iterator[tuple[str, dict | None]]:
-        """Stream N samples of `prompt` together: (cards, the samples' data once all are done).
+        """Stream N samples of `prompt` together: (cards, the samples' data so far; the last has them all).
         ``values``: the settings in :data:`SAMPLE_SETTINGS` order, then compare, temperature_b, top_p_b."""
         settings, (compare, temperature_b, top_p_b) = values[:len(SAMPLE_SETTINGS)], values[len(SAMPLE_SETTINGS):]
         if self.zero_gpu:  # the batched loop runs where the model is; on ZeroGPU that is a GPU call per slice
@@ -101,9 +101,9 @@ class SamplesHandlers:
         with self.manager.use(current_session()) as loaded:
             stream = stream_samples(loaded, samples.requests())
             try:
-                for updates in stream:
+                for updates in stream:  # the data too, so a re-run never picks up an earlier set's sample
                     data = results(samples, updates)
-                    yield samples_html(data), data if all(u.done for u in updates) else gr.skip()
+                    yield samples_html(data), data
             finally:
                 stream.close()  # Stop, a closed tab: every sample leaves the batch at the next step
 
@@ -155,7 +155,7 @@ def build(tab: gr.Tab, ctx: AppContext) -> SamplesTab:
     inputs = [prompt, n, first_seed, max_new_tokens, *[local[k] for k in SAMPLE_SETTINGS], compare, temperature_b,
               top_p_b]
     run = with_parameters(h.generate, API_PARAMETERS)
-    event = go_btn.click(run, inputs, [view, data], api_name="samples", **ctx.generate_queue)
+    event = go_btn.click(run, inputs, [view, data], api_name="samples", **ctx.samples_queue)
     stop_btn.click(None, None, None, cancels=[event], **PRIVATE)
     preset.input(preset_values, preset, [local[k] for k in PRESET_TARGETS], **PRIVATE)
     return SamplesTab(view, data, h)

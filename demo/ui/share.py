@@ -6,13 +6,14 @@ Every value is checked on the server; a bad link opens the page with a notice.""
 from __future__ import annotations
 
 import html
+import re
 from typing import NamedTuple
 
 import gradio as gr
 
 from ..backend import PRECISIONS, ModelManager
 from ..errors import ExplorerError
-from ..links import ATTENTION, GENERATION, TABS, LinkState, make_link, read_link
+from ..links import ATTENTION, GENERATION, TABS, make_link, read_link
 from .attention_tab import AttentionTab, view_controls
 from .common import PRIVATE, current_session, user_errors
 from .generate_tab import GenerateTab
@@ -32,41 +33,42 @@ SHOW_LINK_JS = """(fragment) => {
 }"""
 
 
-def describe(state: LinkState) -> str:
+def plain(text: str) -> str:
+    """A message quoting what a link held, shown as plain text in Markdown: escaped as HTML, and every
+    Markdown mark backslashed (a link's key like '[Sign in](https://…)' must not become a link)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>])", r"\\\1", html.escape(text, quote=False))
+
+
+def describe(link: dict | None) -> str:
     """What a link restored, and what it had to leave out, for the notice above the tabs."""
+    if not link:
+        return ""
     lines = []
-    if not state.empty:
-        where = TAB_NAMES.get(state.tab or "generate", "Generate")
+    if link.get("tab"):
+        where = TAB_NAMES.get(link["tab"], "Generate")
         lines.append(f"**Opened from a shared link** on the *{where}* tab. The same model, settings and seed give "
                      "the same text: press **Generate** to see it.")
-    if state.problems:
-        shown = "; ".join(html.escape(p) for p in state.problems[:6])
-        more = f" (and {len(state.problems) - 6} more)" if len(state.problems) > 6 else ""
+    problems = link.get("problems") or []
+    if problems:
+        shown = "; ".join(plain(p) for p in problems[:6])
+        more = f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""
         lines.append(f"⚠️ **Part of this link could not be used**, so the page keeps its defaults there: {shown}{more}.")
     return "\n\n".join(lines)
+
+
+def notice_of(link: dict | None):
+    text = describe(link)
+    return gr.Markdown(text, visible=bool(text))
 
 
 class ShareHandlers:
     def __init__(self, manager: ModelManager):
         self.manager = manager
 
-    def restore(self, fragment, progress=gr.Progress()) -> list:
-        """Every output of the link's first step (see :func:`connect`), from the page's fragment."""
+    def restore(self, fragment) -> list:
+        """Every output of the link's first step (see :func:`connect`), from the page's fragment: quick,
+        no model runs or loads here. The returned link state (a dict) drives the next steps."""
         state = read_link(fragment, self.manager.names, list(PRECISIONS))
-        session = current_session()
-        model_dd = precision_dd = gr.skip()
-        if state.model or state.precision:
-            current = self.manager.require(session) if self.manager.current else None
-            name = state.model or (current.name if current else None)
-            precision = state.precision or (current.precision if current else "auto")
-            try:
-                if name:
-                    progress(0.0, desc=f"Loading {name} for this link…")
-                    loaded = self.manager.load(name, precision, session=session, visitor=True,
-                                               progress=lambda frac, msg: progress(frac, desc=msg))
-                    model_dd, precision_dd = loaded.name, loaded.precision
-            except ExplorerError as exc:
-                state.problems.append(str(exc))
         settings = state.settings
         tab = state.tab or ("generate" if not state.empty else None)
         a = state.attention
@@ -75,17 +77,43 @@ class ShareHandlers:
         if tab == "attention":  # the choices that need no analysis are set here, the rest by the drawing
             controls[2] = gr.Dropdown(visible=view == "aggregate", value=a.get("aggregate", "mean-heads"))
             controls[4] = gr.Radio(visible=view == "token", value=a.get("scope", "layer"))
-        restored = {"tab": tab, "text": state.text, "attention": dict(a)} if tab else None
+        link = {"tab": tab, "text": state.text, "attention": dict(a), "model": state.model,
+                "precision": state.precision, "problems": list(state.problems)}
         return [
-            model_dd, precision_dd,
             state.prompt if state.prompt is not None else gr.skip(),
             *[settings[n] if n in settings else gr.skip() for n in GENERATION],
-            gr.Tabs(selected=tab) if tab else gr.skip(), tab or gr.skip(),
+            tab or gr.skip(),
             state.text if tab == "attention" and state.text else gr.skip(),
             view if tab == "attention" else gr.skip(), *controls,
             state.text if tab == "next_token" and state.text else gr.skip(),
-            gr.Markdown(describe(state), visible=bool(describe(state))), restored,
+            notice_of(link), link,
         ]
+
+    def load_linked_model(self, link, progress=gr.Progress()):
+        """(model menu, precision menu, notice, link): the model a link names, loaded for this visitor (the
+        operator's limit applies); a failure joins the notice and the page keeps its model."""
+        if not isinstance(link, dict) or not (link.get("model") or link.get("precision")):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        session = current_session()
+        current = self.manager.require(session) if self.manager.current else None
+        name = link.get("model") or (current.name if current else None)
+        precision = link.get("precision") or (current.precision if current else "auto")
+        if not name:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        try:
+            progress(0.0, desc=f"Loading {name} for this link…")
+            loaded = self.manager.load(name, precision, session=session, visitor=True,
+                                       progress=lambda frac, msg: progress(frac, desc=msg))
+        except ExplorerError as exc:
+            link = {**link, "problems": [*link.get("problems", []), str(exc)]}
+            return gr.skip(), gr.skip(), notice_of(link), link
+        return loaded.name, loaded.precision, gr.skip(), gr.skip()
+
+    @staticmethod
+    def open_tab(link):
+        """The link's tab, opened last: its view is drawn already, so the tab's first-visit drawing
+        finds it there and leaves it."""
+        return gr.Tabs(selected=link["tab"]) if isinstance(link, dict) and link.get("tab") else gr.skip()
 
     @user_errors
     def link(self, tab, prompt, *values) -> str:
@@ -97,7 +125,10 @@ class ShareHandlers:
         tab = tab if tab in TABS else "generate"
         text = attention_text if tab == "attention" else next_text if tab == "next_token" else None
         view = dict(zip(ATTENTION, attention)) if tab == "attention" else None
-        return make_link(loaded.name, loaded.precision, tab, prompt or "", settings, text, view)
+        fragment, shortened = make_link(loaded.name, loaded.precision, tab, prompt or "", settings, text, view)
+        if shortened:
+            gr.Info("The link is too short for all of it: it keeps " + " and ".join(shortened) + ".")
+        return fragment
 
 
 class ShareRow(NamedTuple):
@@ -130,11 +161,15 @@ def connect(demo: gr.Blocks, row: ShareRow, manager: ModelManager, tabs: gr.Tabs
 
     gen_inputs = [gen.controls[n] for n in GENERATION]
     att_controls = [att.controls[n] for n in ("layer", "head", "aggregate", "token", "scope", "open_head")]
-    outputs = [model_dd, precision_dd, gen.prompt, *gen_inputs, tabs, current_tab, att.text, att.controls["view"],
-               *att_controls, nxt.text, notice, restored]
-    demo.load(h.restore, [fragment], outputs, js=READ_FRAGMENT_JS, show_progress_on=[model_status],
-              **PRIVATE).then(status_fn, None, model_status, **PRIVATE).then(
-        **att.restore(restored)).then(**nxt.restore(restored))
+    outputs = [gen.prompt, *gen_inputs, current_tab, att.text, att.controls["view"], *att_controls, nxt.text, notice,
+               restored]
+    # Read the link (quick), load its model (in the one-at-a-time "load" group, only if it names one),
+    # draw the tab it names, and open that tab last.
+    demo.load(h.restore, [fragment], outputs, js=READ_FRAGMENT_JS, queue=False, **PRIVATE).then(
+        h.load_linked_model, [restored], [model_dd, precision_dd, notice, restored], show_progress_on=[model_status],
+        concurrency_id="load", concurrency_limit=1, **PRIVATE).then(
+        status_fn, None, model_status, **PRIVATE).then(
+        **att.restore(restored)).then(**nxt.restore(restored)).then(h.open_tab, [restored], tabs, **PRIVATE)
     link_inputs = [current_tab, gen.prompt, *gen_inputs, att.text, *[att.controls[n] for n in ATTENTION], nxt.text]
     share_btn.click(h.link, link_inputs, share_box, **PRIVATE).success(None, share_box, share_box, js=SHOW_LINK_JS,
                                                                      **PRIVATE)
