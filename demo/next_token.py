@@ -11,7 +11,6 @@ token ids): moving a slider re-applies the processors to cached logits and never
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,13 +19,12 @@ import torch
 
 from .cache import ModelCache
 from .errors import ValidationError
-from .sampling import SamplingParams, build_processors
+from .sampling import SamplingParams, build_processors, entropy_bits
 from .tokens import display_token, make_visible
 from .validation import MAX_SEED
 
 MAX_TOP_N = 200
 LENS_MAX_POSITIONS = 32
-LOG2E = 1.0 / math.log(2.0)
 
 
 # ----------------------------------------------------------------------------- context window and logits
@@ -173,11 +171,6 @@ class Distribution:
             "steps": [asdict(s) for s in self.steps],
             "rows": [r.as_dict() for r in self.rows(loaded, n)],
         }
-
-
-def entropy_bits(probs: torch.Tensor) -> float:
-    """Shannon entropy in bits (0 · log 0 = 0)."""
-    return float(torch.special.entr(probs.double()).sum() * LOG2E)
 
 
 def ranks_of(values: torch.Tensor) -> torch.Tensor:

@@ -125,6 +125,11 @@ def build_processors(params: SamplingParams) -> LogitsProcessorList:
     return procs
 
 
+def entropy_bits(probs: torch.Tensor) -> float:
+    """Shannon entropy in bits (0 · log 0 = 0)."""
+    return float(torch.special.entr(probs.double()).sum()) / math.log(2)
+
+
 @dataclass
 class ChosenToken:
     token_id: int
@@ -171,7 +176,7 @@ class TokenChooser(LogitsProcessor):
         self.chosen.append(ChosenToken(
             token_id=int(choice), prob=float(probs[0, choice]),
             alternatives=[(int(i), float(p)) for i, p in zip(top.indices.tolist(), top.values.tolist())],
-            entropy_bits=float(torch.special.entr(probs[0].double()).sum()) / math.log(2),
+            entropy_bits=entropy_bits(probs[0]),
         ))
         forced = torch.full_like(scores, -math.inf)
         return forced.scatter_(1, choice, 0.0)

@@ -239,16 +239,8 @@ class StepHandlers:
 
     def __init__(self, manager: ModelManager, cache: ModelCache | None = None, gpu: Callable = lambda fn, **kw: fn):
         self.manager, self.cache = manager, cache
-        self._logits = gpu(self._forward_logits)
-        self._attention = gpu(self._attention_ids)
-
-    @staticmethod
-    def _forward_logits(loaded, window: list[int]):
-        return forward_last_logits(loaded, window)
-
-    @staticmethod
-    def _attention_ids(loaded, text: str, ids: list[int]) -> AttentionResult:
-        return compute_attention(loaded, text, ids)
+        self._logits = gpu(forward_last_logits)  # (loaded, window ids) -> logits
+        self._attention = gpu(compute_attention)  # (loaded, text, exact ids) -> AttentionResult
 
     @user_errors
     def inspect(self, record, position):
