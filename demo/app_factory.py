@@ -12,7 +12,7 @@ from .cache import ModelCache
 from .catalog import load_catalog
 from .errors import ExplorerError
 from .settings import Settings
-from .ui.common import AppContext, forget_outputs
+from .ui.common import AppContext, forget_page_copies
 from .ui.page import CSS, build_app
 
 log = logging.getLogger("gpt_explorer")
@@ -76,9 +76,10 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     q = getattr(demo, "_queue", None)
     if q is not None and isinstance(getattr(q, "sleep_when_free", None), float):
         q.sleep_when_free = max(q.sleep_when_free, QUEUE_IDLE_POLL_S)
-    forget_outputs(demo, ctx.unkept_outputs)
+    forget_page_copies(demo)
     demo.manager, demo.cache = manager, ctx.cache  # for tests and benchmarks
-    # Bounded per-visitor memory and disk: Gradio keeps each session's outputs (at most this many
-    # sessions), the app takes no uploads, and Gradio's own file cache is cleaned (build_app).
+    # Bounded per-visitor memory and disk: Gradio keeps a little of each session (at most this many
+    # sessions, each without its page copy: forget_page_copies), the app takes no uploads, and
+    # Gradio's own file cache is cleaned (build_app).
     return demo, {"theme": gr.themes.Soft(), "css": CSS, "state_session_capacity": settings.sessions,
                   "max_file_size": MAX_UPLOAD_BYTES}

@@ -1,17 +1,19 @@
 """Batched generation: one decode loop per model runs every visitor's generation together. No Gradio.
 
 A :class:`BatchScheduler` owns one thread that, while any generation is active, repeats: admit the
-requests that arrived (each reads its prompt in a forward pass of its own, then joins the batch), run
+requests that arrived (their prompts read together in one left-padded forward pass, then they join
+the batch), run
 **one batched forward pass** for the next token of every active row, choose each row's token, hand it
 to that request's stream, and drop the rows that finished or were cancelled. A Stop therefore takes
 effect at the next step, and a new visitor waits at most one step before the prompt is read.
 
 Each request keeps its own state in its own object (:class:`_Request`): its sampling settings as
 transformers' logits processors (:func:`demo.sampling.build_processors`), its seeded
-:class:`~demo.sampling.TokenChooser`, and its token history. The processors run row by row on that
-row's scores and history, exactly the calls ``generate`` makes for a single request, so the same seed
-and settings draw the same text alone or inside a batch (up to the last bits of the batched matmuls:
-see ``docs/architecture.md``).
+:class:`~demo.sampling.TokenChooser`, and its token history. Rows with equal settings (whatever their
+seeds) go through the processors in one call and :func:`demo.sampling.choose_tokens` draws each
+row's token with that row's generator: the per-row arithmetic of the calls ``generate`` makes for a
+single request, so the same seed and settings draw the same text alone or inside a batch (up to the
+last bits of the batched matmuls: see ``docs/architecture.md``).
 
 Why by hand: ``generate`` takes one set of sampling settings per call, and transformers' continuous
 batching (``ContinuousBatchingManager``) applies only temperature, top-k and top-p per request, keeps
@@ -31,18 +33,19 @@ import queue
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .backend import LoadedModel
-from .sampling import ChosenToken, SamplingParams, TokenChooser, build_processors
+from .sampling import ChosenToken, SamplingParams, TokenChooser, build_processors, choose_tokens
 
 log = logging.getLogger("gpt_explorer")
 THREAD_PREFIX = "gpt-explorer-generate"  # the decode loops' threads (see generation.live_generation_threads)
 MAX_ROWS = 32  # generations in one batch; more wait for a free row
+PREFILL_TOKENS = 2048  # padded prompt tokens read in one forward pass (eager attention's memory grows with its square)
 _ids = itertools.count(1)
 
 
@@ -74,17 +77,17 @@ class _Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0
 
-    def choose(self, logits: torch.Tensor) -> ChosenToken:
-        """Choose this request's next token from its row of logits ([1, vocab]), as ``generate`` would:
-        fp32 scores, the request's processors on its own history, then its chooser."""
-        ids = self.history[:, :self.length]
-        scores = self.processors(ids, logits.float())
-        self.chooser(ids, scores)
-        chosen = self.chooser.chosen[-1]
+    @property
+    def group(self) -> SamplingParams:
+        """Requests with equal settings (whatever their seeds) have their tokens chosen together."""
+        return replace(self.params, seed=None)
+
+    def take(self, chosen: ChosenToken) -> None:
+        """Append the chosen token to this request's history and hand it to its stream."""
         self.history[0, self.length] = chosen.token_id
         self.length += 1
         self.generated += 1
-        return chosen
+        self.events.put(Event(token=chosen, at=time.perf_counter()))
 
     def finished(self, chosen: ChosenToken) -> str | None:
         if self.eos_token_id is not None and chosen.token_id == self.eos_token_id:
@@ -120,6 +123,17 @@ class Ticket:
             except queue.Empty:
                 return out
 
+    def wait(self, seconds: float) -> list[Event]:
+        """The events that have arrived, waiting at most ``seconds`` for the first (none: an empty list;
+        an error event if the decode loop has ended without this generation's end)."""
+        try:
+            first = self._request.events.get(timeout=max(seconds, 0.0))
+        except queue.Empty:
+            if not self._scheduler.active and self._request.events.empty():
+                return [Event(reason="error", error=RuntimeError("the decode loop ended"))]
+            return []
+        return [first, *self.ready()]
+
     @property
     def chosen(self) -> list[ChosenToken]:
         return self._request.chooser.chosen
@@ -149,25 +163,30 @@ class _Batch:
         index = torch.tensor(keep, device=self.mask.device)
         self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
+        self._trim()
+
+    def add(self, requests: list[_Request], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """New rows whose prompts were read into ``cache``, left-padded as ``mask`` says."""
+        if self.cache is None:
+            self.requests, self.cache, self.mask = list(requests), cache, mask
+        else:
+            width = max(self.mask.shape[1], mask.shape[1])
+            pad_old, pad_new = width - self.mask.shape[1], width - mask.shape[1]
+            self.mask = torch.cat([F.pad(self.mask, (pad_old, 0)), F.pad(mask, (pad_new, 0))])
+            for old, new in zip(self.cache.layers, cache.layers):
+                old.keys = torch.cat([F.pad(old.keys, (0, 0, pad_old, 0)), F.pad(new.keys, (0, 0, pad_new, 0))])
+                old.values = torch.cat([F.pad(old.values, (0, 0, pad_old, 0)),
+                                        F.pad(new.values, (0, 0, pad_new, 0))])
+            self.requests.extend(requests)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the columns that are padding in every row."""
         first = int(self.mask.any(dim=0).nonzero()[0])
         if first:
             self.mask = self.mask[:, first:]
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-
-    def add(self, request: _Request, cache: DynamicCache, length: int) -> None:
-        """A new row whose prompt was read into ``cache`` (``length`` columns)."""
-        mask = torch.ones((1, length), dtype=torch.long, device=request.history.device)
-        if self.cache is None:
-            self.requests, self.cache, self.mask = [request], cache, mask
-            return
-        width = max(self.mask.shape[1], length)
-        pad_old, pad_new = width - self.mask.shape[1], width - length
-        self.mask = torch.cat([F.pad(self.mask, (pad_old, 0)), F.pad(mask, (pad_new, 0))])
-        for old, new in zip(self.cache.layers, cache.layers):
-            old.keys = torch.cat([F.pad(old.keys, (0, 0, pad_old, 0)), F.pad(new.keys, (0, 0, pad_new, 0))])
-            old.values = torch.cat([F.pad(old.values, (0, 0, pad_old, 0)), F.pad(new.values, (0, 0, pad_new, 0))])
-        self.requests.append(request)
 
 
 class BatchScheduler:
@@ -230,8 +249,8 @@ class BatchScheduler:
             try:
                 with torch.inference_mode():
                     self._drop(batch)
-                    for request in admitted:
-                        self._admit(batch, request)
+                    for group in _prefill_groups([r for r in admitted if not r.cancelled.is_set()]):
+                        self._admit(batch, group)
                     self._drop(batch)
                     self._running = list(batch.requests)
                     if batch:
@@ -242,22 +261,26 @@ class BatchScheduler:
                     request.events.put(Event(reason="error", error=exc))
                 batch = _Batch()
 
-    def _admit(self, batch: _Batch, request: _Request) -> None:
-        """Read the prompt (a forward pass of its own), choose the first token, add the row."""
-        if request.cancelled.is_set():
-            return
+    def _admit(self, batch: _Batch, requests: list[_Request]) -> None:
+        """Read the prompts of requests that arrived together (one forward pass, left-padded), choose
+        their first tokens, add the rows that go on to the batch."""
         model = self.loaded.model
-        ids = request.history[:, :request.length]
-        cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True,
-                    position_ids=torch.arange(request.length, device=ids.device).unsqueeze(0))
-        chosen = request.choose(out.logits[:, -1, :])
-        request.events.put(Event(token=chosen, at=time.perf_counter()))
-        reason = request.finished(chosen)
-        if reason:
-            request.events.put(Event(reason=reason))
-            return
-        batch.add(request, out.past_key_values, request.length - 1)
+        device = requests[0].history.device
+        width = max(r.length for r in requests)
+        ids = torch.zeros((len(requests), width), dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(requests):
+            ids[i, width - r.length:] = r.history[0, :r.length]
+            mask[i, width - r.length:] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                    past_key_values=DynamicCache(config=model.config), use_cache=True)
+        keep = self._choose(requests, out.logits[:, -1, :])
+        if keep:
+            cache = out.past_key_values
+            if len(keep) < len(requests):
+                cache.batch_select_indices(torch.tensor(keep, device=device))
+            batch.add([requests[i] for i in keep], cache, mask[keep])
 
     def _step(self, batch: _Batch) -> None:
         """One batched forward: every row's last token in, every row's next token out."""
@@ -271,25 +294,64 @@ class BatchScheduler:
         batch.cache = out.past_key_values
         self.steps += 1
         self.max_batch = max(self.max_batch, len(requests))
-        logits = out.logits[:, -1, :]
+        batch.keep(self._choose(requests, out.logits[:, -1, :]))
+
+    @staticmethod
+    def _choose(requests: list[_Request], logits: torch.Tensor) -> list[int]:
+        """Choose every live row's next token (``logits``: [rows, vocab]) and hand it to its stream;
+        the rows that go on. Rows with the same settings go through transformers' processors and the
+        choosers together; each keeps its own history and seeded generator."""
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, r in enumerate(requests):
+            if not r.cancelled.is_set():
+                groups.setdefault(r.group, []).append(i)
         keep = []
-        for i, request in enumerate(requests):
-            if request.cancelled.is_set():
-                continue
-            chosen = request.choose(logits[i:i + 1])
-            request.events.put(Event(token=chosen, at=time.perf_counter()))
-            reason = request.finished(chosen)
-            if reason:
-                request.events.put(Event(reason=reason))
-            else:
-                keep.append(i)
-        batch.keep(keep)
+        for rows in groups.values():
+            members = [requests[i] for i in rows]
+            for i, r, chosen in zip(rows, members, _choose_group(members, logits[rows])):
+                r.take(chosen)
+                reason = r.finished(chosen)
+                if reason:
+                    r.events.put(Event(reason=reason))
+                else:
+                    keep.append(i)
+        return sorted(keep)
 
     @staticmethod
     def _drop(batch: _Batch) -> None:
         """Drop cancelled rows (a Stop or a closed page)."""
         if batch:
             batch.keep([i for i, r in enumerate(batch.requests) if not r.cancelled.is_set()])
+
+
+def _choose_group(requests: list[_Request], logits: torch.Tensor) -> list[ChosenToken]:
+    """The next token of requests with the same settings (``logits``: [rows, vocab]), as ``generate``
+    would choose each alone: fp32 scores, the processors on the request's own history, its chooser.
+    Histories of different lengths are padded with a token the row already has, which changes nothing
+    for the repetition penalty (it looks at which tokens occur); a no-repeat n-gram rule looks at the
+    order of the tokens, so those rows go one at a time."""
+    scores = logits.float()
+    if len(requests) == 1 or requests[0].params.no_repeat_ngram_size > 0:
+        for i, r in enumerate(requests):
+            scores[i:i + 1] = r.processors(r.history[:, :r.length], scores[i:i + 1])
+    else:
+        width = max(r.length for r in requests)
+        ids = torch.stack([F.pad(r.history[0, :r.length], (0, width - r.length), value=int(r.history[0, 0]))
+                           for r in requests])
+        scores = requests[0].processors(ids, scores)
+    return choose_tokens(scores, [r.chooser for r in requests])
+
+
+def _prefill_groups(requests: list[_Request]) -> list[list[_Request]]:
+    """Arrived requests in groups whose prompts are read in one forward pass each, similar lengths
+    together, at most :data:`PREFILL_TOKENS` padded tokens a group (or one long prompt)."""
+    groups: list[list[_Request]] = []
+    for r in sorted(requests, key=lambda r: r.length):
+        if groups and (len(groups[-1]) + 1) * r.length <= PREFILL_TOKENS:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
 
 
 _schedulers_lock = threading.Lock()

@@ -152,22 +152,22 @@ def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_
             followers.append(_submit(loaded, request, t0))
         scheduler = scheduler_for(loaded)
         due = 0.0  # when the next update may go (the first goes at once)
+        pending = False  # tokens taken in since the last update
         while True:
-            wait = due - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            running = [f for f in followers if f.end is None]
-            # every stream takes in what came meanwhile (those tokens share one update)
-            came = sum(f.absorb(f.ticket.ready()) for f in running) > 0
-            if not came and running and all(f.end is None for f in running):  # wait for the next step
-                came = running[0].absorb([running[0].ticket.next_event(poll_s)])
+            pending |= sum(f.absorb(f.ticket.ready()) for f in followers if f.end is None) > 0
             for f in followers:
                 f.check()
             if all(f.end is not None for f in followers):
-                break
-            if came:
+                break  # the last update goes at once, whatever the pace
+            now = time.perf_counter()
+            if pending and now >= due:
                 yield [f.update() for f in followers]
-                due = time.perf_counter() + update_interval(scheduler.streams)
+                pending, due = False, now + update_interval(scheduler.streams)
+                continue
+            # wait for the next event of a running generation (tokens that come before the update is
+            # due share it; an end wakes the stream at once)
+            lead = next(f for f in followers if f.end is None)
+            pending |= lead.absorb(lead.ticket.wait(min(poll_s, due - now) if pending else poll_s))
         yield [f.update() for f in followers]
     finally:
         for f in followers:

@@ -87,12 +87,13 @@ PRESETS: dict[str, SamplingParams] = {
 DEFAULT_PRESET = "Balanced"
 
 
-def validate_sampling(**values) -> SamplingParams:
-    """SamplingParams from request values (missing ones take their default); every value checked."""
+def validate_sampling(*, slider: bool = False, **values) -> SamplingParams:
+    """SamplingParams from request values (missing ones take their default); every value checked,
+    within the sliders' ranges with ``slider``."""
     unknown = set(values) - set(SETTING)
     if unknown:
         raise ValidationError(f"unknown sampling setting(s): {', '.join(sorted(unknown))[:80]}")
-    return SamplingParams(**{s.name: s.check(values.get(s.name, s.default)) for s in SETTINGS})
+    return SamplingParams(**{s.name: s.check(values.get(s.name, s.default), slider=slider) for s in SETTINGS})
 
 
 def resolve_seed(params: SamplingParams) -> SamplingParams:
@@ -126,8 +127,13 @@ def build_processors(params: SamplingParams) -> LogitsProcessorList:
 
 
 def entropy_bits(probs: torch.Tensor) -> float:
-    """Shannon entropy in bits (0 · log 0 = 0)."""
-    return float(torch.special.entr(probs.double()).sum()) / math.log(2)
+    """Shannon entropy in bits (0 · log 0 = 0) of one distribution."""
+    return row_entropy_bits(probs.unsqueeze(0))[0]
+
+
+def row_entropy_bits(probs: torch.Tensor) -> list[float]:
+    """The entropy in bits of each row of ``probs`` ([rows, vocab])."""
+    return (torch.special.entr(probs.double()).sum(dim=-1) / math.log(2)).tolist()
 
 
 @dataclass
@@ -158,25 +164,42 @@ class TokenChooser(LogitsProcessor):
         """The generator's state, to continue the same draws in another call (or process)."""
         return self.generator.get_state() if self.generator is not None else self.rng_state
 
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """This generation's pick from one row of probabilities ([1, vocab]): the argmax, or a draw
+        from its own seeded generator."""
+        if not self.do_sample:
+            return probs.argmax(dim=-1, keepdim=True)
+        if self.generator is None:
+            self.generator = torch.Generator(device=probs.device)
+            if self.rng_state is not None:
+                self.generator.set_state(self.rng_state)
+            else:
+                self.generator.manual_seed(self.seed if self.seed is not None else random.randint(0, MAX_SEED))
+        return torch.multinomial(probs, 1, generator=self.generator)
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != 1:
-            raise ValueError("TokenChooser supports batch size 1")
-        probs = torch.softmax(scores.float(), dim=-1)
-        if self.do_sample:
-            if self.generator is None:
-                self.generator = torch.Generator(device=scores.device)
-                if self.rng_state is not None:
-                    self.generator.set_state(self.rng_state)
-                else:
-                    self.generator.manual_seed(self.seed if self.seed is not None else random.randint(0, MAX_SEED))
-            choice = torch.multinomial(probs, 1, generator=self.generator)
-        else:
-            choice = probs.argmax(dim=-1, keepdim=True)
-        top = torch.topk(probs[0], k=min(self.top_n, probs.shape[-1]))
-        self.chosen.append(ChosenToken(
-            token_id=int(choice), prob=float(probs[0, choice]),
-            alternatives=[(int(i), float(p)) for i, p in zip(top.indices.tolist(), top.values.tolist())],
-            entropy_bits=entropy_bits(probs[0]),
-        ))
+            raise ValueError("TokenChooser supports batch size 1 (choose_tokens picks for many rows)")
+        chosen = choose_tokens(scores, [self])[0]
         forced = torch.full_like(scores, -math.inf)
-        return forced.scatter_(1, choice, 0.0)
+        forced[0, chosen.token_id] = 0.0
+        return forced
+
+
+def choose_tokens(scores: torch.Tensor, choosers: list[TokenChooser]) -> list[ChosenToken]:
+    """Row ``i`` of ``scores`` ([rows, vocab], the processors already applied) picked by
+    ``choosers[i]``, each with its own generator, and recorded in that chooser's ``chosen``. The
+    probabilities, alternatives and entropies of all rows are computed together: a row gets the same
+    pick alone or among others."""
+    probs = torch.softmax(scores.float(), dim=-1)
+    picks = torch.cat([c.draw(probs[i:i + 1]) for i, c in enumerate(choosers)])
+    top = torch.topk(probs, k=min(max(c.top_n for c in choosers), probs.shape[-1]), dim=-1)
+    ids, picked = picks[:, 0].tolist(), probs.gather(1, picks)[:, 0].tolist()
+    top_ids, top_probs, entropies = top.indices.tolist(), top.values.tolist(), row_entropy_bits(probs)
+    out = []
+    for i, c in enumerate(choosers):
+        chosen = ChosenToken(token_id=ids[i], prob=picked[i], entropy_bits=entropies[i],
+                             alternatives=list(zip(top_ids[i][:c.top_n], top_probs[i][:c.top_n])))
+        c.chosen.append(chosen)
+        out.append(chosen)
+    return out

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from conftest import BUNDLED, free_port, make_tiny_checkpoint
@@ -77,6 +78,39 @@ def test_the_same_seed_gives_the_same_text_alone_and_inside_a_batch_of_8(tiny_lo
     assert all(len(ids) == 30 for ids in batched)
 
 
+def test_requests_with_the_same_settings_are_chosen_together_and_still_match_alone(bundled_loaded):
+    # The classroom case: everybody on the default settings (repetition penalty, temperature, top-p),
+    # each with their own seed and prompt; the prompts are read in one forward pass, left-padded, and
+    # the rows' tokens are chosen together. One request ends at its first token.
+    balanced = [validate_request(p, 1 if i == 3 else 25, validate_sampling(seed=100 + i))
+                for i, p in enumerate(PROMPTS)]
+    focused = [validate_request(p, 25, replace(PRESETS["Focused"], seed=i)) for i, p in enumerate(PROMPTS[:3])]
+    reqs = balanced + focused
+    alone = [[c.token_id for c in generate_alone(bundled_loaded, r)] for r in reqs]
+    batched, scheduler = submit_all_at_once(bundled_loaded, reqs)
+    assert scheduler.max_batch == len(reqs) - 1, "the requests should have decoded together"
+    assert batched == alone
+    assert len(batched[3]) == 1 and all(len(ids) == 25 for i, ids in enumerate(batched) if i != 3)
+
+
+def test_the_probabilities_a_row_records_are_those_it_has_alone(bundled_loaded):
+    reqs = [validate_request(p, 12, validate_sampling(seed=7)) for p in PROMPTS[:4]]
+    alone = [generate_alone(bundled_loaded, r) for r in reqs]
+    scheduler = BatchScheduler(bundled_loaded)
+    tickets = []
+    for r in reqs:
+        ids, _ = prepare_prompt(bundled_loaded, r.prompt, r.max_new_tokens)
+        tickets.append(scheduler.submit(ids, r.sampling, r.max_new_tokens))
+    for t in tickets:
+        drain(t)
+    for a, t in zip(alone, tickets):
+        assert [c.token_id for c in t.chosen] == [c.token_id for c in a]
+        for x, y in zip(t.chosen, a):
+            assert x.prob == pytest.approx(y.prob, rel=1e-4)
+            assert x.entropy_bits == pytest.approx(y.entropy_bits, rel=1e-4)
+            assert [i for i, _ in x.alternatives] == [i for i, _ in y.alternatives]
+
+
 def test_rows_join_and_leave_between_steps_without_disturbing_the_others(bundled_loaded):
     reqs = requests(40)
     alone = [[c.token_id for c in generate_alone(bundled_loaded, r)] for r in reqs[:3]]
@@ -129,6 +163,18 @@ def test_closing_a_stream_stops_its_row(bundled_loaded):
     while live_generation_threads() and time.perf_counter() - t0 < 1.5:
         time.sleep(0.01)
     assert not live_generation_threads(), "the decode loop still runs 1.5 s after the only stream closed"
+
+
+def test_the_last_update_goes_as_soon_as_the_generation_ends_whatever_the_pace(bundled_loaded, monkeypatch):
+    import demo.generation as generation
+
+    monkeypatch.setattr(generation, "update_interval", lambda streams: 5.0)  # one update per 5 s
+    t0 = time.perf_counter()
+    updates = list(stream_generate(bundled_loaded, validate_request("The old man", 12, validate_sampling(seed=1))))
+    took = time.perf_counter() - t0
+    assert updates[-1].done and updates[-1].n_tokens == 12
+    assert len(updates) == 2, "the first token's update, then the last at the end"
+    assert took < 2.0, f"the last update waited for the pace ({took:.1f} s)"
 
 
 def test_8_bit_generations_batch_too(tiny_loaded_int8):
@@ -373,7 +419,7 @@ def test_bundled_model_in_a_batch_matches_alone_on_greedy():
     assert scheduler.max_batch == 8 and batched == alone
 
 
-def test_the_api_matrix_is_not_kept_in_the_session_after_the_call(class_app):
+def test_a_session_keeps_neither_the_api_matrix_nor_a_page_copy_and_still_works(class_app):
     from gradio_client import Client
 
     from demo.ui.common import FORGET_EVERY_S
@@ -385,11 +431,19 @@ def test_the_api_matrix_is_not_kept_in_the_session_after_the_call(class_app):
     assert len(data["weights"]) > 50
     session = demo.state_holder.session_data[client.session_hash]
 
-    def kept_values():
-        return [c["props"].get("value") for c in session.config_values.values()
-                if isinstance(c.get("props", {}).get("value"), dict) and "weights" in c["props"]["value"]]
+    def kept():
+        config = session.config_values
+        return len(config) > 20 or any(isinstance(c.get("props", {}).get("value"), dict)
+                                       and "weights" in c["props"]["value"] for c in config.values())
 
     t0 = time.perf_counter()
-    while kept_values() and time.perf_counter() - t0 < FORGET_EVERY_S * 3:
+    while kept() and time.perf_counter() - t0 < FORGET_EVERY_S * 3:
         time.sleep(0.2)
-    assert not kept_values(), "the session still holds the attention matrix"
+    assert not kept(), "the session still holds the page's configuration or the attention matrix"
+    # the same visitor goes on as before: Gradio writes into the emptied copy without noticing
+    for _ in range(2):
+        _, again = client.predict("The cat sat on the mat.", 0, 0, "head", "mean-heads", -1, "layer",
+                                  api_name="/attention")
+        assert again["tokens"][:3] == data["tokens"][:3]
+        _, stats = client.predict(prompt="The old man", max_new_tokens=5, seed=3, api_name="/generate")
+        assert "tokens generated" in stats

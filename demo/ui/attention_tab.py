@@ -319,7 +319,6 @@ def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
         api_plot = gr.Plot(label="figure")
         api_data = gr.JSON(label="data")
         api_btn = gr.Button("attention")
-    ctx.unkept_outputs.extend([api_plot, api_data])
     api_btn.click(h.api_attention, [api_text, api_layer, api_head, api_view, api_aggregate, api_token, api_scope],
                   [api_plot, api_data], api_name="attention", **ctx.model_queue)
 

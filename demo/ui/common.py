@@ -55,7 +55,6 @@ class AppContext:
     cache: ModelCache
     settings: Settings
     exports: ExportFolder = field(default_factory=ExportFolder)
-    unkept_outputs: list = field(default_factory=list)  # API-only outputs not to keep in sessions (see below)
 
     def gpu(self, fn: Callable, duration: int | Callable = ANALYSIS_S) -> Callable:
         """``fn(loaded, *args)`` as a ZeroGPU task on a ZeroGPU Space (the ``spaces`` package present),
@@ -170,18 +169,29 @@ def _positional(params: list[inspect.Parameter], args: tuple, kwargs: dict) -> l
 FORGET_EVERY_S = 5.0
 
 
-def forget_outputs(demo: gr.Blocks, components: list, every_s: float = FORGET_EVERY_S) -> threading.Thread | None:
-    """Gradio keeps, in each session, the last value of every output it sent: for an API-only output
-    such as /attention's matrix (about 10 MB at 512 tokens) that is memory nobody reads again, and
-    each new API client is a new session. A daemon thread clears those values every ``every_s``
-    seconds. It reads Gradio's session store (``state_holder.session_data``, an internal part); where
-    a release changes it, nothing is cleared and ``GPT_EXPLORER_SESSIONS`` still bounds the memory."""
-    ids = [c._id for c in components]
-    if not ids:
-        return None
+class _NoPageCopy(dict):
+    """A session's page copy after a sweep of :func:`forget_page_copies`: the entries Gradio writes
+    until the next sweep, and an empty entry for any other component (never a KeyError)."""
+
+    def __missing__(self, key):
+        return {}
+
+
+def forget_page_copies(demo: gr.Blocks, every_s: float = FORGET_EVERY_S) -> threading.Thread:
+    """Gradio gives each session a copy of the whole page's configuration (``config_values``, about
+    0.35 MB for this page, kept for Gradio's deep links, which the app does not use) and writes into it
+    the last value of every input and output, such as /attention's matrix (about 10 MB at 512 tokens).
+    Each new API client is a new session. A daemon thread replaces each session's copy with an empty
+    one every ``every_s`` seconds, which leaves a session about 15 KB.
+
+    Safe while events run: the thread only swaps the attribute for a new dict, and the stand-in
+    answers a missing component with an empty entry, so Gradio's next write to the copy finds what it
+    expects whichever dict it reaches. This reads Gradio's session store (``state_holder``, an internal
+    part); where a release changes it, nothing is swept and ``GPT_EXPLORER_SESSIONS`` still bounds the
+    memory."""
     ref = weakref.ref(demo)
 
-    def clear_forever():
+    def sweep_forever():
         while True:
             time.sleep(every_s)
             app = ref()
@@ -192,12 +202,10 @@ def forget_outputs(demo: gr.Blocks, components: list, every_s: float = FORGET_EV
                 return
             for session in list(sessions.values()):
                 config = getattr(session, "config_values", None)
-                for i in ids:
-                    props = config.get(i, {}).get("props") if isinstance(config, dict) else None
-                    if isinstance(props, dict) and props.get("value") is not None:
-                        props["value"] = None
+                if isinstance(config, dict) and (config or not isinstance(config, _NoPageCopy)):
+                    session.config_values = _NoPageCopy()
             del app
 
-    thread = threading.Thread(target=clear_forever, name="gpt-explorer-forget-outputs", daemon=True)
+    thread = threading.Thread(target=sweep_forever, name="gpt-explorer-forget-page-copies", daemon=True)
     thread.start()
     return thread

@@ -119,8 +119,9 @@ class GenerateHandlers:
     def generate(self, prompt, max_new_tokens, *sampling) -> Iterator[tuple[str, str, dict | None]]:
         """Stream a continuation of `prompt`. Each update is (text generated so far, stats line, the
         generation's record once it is done). ``sampling`` values come in :data:`SAMPLING_ORDER`."""
-        params = validate_sampling(**dict(zip(SAMPLING_ORDER, sampling)))
-        request = validate_request(prompt, max_new_tokens, params)
+        # the event skips Gradio's preprocessing: the values are checked here, within the sliders' ranges
+        params = validate_sampling(slider=True, **dict(zip(SAMPLING_ORDER, sampling)))
+        request = validate_request(prompt, MAX_NEW_TOKENS.check(max_new_tokens, slider=True), params)
         with self.manager.use(current_session()) as loaded:  # not unloaded while it generates
             yield from self._stream(loaded, request)
 
@@ -305,7 +306,9 @@ def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
 
     inputs = [prompt, max_new_tokens] + [controls[n] for n in SAMPLING_ORDER]
     generate = with_parameters(gen.generate, API_PARAMETERS)
-    limit = ctx.generate_queue
+    # preprocess=False: the handler checks the raw values itself (as the inputs' preprocess would),
+    # which saves Gradio's preprocessing a thread hop per input on every request.
+    limit = {**ctx.generate_queue, "preprocess": False}
     events = [gen_btn.click(generate, inputs, [output, stats, last_generation], api_name="generate", **limit),
               prompt.submit(generate, inputs, [output, stats, last_generation], **PRIVATE, **limit)]
     for ev in events:
