@@ -105,15 +105,6 @@ class Ticket:
         """Stop this generation (the loop drops its row before the next step)."""
         self._request.cancelled.set()
 
-    def next_event(self, timeout: float = 0.05) -> Event:
-        """The next event, waiting for it (checking every ``timeout`` seconds that the loop still runs)."""
-        while True:
-            try:
-                return self._request.events.get(timeout=timeout)
-            except queue.Empty:
-                if not self._scheduler.active and self._request.events.empty():
-                    return Event(reason="error", error=RuntimeError("the decode loop ended"))
-
     def ready(self) -> list[Event]:
         """The events that have arrived, without waiting."""
         out = []

@@ -33,10 +33,15 @@ def requests(n_tokens: int = 30):
     return [validate_request(p, n_tokens, validate_sampling(**s)) for p, s in zip(PROMPTS, SETTINGS)]
 
 
+def events(ticket):
+    """A ticket's events one by one, as the decode loop sends them."""
+    while True:
+        yield from ticket.wait(1.0)
+
+
 def drain(ticket) -> list[int]:
     ids = []
-    while True:
-        event = ticket.next_event(1.0)
+    for event in events(ticket):
         if event.token is not None:
             ids.append(event.token.token_id)
         if event.reason is not None:
@@ -138,8 +143,8 @@ def test_a_stop_takes_the_row_out_at_the_next_step_and_the_others_go_on(bundled_
     params = validate_sampling(seed=3)
     keep = scheduler.submit(ids, params, 300)
     stop = scheduler.submit(ids, params, 400)
-    for _ in range(5):
-        stop.next_event(1.0)
+    for _, _ in zip(range(5), events(stop)):
+        pass
     stop.cancel()
     steps_at_cancel = scheduler.steps
     assert len(drain(keep)) == 300
