@@ -417,9 +417,10 @@ class CancelReport:
 
 
 def cancel_cycles(server: AppServer, cycles: int = 50, max_new_tokens: int = 400, warmup: int = 6,
-                  kill_every: int = 10) -> CancelReport:
+                  kill_every: int = 10, idle_timeout_s: float = 10) -> CancelReport:
     """Warm up (a full generation and `warmup` cycles of each kind), take the RSS baseline, run
-    `cycles` start-then-cancel cycles, and measure what is left."""
+    `cycles` start-then-cancel cycles, and measure what is left (a cycle whose generation thread is
+    still alive ``idle_timeout_s`` after the cancel counts as stuck)."""
     from gradio_client import Client
 
     client = Client(server.url, verbose=False)
@@ -433,15 +434,15 @@ def cancel_cycles(server: AppServer, cycles: int = 50, max_new_tokens: int = 400
             sse_cancel(server.url, a)
         else:
             killed_client_cancel(server.url, a)
-        return server.wait_idle(10)
+        return server.wait_idle(idle_timeout_s)
 
     client.predict(**generate_args(max_new_tokens=16), api_name="/generate")
     for i in range(warmup):
         one(CANCEL_KINDS[i % len(CANCEL_KINDS)], i)
-    server.wait_idle(10)
+    server.wait_idle(idle_timeout_s)
     rss_before = min(server.status()["rss"] for _ in range(3))
     results = [(kind, one(kind, i)) for i, kind in enumerate(cancel_schedule(cycles, kill_every))]
-    server.wait_idle(10)
+    server.wait_idle(idle_timeout_s)
     time.sleep(0.5)
     end = [server.status() for _ in range(3)]
     client.close()

@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     if q is not None and isinstance(getattr(q, "sleep_when_free", None), float):
         q.sleep_when_free = max(q.sleep_when_free, QUEUE_IDLE_POLL_S)
     forget_page_copies(demo)
-    demo.manager, demo.cache = manager, ctx.cache  # for tests and benchmarks
+    demo.manager, demo.cache, demo.stops = manager, ctx.cache, ctx.stops  # for tests and benchmarks
     # Bounded per-visitor memory and disk: Gradio keeps a little of each session (at most this many
     # sessions, each without its page copy: forget_page_copies), the app takes no uploads, and
     # Gradio's own file cache is cleaned (build_app).

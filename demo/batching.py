@@ -76,6 +76,7 @@ class _Request:
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0
+    ended: bool = False  # its last event (an end reason) has been sent
 
     @property
     def group(self) -> SamplingParams:
@@ -220,6 +221,13 @@ class BatchScheduler:
         """Generations running or waiting on this loop."""
         return len(self._running) + len(self._pending)
 
+    @property
+    def live(self) -> int:
+        """Generations waiting, being read or decoding that no Stop has cancelled yet."""
+        with self._lock:
+            requests = self._pending + self._running
+        return sum(not (r.cancelled.is_set() or r.ended) for r in requests)
+
     def cancel_all(self) -> None:
         """Cancel every generation of this loop (pending and running)."""
         with self._lock:
@@ -235,8 +243,9 @@ class BatchScheduler:
                 room = self.max_rows - len(batch)
                 admitted, self._pending = self._pending[:room], self._pending[room:]
                 if not admitted and not batch:
-                    self._thread = None
+                    self._thread, self._running = None, []
                     return
+            self._running = batch.requests + admitted  # in flight (for cancel_all and live)
             try:
                 with torch.inference_mode():
                     self._drop(batch)
@@ -249,6 +258,7 @@ class BatchScheduler:
             except Exception as exc:  # a failed forward ends every generation in the batch with the reason
                 log.exception("batched generation failed")
                 for request in batch.requests + admitted:
+                    request.ended = True
                     request.events.put(Event(reason="error", error=exc))
                 batch = _Batch()
 
@@ -303,6 +313,7 @@ class BatchScheduler:
                 r.take(chosen)
                 reason = r.finished(chosen)
                 if reason:
+                    r.ended = True
                     r.events.put(Event(reason=reason))
                 else:
                     keep.append(i)

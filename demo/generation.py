@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .backend import LoadedModel
-from .batching import THREAD_PREFIX, scheduler_for
+from .batching import THREAD_PREFIX, Event, scheduler_for
 from .errors import ValidationError
 from .sampling import MAX_NEW_TOKENS, ChosenToken, SamplingParams, TokenChooser, build_processors, resolve_seed
 from .tokens import display_token
@@ -103,6 +103,12 @@ class _Follower:
                 self.end = event
         return came
 
+    def stop(self) -> None:
+        """End here with the tokens taken in so far (a Stop): the model drops the row at its next step."""
+        if self.end is None:
+            self.ticket.cancel()
+            self.end = Event(reason="stopped")
+
     def check(self) -> None:
         if self.end is not None and self.end.reason == "error":
             err = self.end.error
@@ -119,7 +125,7 @@ class _Follower:
             text=text, n_tokens=n, elapsed_s=time.perf_counter() - self.t0,
             ttft_s=times[0] - self.t0 if times else None, tokens_per_s=rate,
             prompt_tokens=len(self.ids), truncated_tokens=self.dropped, seed=self.seed, done=done,
-            stop_reason=self.end.reason if done else None, chosen=list(self.ticket.chosen) if done else None,
+            stop_reason=self.end.reason if done else None, chosen=self.ticket.chosen[:n] if done else None,
             prompt_ids=self.ids if done else None)
 
 
@@ -130,21 +136,57 @@ def _submit(loaded: LoadedModel, request: GenerationRequest, t0: float) -> _Foll
     return _Follower(loaded, ticket, ids, dropped, params.seed, t0)
 
 
-def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: float = 0.05
-                    ) -> Iterator[GenerationUpdate]:
+class StopRequests:
+    """Stop requests by owner (for the app: a visitor's session and the kind of work it stops).
+
+    A Stop is a request, not an interruption: :meth:`request` notes when it was made, and every
+    generation of that owner which started before then (:meth:`signal`) ends at its next check with
+    what it has generated so far, as a normal last update whose ``stop_reason`` is 'stopped'. So a
+    Stop at any moment (before the first token, mid-stream, as the stream ends, after it ended) has
+    one outcome, and a Stop that arrives after a generation ended cannot stop the next one. Times are
+    ``time.monotonic()`` values; the app passes when each request reached the server."""
+
+    MAX_OWNERS = 4096  # the latest stop of this many owners is kept (a float each)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._latest: dict[str, float] = {}
+        self.count = 0  # requests taken so far (for tests and the log)
+
+    def request(self, owner: str, at: float | None = None) -> None:
+        """Stop every generation of ``owner`` that started before ``at`` (default: now)."""
+        at = time.monotonic() if at is None else at
+        with self._lock:
+            latest = max(at, self._latest.pop(owner, at))  # re-inserted: the dict's order is by use
+            self._latest[owner] = latest
+            self.count += 1
+            while len(self._latest) > self.MAX_OWNERS:
+                del self._latest[next(iter(self._latest))]
+
+    def signal(self, owner: str, started: float | None = None) -> Callable[[], bool]:
+        """A check for a generation of ``owner`` that started at ``started`` (default: now): true
+        once a stop of that owner made at or after that moment has been requested."""
+        started = time.monotonic() if started is None else started
+        return lambda: self._latest.get(owner, float("-inf")) >= started
+
+
+def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: float = 0.05,
+                    stop: Callable[[], bool] | None = None) -> Iterator[GenerationUpdate]:
     """Stream a generation as growing text, decoded in the model's batched decode loop together with
     every other generation on that model (:mod:`demo.batching`). Close the generator to stop the
-    model: its row leaves the batch at the next step."""
-    with contextlib.closing(stream_samples(loaded, [request], poll_s)) as stream:
+    model: its row leaves the batch at the next step. ``stop`` (see :class:`StopRequests`) ends it
+    the same way, with a last update that keeps what was generated (``stop_reason`` 'stopped')."""
+    with contextlib.closing(stream_samples(loaded, [request], poll_s, stop)) as stream:
         for updates in stream:
             yield updates[0]
 
 
-def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_s: float = 0.05
-                   ) -> Iterator[list[GenerationUpdate]]:
+def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_s: float = 0.05,
+                   stop: Callable[[], bool] | None = None) -> Iterator[list[GenerationUpdate]]:
     """Stream several generations at once (each with its own settings and seed, all in the same
     batched decode loop): each update is the list of their updates, in order; the last has every one
-    done. Close the generator to stop them all at the next step."""
+    done. Close the generator, or make ``stop()`` true, to stop them all at the next step (``stop``
+    is checked at least every ``poll_s``; the last update then has the unfinished ones 'stopped')."""
     t0 = time.perf_counter()
     followers: list[_Follower] = []
     try:
@@ -157,6 +199,9 @@ def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_
             pending |= sum(f.absorb(f.ticket.ready()) for f in followers if f.end is None) > 0
             for f in followers:
                 f.check()
+            if stop is not None and stop():
+                for f in followers:
+                    f.stop()
             if all(f.end is not None for f in followers):
                 break  # the last update goes at once, whatever the pace
             now = time.perf_counter()

@@ -12,6 +12,8 @@ import re
 import time
 from pathlib import Path
 
+from waiting import wait_until  # noqa: F401 (the browser tests import it from here)
+
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("GPT_EXPLORER_CHROMIUM", "/usr/bin/chromium")
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -19,7 +21,7 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--d
 VIEWPORT = {"width": 1280, "height": 900}
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 DOCS_SCREENSHOTS = REPO / "docs" / "screenshots"
-DONE_MARKERS = ("reached max new tokens", "model ended the text")
+DONE_MARKERS = ("reached max new tokens", "model ended the text", "stopped after")
 # Set to 1 to (re)write the README screenshots in docs/screenshots/ while the browser tests run.
 UPDATE_DOCS = os.environ.get("GPT_EXPLORER_UPDATE_SCREENSHOTS", "") not in ("", "0")
 
@@ -57,6 +59,10 @@ _WATCH_JS = """() => {
   };
   new MutationObserver(check).observe(box, { attributes: true, childList: true, subtree: true });
   check();
+  // Gradio's error badges (a status tracker that says "Error") and error toasts that are visible now
+  window.__errorBadges = () => [...document.querySelectorAll('[data-testid="status-tracker"], .toast-body')]
+    .filter(el => el.offsetParent !== null && /error/i.test(el.className + ' ' + el.innerText)
+            && /error/i.test(el.innerText)).map(el => el.innerText.trim().slice(0, 200));
   // Whether a plotly figure holds real numbers: some finite, non-zero value in its computed traces
   // (heatmap cells, bar sizes, point coordinates), not only an annotation on empty axes.
   window.__plotSummary = (gd) => {
@@ -142,7 +148,7 @@ def click_generate(page) -> int:
 def wait_generation_done(page, before: int, timeout_s: float = 120) -> str:
     page.wait_for_function("n => window.__gen.done > n", arg=before, timeout=timeout_s * 1000)
     page.wait_for_function("([sel, m]) => m.some(x => document.querySelector(sel).innerText.includes(x))",
-                           arg=[STATS, list(DONE_MARKERS)], timeout=10_000)
+                           arg=[STATS, list(DONE_MARKERS)], timeout=timeout_s * 1000)
     return output_text(page)
 
 
@@ -152,6 +158,25 @@ def generate(page, timeout_s: float = 120) -> str:
 
 def growth_samples(page) -> list[tuple[float, int]]:
     return [tuple(s) for s in page.evaluate("window.__gen.samples")]
+
+
+def error_badges(page) -> list[str]:
+    """The texts of Gradio's visible error badges and error toasts (none when all is well)."""
+    return page.evaluate("window.__errorBadges()")
+
+
+def wait_for_stats(page, text: str, timeout_s: float = 120) -> str:
+    """Wait until the stats line under the output contains ``text``; the line."""
+    page.wait_for_function("([sel, t]) => document.querySelector(sel).innerText.includes(t)", arg=[STATS, text],
+                           timeout=timeout_s * 1000)
+    return stats_text(page)
+
+
+def wait_for_output(page, condition_js: str, timeout_s: float = 120) -> str:
+    """Wait until the generated text ``t`` satisfies a JS condition on ``t`` (e.g. "t.length > 0")."""
+    page.wait_for_function(f"() => {{ const t = document.querySelector('#output textarea').value; "
+                           f"return {condition_js}; }}", timeout=timeout_s * 1000)
+    return output_text(page)
 
 
 def visible_plots(page, within: str | None = None):
@@ -216,15 +241,6 @@ def scroll_to(page, selector: str, margin: int = 90) -> None:
     page.evaluate("([s, m]) => { const el = document.querySelector(s); if (el) window.scrollTo(0, "
                   "el.getBoundingClientRect().top + window.scrollY - m); }", [selector, margin])
     time.sleep(0.2)
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.02) -> bool:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout_s:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 def tokens_generated(stats: str) -> int | None:

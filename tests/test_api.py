@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import pytest
 from gradio_client.exceptions import AppError
+from waiting import CEILING_S, ModelGate, wait_until
 
 from demo.generation import live_generation_threads
 from demo.sampling import SamplingParams
@@ -60,18 +61,33 @@ def test_bad_values_get_a_clear_error_and_the_next_request_works(client, field, 
     assert ok[0]
 
 
-def test_client_cancel_stops_the_generation_thread(client):
-    job = client.submit(**{**GOOD, "max_new_tokens": 500, "seed": 1}, api_name="/generate")
-    t0 = time.perf_counter()
-    while not live_generation_threads() and time.perf_counter() - t0 < 10:
-        time.sleep(0.02)
-    assert live_generation_threads(), "generation did not start"
-    time.sleep(0.3)
-    job.cancel()
-    t1 = time.perf_counter()
-    while live_generation_threads() and time.perf_counter() - t1 < 1.5:
-        time.sleep(0.02)
-    assert not live_generation_threads(), "generation still running 1.5 s after the client cancelled"
+def test_client_cancel_stops_the_generation_thread(client, live_app, monkeypatch):
+    import gradio.routes
+
+    received = threading.Event()  # the server has taken the client's /cancel (it cancels the task at once)
+    real_cancel = gradio.routes.cancel_tasks
+
+    async def noted_cancel(task_ids):
+        received.set()
+        return await real_cancel(task_ids)
+
+    monkeypatch.setattr(gradio.routes, "cancel_tasks", noted_cancel)
+    model = live_app[0].manager.require().model
+    with ModelGate(model, hold_at=20) as gate:
+        job = client.submit(**{**GOOD, "max_new_tokens": 500, "seed": 1}, api_name="/generate")
+        assert gate.wait_held() and live_generation_threads(), "generation did not start"
+        scheduler = live_app[0].manager.require().scheduler
+        cancel = threading.Thread(target=job.cancel)
+        cancel.start()
+        assert received.wait(CEILING_S), "the cancel never reached the server"
+        # Gradio cancels a generator between two of its updates, so the next token has to come: let
+        # this pass go on and hold the next one, while the server closes the stream
+        gate.hold()
+        assert wait_until(lambda: scheduler.live == 0), "the server never cancelled the generation"
+        gate.release()
+        cancel.join()
+        assert wait_until(lambda: not live_generation_threads()), "the generation thread never ended"
+    assert gate.calls <= 21, "the model ran on after the client cancelled"
 
 
 def test_load_model_of_a_hub_model_is_refused_and_the_model_keeps_serving(client, live_app):

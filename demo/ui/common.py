@@ -17,6 +17,7 @@ from ..backend import ModelManager
 from ..cache import ModelCache
 from ..errors import ExplorerError
 from ..exports import ExportFolder
+from ..generation import StopRequests
 from ..settings import Settings
 from ..zerogpu import ANALYSIS_S, gpu_task
 
@@ -30,6 +31,8 @@ MODEL_QUEUE_ID = "model"
 # Samples side by side run several generations per event: a group of their own, sized in rows.
 SAMPLES_QUEUE_ID = "samples"
 MAX_SAMPLE_ROWS = 16  # 8 seeds x 2 settings (demo.samples)
+# A Stop only notes the request (the generation ends itself at its next check): its own group, no limit.
+STOP_QUEUE_ID = "stop"
 
 
 def current_session() -> str:
@@ -46,15 +49,41 @@ def current_session() -> str:
     return session if isinstance(session, str) and session else "anonymous"
 
 
+def event_time() -> float:
+    """When the event being handled reached the server (``time.monotonic()``, as Gradio's queue notes
+    it), so that a Stop can tell a generation requested before it from one requested after it
+    (:class:`demo.generation.StopRequests`). Outside a queued event (or where a Gradio release keeps
+    no such note): now."""
+    try:
+        from gradio.context import LocalContext
+
+        blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+        event = blocks._queue.event_ids_to_events.get(event_id) if blocks is not None and event_id else None
+        return float(event.enqueue_time) if event is not None else time.monotonic()
+    except (ImportError, AttributeError, TypeError, ValueError):  # pragma: no cover - another Gradio release
+        return time.monotonic()
+
+
+def stop_owner(kind: str) -> str:
+    """Whose generations a Stop of this kind ('generate', 'samples') ends: the visitor's session's."""
+    return f"{current_session()}/{kind}"
+
+
 @dataclass(frozen=True)
 class AppContext:
     """What a tab builder needs from the app: the model manager, the analysis cache, the settings, the
-    export folder."""
+    export folder, the visitors' Stop requests."""
 
     manager: ModelManager
     cache: ModelCache
     settings: Settings
     exports: ExportFolder = field(default_factory=ExportFolder)
+    stops: StopRequests = field(default_factory=StopRequests)
+
+    @property
+    def stop_queue(self) -> dict:
+        """Event options of a Stop: never waits behind other events (it only notes the request)."""
+        return dict(concurrency_id=STOP_QUEUE_ID, concurrency_limit=None, show_progress="hidden")
 
     def gpu(self, fn: Callable, duration: int | Callable = ANALYSIS_S) -> Callable:
         """``fn(loaded, *args)`` as a ZeroGPU task on a ZeroGPU Space (the ``spaces`` package present),

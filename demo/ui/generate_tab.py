@@ -9,7 +9,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gradio as gr
 
@@ -23,6 +23,7 @@ from ..generation import (
     GenerationRequest,
     GenerationUpdate,
     SliceState,
+    StopRequests,
     branch_prompt,
     check_record,
     generate_slice,
@@ -50,7 +51,16 @@ from ..sampling import MAX_NEW_TOKENS, SETTINGS, validate_sampling
 from ..tokens import display_token
 from ..validation import check_index
 from ..zerogpu import SLICE_S, slice_duration, slice_tokens
-from .common import PRIVATE, AppContext, current_session, export_controls, user_errors, with_parameters
+from .common import (
+    PRIVATE,
+    AppContext,
+    current_session,
+    event_time,
+    export_controls,
+    stop_owner,
+    user_errors,
+    with_parameters,
+)
 from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
 
 STEP_BARS = 20  # bars in the view of a step (the drawn token is added when it is not among them)
@@ -90,8 +100,8 @@ def format_stats(u: GenerationUpdate) -> str:
     if u.seed is not None:
         parts.append(f"seed {u.seed}")
     if u.done:
-        parts.append({"length": "reached max new tokens", "end of text": "model ended the text"}.get(
-            u.stop_reason or "", u.stop_reason or ""))
+        parts.append({"length": "reached max new tokens", "end of text": "model ended the text",
+                      "stopped": f"stopped after {u.n_tokens} tokens"}.get(u.stop_reason or "", u.stop_reason or ""))
     line = " · ".join(parts)
     if u.truncated_tokens:
         line += (f"\n\n⚠️ The prompt was longer than the model's context window: the first {u.truncated_tokens} "
@@ -106,9 +116,15 @@ class GenerateHandlers:
     """``run_slice`` set (on ZeroGPU): generation runs in slices of about a second, each its own GPU
     call (:meth:`slice`), so a Stop frees the GPU within a slice; else one streamed generation."""
 
-    def __init__(self, manager: ModelManager, run_slice: Callable | None = None):
+    def __init__(self, manager: ModelManager, run_slice: Callable | None = None, stops: StopRequests | None = None):
         self.manager = manager
         self.run_slice = run_slice
+        self.stops = stops or StopRequests()
+
+    def stop(self) -> None:
+        """Stop this visitor's generations that were requested before this Stop: each ends at its next
+        check with a last update that keeps its text (see :class:`demo.generation.StopRequests`)."""
+        self.stops.request(stop_owner("generate"), event_time())
 
     @staticmethod
     def slice(loaded, request: GenerationRequest, state: SliceState, max_tokens: int) -> SliceState:
@@ -120,13 +136,18 @@ class GenerateHandlers:
         """Stream a continuation of `prompt`. Each update is (text generated so far, stats line, the
         generation's record once it is done). ``sampling`` values come in :data:`SAMPLING_ORDER`."""
         # the event skips Gradio's preprocessing: the values are checked here, within the sliders' ranges
+        stop = self.stops.signal(stop_owner("generate"), event_time())
         params = validate_sampling(slider=True, **dict(zip(SAMPLING_ORDER, sampling)))
         request = validate_request(prompt, MAX_NEW_TOKENS.check(max_new_tokens, slider=True), params)
         with self.manager.use(current_session()) as loaded:  # not unloaded while it generates
-            yield from self._stream(loaded, request)
+            yield from self._stream(loaded, request, stop)
 
-    def _stream(self, loaded, request: GenerationRequest) -> Iterator[tuple[str, str, dict | None]]:
-        stream = stream_generate(loaded, request) if self.run_slice is None else self._sliced(loaded, request)
+    def _stream(self, loaded, request: GenerationRequest, stop: Callable[[], bool] = lambda: False
+                ) -> Iterator[tuple[str, str, dict | None]]:
+        if self.run_slice is None:
+            stream = stream_generate(loaded, request, stop=stop)
+        else:
+            stream = self._sliced(loaded, request, stop)
 
         def record(update):  # stamped with the model that generated, even if another loads meanwhile
             return generation_record(loaded, request.prompt, update, {
@@ -139,10 +160,15 @@ class GenerateHandlers:
             stream.close()  # also on GeneratorExit (Stop, a closed tab): stops the model
 
 
-    def _sliced(self, loaded, request: GenerationRequest) -> Iterator[GenerationUpdate]:
-        """The updates of a generation made of slices; closing this generator requests no more slices."""
+    def _sliced(self, loaded, request: GenerationRequest, stop: Callable[[], bool] = lambda: False
+                ) -> Iterator[GenerationUpdate]:
+        """The updates of a generation made of slices; closing this generator, or a Stop, requests no
+        more slices."""
         state, started = start_slices(loaded, request), time.perf_counter()
         while not state.done:
+            if stop():
+                yield slice_update(loaded, replace(state, done=True, stop_reason="stopped"), started)
+                return
             n = slice_tokens(state.tokens_per_s, request.max_new_tokens - len(state.generated))
             state = self.run_slice(loaded, request, state, n)  # each slice on this generation's model
             yield slice_update(loaded, state, started)
@@ -280,7 +306,7 @@ class GenerateTab:
 
 def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
     """The Generate tab's contents, built inside ``tab``."""
-    gen = GenerateHandlers(ctx.manager)
+    gen = GenerateHandlers(ctx.manager, stops=ctx.stops)
     if ctx.settings.zero_gpu:
         gen.run_slice = ctx.gpu(gen.slice, duration=lambda request, state, n: slice_duration(n, state.tokens_per_s))
     with gr.Row():
@@ -313,7 +339,9 @@ def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:
               prompt.submit(generate, inputs, [output, stats, last_generation], **PRIVATE, **limit)]
     for ev in events:
         ev.then(**on_generation)
-    stop_btn.click(None, None, None, cancels=events, **PRIVATE)
+    # Stop is a request the generation answers itself (a last update that keeps the text, the record for
+    # the coloured view): no cancel of the event, whose race with the stream's end showed an error.
+    stop_btn.click(gen.stop, None, None, **PRIVATE, **ctx.stop_queue)
     preset.change(preset_values, preset, [controls[n] for n in PRESET_TARGETS], **PRIVATE)
     controls = {**controls, "preset": preset, "max_new_tokens": max_new_tokens}
     return GenerateTab(prompt, output, controls, to_attention, to_next, last_generation, *token_view)

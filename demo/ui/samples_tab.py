@@ -12,10 +12,10 @@ import gradio as gr
 
 from ..backend import ModelManager
 from ..errors import ValidationError
-from ..generation import stream_samples
+from ..generation import StopRequests, stream_samples
 from ..samples import FIRST_SEED, N_SAMPLES, SAMPLE_TOKENS, results, sample_set
 from ..sampling import NAMES, SETTING, validate_sampling
-from .common import PRIVATE, AppContext, current_session, user_errors, with_parameters
+from .common import PRIVATE, AppContext, current_session, event_time, stop_owner, user_errors, with_parameters
 from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
 
 DEFAULT_PROMPT = "Once upon a time, in a kingdom by the sea,"
@@ -70,7 +70,7 @@ def samples_html(data: dict | None) -> str:
     for i, s in enumerate(data["samples"]):
         if rows > 1 and (i == 0 or data["samples"][i - 1]["row"] != s["row"]):
             parts.append(f"<div class='rowhead'>Row {'AB'[s['row']]}: {html.escape(row_title(s['settings']))}</div>")
-        state = "done" if s["done"] else "…"
+        state = ("stopped" if s.get("stop_reason") == "stopped" else "done") if s["done"] else "…"
         parts.append(
             f"<div class='card' data-index='{i}'><div class='head'><span>seed <b>{s['seed']}</b></span>"
             f"<span>{s['tokens']} tokens {state}</span></div>"
@@ -85,13 +85,19 @@ def samples_html(data: dict | None) -> str:
 
 
 class SamplesHandlers:
-    def __init__(self, manager: ModelManager, zero_gpu: bool = False):
+    def __init__(self, manager: ModelManager, zero_gpu: bool = False, stops: StopRequests | None = None):
         self.manager, self.zero_gpu = manager, zero_gpu
+        self.stops = stops or StopRequests()
+
+    def stop(self) -> None:
+        """Stop this visitor's samples requested before this Stop; they keep what they have generated."""
+        self.stops.request(stop_owner("samples"), event_time())
 
     @user_errors
     def generate(self, prompt, n, first_seed, max_new_tokens, *values) -> Iterator[tuple[str, dict | None]]:
         """Stream N samples of `prompt` together: (cards, the samples' data so far; the last has them all).
         ``values``: the settings in :data:`SAMPLE_SETTINGS` order, then compare, temperature_b, top_p_b."""
+        stop = self.stops.signal(stop_owner("samples"), event_time())
         settings, (compare, temperature_b, top_p_b) = values[:len(SAMPLE_SETTINGS)], values[len(SAMPLE_SETTINGS):]
         if self.zero_gpu:  # the batched loop runs where the model is; on ZeroGPU that is a GPU call per slice
             raise ValidationError("samples side by side are not available on ZeroGPU hardware yet: generate them one "
@@ -99,7 +105,7 @@ class SamplesHandlers:
         params = validate_sampling(**dict(zip(SAMPLE_SETTINGS, settings)))
         samples = sample_set(prompt, n, first_seed, max_new_tokens, params, compare, temperature_b, top_p_b)
         with self.manager.use(current_session()) as loaded:
-            stream = stream_samples(loaded, samples.requests())
+            stream = stream_samples(loaded, samples.requests(), stop=stop)
             try:
                 for updates in stream:  # the data too, so a re-run never picks up an earlier set's sample
                     data = results(samples, updates)
@@ -128,7 +134,7 @@ class SamplesTab(NamedTuple):
 
 
 def build(tab: gr.Tab, ctx: AppContext) -> SamplesTab:
-    h = SamplesHandlers(ctx.manager, ctx.settings.zero_gpu)
+    h = SamplesHandlers(ctx.manager, ctx.settings.zero_gpu, ctx.stops)
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column(scale=3):
@@ -155,7 +161,7 @@ def build(tab: gr.Tab, ctx: AppContext) -> SamplesTab:
     inputs = [prompt, n, first_seed, max_new_tokens, *[local[k] for k in SAMPLE_SETTINGS], compare, temperature_b,
               top_p_b]
     run = with_parameters(h.generate, API_PARAMETERS)
-    event = go_btn.click(run, inputs, [view, data], api_name="samples", **ctx.samples_queue)
-    stop_btn.click(None, None, None, cancels=[event], **PRIVATE)
+    go_btn.click(run, inputs, [view, data], api_name="samples", **ctx.samples_queue)
+    stop_btn.click(h.stop, None, None, **PRIVATE, **ctx.stop_queue)  # the samples end themselves, text kept
     preset.input(preset_values, preset, [local[k] for k in PRESET_TARGETS], **PRIVATE)
     return SamplesTab(view, data, h)
