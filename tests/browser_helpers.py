@@ -12,7 +12,8 @@ import re
 import time
 from pathlib import Path
 
-from waiting import wait_until  # noqa: F401 (the browser tests import it from here)
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from waiting import CEILING_S, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("GPT_EXPLORER_CHROMIUM", "/usr/bin/chromium")
@@ -103,20 +104,38 @@ def stats_text(page) -> str:
     return page.locator(STATS).inner_text()
 
 
-def number_input(page, label: str):
-    """The number box of the slider labelled `label` (Gradio gives it that accessible name)."""
+def number_input(page, label: str, timeout_s: float = CEILING_S):
+    """The number box of the slider labelled `label` (Gradio gives it that accessible name), once the
+    page shows it."""
     loc = page.locator(f'input[aria-label="number input for {label}"]:visible')
-    if loc.count() == 0:
-        raise AssertionError(f"no slider labelled {label!r} is visible: its label is missing or changed")
+    try:
+        loc.first.wait_for(state="visible", timeout=timeout_s * 1000)
+    except PlaywrightTimeout:
+        raise AssertionError(f"no slider labelled {label!r} is visible: its label is missing or changed") from None
     return loc.first
 
 
 def set_slider(page, label: str, value) -> None:
-    box = number_input(page, label)
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
-    page.wait_for_function("([el, v]) => Number(el.value) === Number(v)", arg=[box.element_handle(), value])
+    """Type ``value`` into the slider's number box until the page holds it. An update from the server
+    that re-renders the slider meanwhile (a view switch, a link being restored) can reset what was
+    typed: then it is typed again."""
+    def holds() -> bool:
+        box = number_input(page, label)
+        try:
+            return float(box.input_value()) == float(value)
+        except ValueError:
+            return False
+
+    def typed() -> bool:
+        if holds():
+            return True
+        box = number_input(page, label)
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+        return wait_until(holds, timeout_s=2.0)  # a short look: if it did not hold, the next round types again
+
+    assert wait_until(typed, interval_s=0.1), f"the slider {label!r} never kept the value {value}"
 
 
 def set_seed(page, seed: int) -> None:

@@ -230,6 +230,9 @@ def test_a_copied_link_restores_the_text_settings_and_view_in_a_fresh_browser(pa
     page.get_by_role("button", name="Show attention").click()
     wait_for_plot_with_data(page, "#attention-plot")
     page.locator("#attention-view").get_by_label("All heads of a layer").check()
+    # the view switch re-renders the sliders: let it finish (the grid of heads is drawn) before moving one
+    page.wait_for_function("() => { const g = document.querySelector('#attention-plot .js-plotly-plot'); "
+                           "return g && g.data && g.data.filter(t => t.type === 'heatmap').length > 1; }")
     set_slider(page, "Layer (0 = first)", 2)
     page.wait_for_function("() => document.querySelector('#attention-note').innerText.includes('layer 2')")
     link = copy_link(page)
