@@ -4,9 +4,9 @@
     python app.py --model gpt2 --precision int8    # another catalogue model
     python app.py --add-model mine=/path/to/checkpoint --model mine
 
-The environment settings (GPT_EXPLORER_MODEL, GPT_EXPLORER_PRECISION, GPT_EXPLORER_MODELS,
-GPT_EXPLORER_CONCURRENCY, GPT_EXPLORER_QUEUE_SIZE, SPACES_ZERO_GPU) are read once, here, by
-demo.settings.Settings; the flags below override them. The README's "Settings" table lists them.
+The environment settings (every GPT_EXPLORER_* variable, and SPACES_ZERO_GPU) are read once, here,
+by demo.core.settings.Settings, whose fields name each one; the flags below override some of them.
+The README's "Settings" table lists them all.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import logging
 import sys
 
 from demo.app_factory import create_app
-from demo.errors import ValidationError
-from demo.settings import PRECISION_CHOICES, Settings
+from demo.core.errors import ValidationError
+from demo.core.settings import PRECISION_CHOICES, Settings
 
 
 def parse_args(argv=None, settings: Settings | None = None):

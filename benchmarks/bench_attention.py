@@ -5,7 +5,7 @@
 
 For each model and text length it times, on this machine's CPU (or GPU with --device cuda):
 
-* extract: one forward pass returning every layer's and head's attention (demo.attention.compute_attention,
+* extract: one forward pass returning every layer's and head's attention (demo.analysis.attention.compute_attention,
   no cache), median of --repeats runs;
 * switch: the server time of a layer/head change on the cached text, i.e. the tab's own handler plus what
   Gradio does with its outputs (figure -> JSON); median over --switches distinct (layer, head) pairs, for
@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 
 import torch
 
-from demo import attention as A
-from demo.backend import LoadedModel, load_model
-from demo.catalog import ModelSpec
+from demo.analysis import attention as A
+from demo.runtime.catalog import ModelSpec
+from demo.runtime.loading import LoadedModel, load_model
 
 BUNDLED = REPO / "models" / "gutenberg-gpt"
 SOURCE_TEXT = (
@@ -110,8 +110,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from demo.cache import ModelCache
-    from demo.ui.attention_tab import AttentionHandlers
+    from demo.core.cache import ModelCache
+    from demo.ui.tabs.attention import AttentionHandlers
 
     rows = []
     for name in args.models:

@@ -110,7 +110,7 @@ def client_figures(url: str, prompt: str, n: int, repeats: int) -> dict:
     from gradio_client import Client
 
     client = Client(url, verbose=False)
-    from demo.sampling import SamplingParams
+    from demo.core.sampling import SamplingParams
 
     greedy = SamplingParams(do_sample=False, temperature=1.0, top_p=1.0, repetition_penalty=1.0, seed=0)
     args = dict(prompt=prompt, max_new_tokens=n, **greedy.as_dict(), api_name="/generate")
@@ -145,8 +145,8 @@ def main(argv=None) -> int:
                    help="a randomly initialised GPT-2-small-size model (12 x 768, vocab 8192) built here, no download")
     args = p.parse_args(argv)
 
-    from demo.backend import ModelManager
-    from demo.catalog import load_catalog
+    from demo.runtime.catalog import load_catalog
+    from demo.runtime.pool import ModelManager
 
     # The app runs in its own process, as in production: the client's work must not share its GIL.
     port = free_port()

@@ -46,7 +46,7 @@ PROMPT = "It was a dark and stormy night, and the"
 
 def generate_args(prompt: str = PROMPT, max_new_tokens: int = 64, seed: int = 1, **overrides) -> dict:
     """Arguments of one /generate call (Balanced preset, fixed seed)."""
-    from demo.sampling import PRESETS
+    from demo.core.sampling import PRESETS
 
     args = dict(prompt=prompt, max_new_tokens=max_new_tokens, **PRESETS["Balanced"].as_dict())
     args.update(seed=seed, **overrides)
@@ -80,7 +80,7 @@ def serve(port: int, model: str | None, precision: str, device: str | None) -> i
     os.dup2(2, 1)  # everything else the app prints goes to stderr
     logging.basicConfig(level=logging.WARNING)
     from demo.app_factory import create_app
-    from demo.generation import live_generation_threads
+    from demo.runtime.generation import live_generation_threads
 
     demo, launch_kwargs = create_app(model=model, precision=precision, device=device)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
@@ -313,7 +313,7 @@ def http():
 
 
 def _raw_start(url: str, args: dict) -> str:
-    from demo.ui.generate_tab import API_PARAMETERS
+    from demo.ui.tabs.generate import API_PARAMETERS
 
     r = http().post(f"{url}gradio_api/call/generate", json={"data": [args[k] for k in API_PARAMETERS]}, timeout=30)
     r.raise_for_status()

@@ -30,8 +30,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 SHORT = "It was a dark and stormy night, and the"
 def _moves() -> list[list]:
-    """Slider positions a student might try, as the tab's input values (demo.sampling.NAMES order)."""
-    from demo.sampling import PRESETS, SamplingParams
+    """Slider positions a student might try, as the tab's input values (demo.core.sampling.NAMES order)."""
+    from demo.core.sampling import PRESETS, SamplingParams
 
     params = [PRESETS["Balanced"], SamplingParams(temperature=0.5), SamplingParams(temperature=1.5),
               SamplingParams(temperature=1.0, top_k=40), SamplingParams(temperature=1.0, top_k=40, top_p=0.6),
@@ -68,8 +68,8 @@ def long_text(loaded, n_tokens: int) -> str:
 
 
 def bench_text(h, loaded, text: str, repeats: int, steps: int) -> dict:
-    from demo import next_token as nt
-    from demo.validation import encode_text
+    from demo.analysis import next_token as nt
+    from demo.core.validation import encode_text
 
     calls = []
     hook = loaded.model.register_forward_hook(lambda *a: calls.append(1))
@@ -138,7 +138,7 @@ def bench_text(h, loaded, text: str, repeats: int, steps: int) -> dict:
 def bench_client(demo, text: str, repeats: int) -> dict:
     from gradio_client import Client
 
-    from demo.sampling import NAMES
+    from demo.core.sampling import NAMES
 
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True)
@@ -170,7 +170,7 @@ def main(argv=None):
     import torch
 
     from demo.app_factory import create_app
-    from demo.ui.next_token_tab import NextTokenHandlers
+    from demo.ui.tabs.next_token import NextTokenHandlers
 
     demo, _ = create_app(model=args.model, precision=args.precision)
     manager = demo.manager

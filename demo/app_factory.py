@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import gradio as gr
 
-from . import zerogpu
-from .backend import ModelManager
-from .cache import ModelCache
-from .catalog import load_catalog
-from .errors import ExplorerError
-from .settings import Settings
-from .ui.common import AppContext, forget_page_copies
-from .ui.page import CSS, build_app
+from demo.core.cache import ModelCache
+from demo.core.errors import ExplorerError
+from demo.core.settings import Settings
+from demo.runtime import zerogpu
+from demo.runtime.catalog import load_catalog
+from demo.runtime.pool import ModelManager
+from demo.ui.common import AppContext, forget_page_copies
+from demo.ui.page import CSS, build_app
 
 log = logging.getLogger("gpt_explorer")
 QUEUE_IDLE_POLL_S = 0.005
@@ -77,7 +78,8 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     if q is not None and isinstance(getattr(q, "sleep_when_free", None), float):
         q.sleep_when_free = max(q.sleep_when_free, QUEUE_IDLE_POLL_S)
     forget_page_copies(demo)
-    demo.manager, demo.cache, demo.stops = manager, ctx.cache, ctx.stops  # for tests and benchmarks
+    handle: Any = demo  # what tests and benchmarks reach through the app
+    handle.manager, handle.cache, handle.stops = manager, ctx.cache, ctx.stops
     # Bounded per-visitor memory and disk: Gradio keeps a little of each session (at most this many
     # sessions, each without its page copy: forget_page_copies), the app takes no uploads, and
     # Gradio's own file cache is cleaned (build_app).

@@ -25,6 +25,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 EXCLUDED = ("tests/", "benchmarks/", ".ci/", ".github/")
@@ -125,13 +126,14 @@ def deploy(space_id: str, hardware: str = "cpu-basic", private: bool = False, to
         api = HfApi(token=token)
         api.whoami()
         url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True,
-                              space_hardware=hardware)
+                              space_hardware=cast(Any, hardware))
         stale = set(api.list_repo_files(space_id, repo_type="space")) - set(upload.paths)
-        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(root / p)) for p in upload.files]
+        operations: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(root / p))
+                                 for p in upload.files]
         operations += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data) for p, data in upload.extra.items()]
         operations += [CommitOperationDelete(path_in_repo=p) for p in sorted(stale)]
         api.create_commit(space_id, operations, repo_type="space", commit_message="Deploy GPT Explorer")
-        api.request_space_hardware(space_id, hardware)
+        api.request_space_hardware(space_id, cast(Any, hardware))
     except DeployError:
         raise
     except Exception as exc:

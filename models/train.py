@@ -17,6 +17,7 @@ generation_config.json) loadable with ``AutoModelForCausalLM.from_pretrained``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -466,26 +467,35 @@ def bits_per_byte(model, tokenizer, texts: Sequence[str], context: int | None = 
 # ----------------------------------------------------------------------------- CLI
 
 
-def _train_args(p: argparse.ArgumentParser, lr: float, steps: int):
+# The TrainConfig fields the command line sets, each under its own name (--batch-size sets batch_size);
+# their defaults are TrainConfig's, so they are written down once.
+CLI_FIELDS = ("batch_size", "grad_accum", "lr", "warmup_steps", "max_steps", "eval_every", "eval_batches", "seed",
+              "resume", "save_dtype", "compile", "mixed_precision")
+
+
+def _config_default(name: str):
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
+def _train_args(p: argparse.ArgumentParser, lr: float | None = None, steps: int | None = None):
+    """The training flags (``lr`` and ``steps``: this command's own defaults, else TrainConfig's)."""
+    d = {name: _config_default(name) for name in CLI_FIELDS}
+    d["lr"], d["max_steps"] = lr if lr is not None else d["lr"], steps if steps is not None else d["max_steps"]
     p.add_argument("--data", nargs="+", required=True, help="text files or folders of .txt/.txt.gz")
     p.add_argument("--out", required=True, help="output checkpoint folder")
     p.add_argument("--val-fraction", type=float, default=0.02, help="share of whole documents held out")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--max-steps", type=int, default=steps)
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--eval-batches", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1234, help="initial weights and the order of training windows")
+    for name in ("batch_size", "grad_accum", "warmup_steps", "max_steps", "eval_every", "eval_batches"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=d[name])
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--seed", type=int, default=d["seed"], help="initial weights and the order of training windows")
     p.add_argument("--split-seed", type=int, default=1234,
                    help="which whole documents are held out (keep it when comparing or continuing runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/training_state")
-    p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--save-dtype", choices=["float32", "float16", "bfloat16"], default=d["save_dtype"])
     p.add_argument("--cache-dir", default=None, help="where to cache tokenized text (default: none)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (worth it on a GPU)")
-    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default=d["mixed_precision"],
                    help="auto: bf16 on a GPU that supports it, fp32 elsewhere; bf16 also speeds up CPUs with "
                         "AVX512-BF16/AMX (about 1.6x measured here)")
 
@@ -512,11 +522,8 @@ def _prepare(args, tokenizer, context: int):
 
 def _cfg(args, context: int, patience: int = 0) -> TrainConfig:
     out = Path(args.out)
-    return TrainConfig(out=out, context=context, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                       warmup_steps=args.warmup_steps, max_steps=args.max_steps, eval_every=args.eval_every,
-                       eval_batches=args.eval_batches, patience=patience, seed=args.seed, resume=args.resume,
-                       save_dtype=args.save_dtype, log_file=out / "training_log.jsonl", compile=args.compile,
-                       mixed_precision=args.mixed_precision)
+    return TrainConfig(out=out, context=context, patience=patience, log_file=out / "training_log.jsonl",
+                       **{name: getattr(args, name) for name in CLI_FIELDS})
 
 
 def _write_summary(out: Path, summary: dict, extra: dict):

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny GPT-2 checkpoints built on the fly (no network), and the bundled model."""
+"""Shared fixtures: tiny GPT-2 checkpoints built on the fly (no network), and the bundled model; and
+the test tiers, marked automatically (see TIERS)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,33 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "models" / "gutenberg-gpt"
+
+
+# Every test gets one tier marker, from what it needs, and that tier's time limit (pytest-timeout):
+#   unit     no server: functions, the backend and analysis on real tiny and bundled models
+#   app      a running app (in this process or its own) reached through its HTTP API
+#   browser  the app in a real browser (Debian chromium + Playwright)
+#   train    the training CLI end to end
+# `pytest -m unit` is the quick inner loop; `slow` marks the few long tests of any tier.
+TIERS = {"unit": 120, "app": 300, "browser": 300, "train": 600}
+APP_FIXTURES = {"live_app", "client", "class_app", "small_app", "tiny_queue_app", "app_url", "endpoints"}
+
+
+def tier_of(item) -> str:
+    name = item.path.name
+    if name.startswith("test_browser"):
+        return "browser"
+    if name == "test_train.py":
+        return "train"
+    return "app" if APP_FIXTURES & set(getattr(item, "fixturenames", ())) else "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = tier_of(item)
+        item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIERS[tier]))
 
 
 def make_tiny_checkpoint(path: Path, n_layer: int = 2, n_embd: int = 32, n_head: int = 4, n_positions: int = 128,
@@ -39,29 +67,29 @@ def tiny_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_spec(tiny_path):
-    from demo.catalog import ModelSpec
+    from demo.runtime.catalog import ModelSpec
 
     return ModelSpec("tiny", str(tiny_path), "tiny test model")
 
 
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_spec):
-    from demo.backend import load_model
+    from demo.runtime.loading import load_model
 
     return load_model(tiny_spec, "fp32", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_loaded_int8(tiny_spec):
-    from demo.backend import load_model
+    from demo.runtime.loading import load_model
 
     return load_model(tiny_spec, "int8", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def bundled_loaded():
-    from demo.backend import load_model
-    from demo.catalog import ModelSpec
+    from demo.runtime.catalog import ModelSpec
+    from demo.runtime.loading import load_model
 
     return load_model(ModelSpec("gutenberg-gpt", str(BUNDLED)), "fp32", device="cpu")
 
@@ -116,7 +144,7 @@ def page(browser, live_app):
     """A fresh tab on the app (its own context: no state shared between tests), console recorded."""
     from browser_helpers import VIEWPORT, open_app, wait_until
 
-    from demo.generation import live_generation_threads
+    from demo.runtime.generation import live_generation_threads
 
     context = browser.new_context(viewport=VIEWPORT)
     pg = context.new_page()

@@ -8,8 +8,8 @@ import pytest
 from gradio_client.exceptions import AppError
 from waiting import CEILING_S, ModelGate, wait_until
 
-from demo.generation import live_generation_threads
-from demo.sampling import SamplingParams
+from demo.core.sampling import SamplingParams
+from demo.runtime.generation import live_generation_threads
 
 GOOD = dict(prompt="The old sea captain said", max_new_tokens=40, **SamplingParams(seed=7).as_dict())
 
@@ -104,9 +104,10 @@ def test_a_generation_that_ends_at_once_still_gets_its_record(tmp_path):
     import torch
     from conftest import make_tiny_checkpoint
 
-    from demo.backend import ModelManager, load_model
-    from demo.catalog import ModelSpec
-    from demo.ui.generate_tab import GenerateHandlers
+    from demo.runtime.catalog import ModelSpec
+    from demo.runtime.loading import load_model
+    from demo.runtime.pool import ModelManager
+    from demo.ui.tabs.generate import GenerateHandlers
 
     path = make_tiny_checkpoint(tmp_path / "eos-first")
     spec = ModelSpec("eos-first", str(path))

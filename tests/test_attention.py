@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from demo import attention as A
-from demo import plots_attention as P
-from demo.attention import AttentionView
-from demo.cache import ModelCache
-from demo.ui.attention_tab import AttentionHandlers
+from demo.analysis import attention as A
+from demo.analysis.attention import AttentionView
+from demo.core.cache import ModelCache
+from demo.plots import attention as P
+from demo.ui.tabs.attention import AttentionHandlers
 
 TEXT = "It was a dark and stormy night, and the old captain said: It was a dark and stormy night."
 
@@ -127,12 +127,8 @@ def test_long_text_is_cut_at_the_context_with_a_notice(tiny_loaded):
 
 
 def test_memory_budget_limits_tokens():
-    class Cfg:
-        num_hidden_layers, num_attention_heads = 12, 12
-
-    class Loaded:
-        context_length = 1024
-        model = type("M", (), {"config": Cfg()})()
+    class Loaded:  # a GPT-2-small-sized model: 12 layers x 12 heads, 1024 positions
+        context_length, n_layers, n_heads = 1024, 12, 12
 
     n = A.token_limit(Loaded())
     assert n < 1024 and 12 * 12 * n * n * 4 <= A.MAX_RESULT_BYTES

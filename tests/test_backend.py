@@ -8,11 +8,12 @@ import pytest
 import torch
 from waiting import ModelGate, wait_until
 
-from demo.backend import ModelManager, load_model
-from demo.catalog import ModelSpec
-from demo.errors import ModelLoadError, NoModelError, ValidationError
-from demo.generation import StopRequests, live_generation_threads, stream_generate, validate_request
-from demo.sampling import PRESETS, SamplingParams, validate_sampling
+from demo.core.errors import ModelLoadError, NoModelError, ValidationError
+from demo.core.sampling import PRESETS, SamplingParams, validate_sampling
+from demo.runtime.catalog import ModelSpec
+from demo.runtime.generation import StopRequests, live_generation_threads, stream_generate, validate_request
+from demo.runtime.loading import load_model
+from demo.runtime.pool import ModelManager
 
 GREEDY = SamplingParams(do_sample=False, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
 
@@ -40,7 +41,7 @@ def test_load_int8_on_cpu_quantizes_linear_layers(tiny_loaded, tiny_loaded_int8)
 
 
 def test_auto_precision_is_fp32_on_cpu_and_int8_on_gpu():
-    from demo.backend import resolve_precision
+    from demo.runtime.loading import resolve_precision
 
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("auto", "cuda") == "int8"
@@ -212,8 +213,8 @@ def test_non_causal_checkpoint_is_refused(tmp_path):
 
 
 def test_catalogue_lists_bundled_model_first_and_accepts_operator_models(tiny_path):
-    from demo.catalog import load_catalog
-    from demo.settings import Settings
+    from demo.core.settings import Settings
+    from demo.runtime.catalog import load_catalog
 
     settings = Settings.from_env({"GPT_EXPLORER_MODELS": f"mine={tiny_path}"})
     cat = load_catalog(extra=[*settings.extra_models, "other=openai-community/gpt2"])
@@ -247,7 +248,8 @@ def test_concurrent_generations_on_one_model_match_sequential_ones(fixture, requ
 
 
 def test_quantized_models_compute_in_16_bit_on_a_gpu_and_fp32_on_cpu():
-    from demo.backend import PRECISIONS, compute_dtype, load_kwargs
+    from demo.core.settings import PRECISIONS
+    from demo.runtime.loading import compute_dtype, load_kwargs
 
     assert compute_dtype("int8", "cpu") is torch.float32 and compute_dtype("nf4", "cpu") is torch.float32
     for capability in ((7, 5), (8, 0), (9, 0)):  # T4, A100, H100
@@ -266,7 +268,7 @@ def test_quantized_models_compute_in_16_bit_on_a_gpu_and_fp32_on_cpu():
 
 
 def test_the_first_forward_runs_inside_the_load_lock_before_the_model_serves(tiny_spec, monkeypatch):
-    import demo.backend as backend
+    import demo.runtime.loading as backend
 
     manager = ModelManager([tiny_spec], device="cpu")
     seen, real = [], backend.warm_up
@@ -288,7 +290,7 @@ def test_the_first_forward_runs_inside_the_load_lock_before_the_model_serves(tin
 
 def test_gpu_hardware_starts_gpt2_in_8_bit_and_cpu_the_bundled_model():
     from demo.app_factory import start_candidates
-    from demo.settings import Settings
+    from demo.core.settings import Settings
 
     names = ["gutenberg-gpt", "gpt2", "distilgpt2"]
     assert start_candidates(Settings(), "cuda", names) == [("gpt2", "int8"), ("gutenberg-gpt", "auto")]
@@ -299,7 +301,7 @@ def test_gpu_hardware_starts_gpt2_in_8_bit_and_cpu_the_bundled_model():
 
 def test_when_the_hub_cannot_be_reached_the_bundled_model_serves_with_the_reason_on_the_page(monkeypatch):
     from demo.app_factory import start_model
-    from demo.catalog import load_catalog
+    from demo.runtime.catalog import load_catalog
     from demo.ui.page import format_model_status
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -39,7 +39,7 @@ from browser_helpers import (
 )
 from waiting import ModelGate
 
-from demo.generation import live_generation_threads
+from demo.runtime.generation import live_generation_threads
 
 pytestmark = pytest.mark.browser
 

@@ -9,9 +9,9 @@ import time
 import numpy as np
 import torch
 
-from demo import attention as A
-from demo import next_token as nt
-from demo.cache import ModelCache
+from demo.analysis import attention as A
+from demo.analysis import next_token as nt
+from demo.core.cache import ModelCache
 
 TEXT = "It was a dark and stormy night, and the old captain said"
 

@@ -13,13 +13,20 @@ import pytest
 from conftest import BUNDLED, free_port, make_tiny_checkpoint
 from waiting import ModelGate, wait_until
 
-from demo.backend import ModelManager, load_model
-from demo.batching import BatchScheduler
-from demo.catalog import ModelSpec
-from demo.errors import ModelLoadError, NoModelError, ValidationError
-from demo.exports import ExportError, ExportFolder
-from demo.generation import generate_alone, live_generation_threads, prepare_prompt, stream_generate, validate_request
-from demo.sampling import PRESETS, validate_sampling
+from demo.core.errors import ModelLoadError, NoModelError, ValidationError
+from demo.core.exports import ExportError, ExportFolder
+from demo.core.sampling import PRESETS, validate_sampling
+from demo.runtime.batching import BatchScheduler
+from demo.runtime.catalog import ModelSpec
+from demo.runtime.generation import (
+    generate_alone,
+    live_generation_threads,
+    prepare_prompt,
+    stream_generate,
+    validate_request,
+)
+from demo.runtime.loading import load_model
+from demo.runtime.pool import ModelManager
 
 PROMPTS = ["It was a dark and stormy night, and", "The old man", "Alice was beginning to get very tired of",
            "Once", "In the morning the village woke to find that the river", "He said", "The cat sat on the mat.",
@@ -169,7 +176,7 @@ def test_closing_a_stream_stops_its_row(bundled_loaded):
 
 
 def test_the_last_update_goes_as_soon_as_the_generation_ends_whatever_the_pace(bundled_loaded, monkeypatch):
-    import demo.generation as generation
+    import demo.runtime.generation as generation
 
     monkeypatch.setattr(generation, "update_interval", lambda streams: 600.0)  # one update per 10 minutes
     t0 = time.perf_counter()
@@ -207,7 +214,7 @@ def test_a_visitors_load_changes_their_model_only(pool_specs):
 
 
 def test_a_model_loads_once_however_many_visitors_ask_at_once(pool_specs, monkeypatch):
-    import demo.backend as backend
+    import demo.runtime.pool as backend
 
     calls = []
     real = backend.load_model
@@ -317,7 +324,7 @@ def test_a_hub_model_is_refused_to_visitors_by_default(class_app):
 # Stop only notes the request).
 MODEL_FREE = {"stop", "preset_values", "copy_settings", "_join", "open_tab", "view_controls", "pick_token", "<lambda>",
               "on_generation", "select", "clicked", "branch", "status", "forget", "load_model",
-              "load_example", "restore", "link", "rerun", "export_generation", "load_linked_model"}
+              "load_example", "restore", "link", "rerun", "export", "load_linked_model"}
 
 
 def test_every_event_that_runs_a_model_is_inside_a_model_concurrency_limit(class_app):
@@ -403,7 +410,7 @@ def test_8_bit_on_cpu_logs_one_line_per_cause(tiny_loaded_int8, caplog):
 
 
 def test_new_settings_come_from_the_environment_with_clear_errors():
-    from demo.settings import Settings
+    from demo.core.settings import Settings
 
     s = Settings.from_env({"GPT_EXPLORER_VISITOR_MODELS": "loaded", "GPT_EXPLORER_MAX_STREAMS": "8",
                            "GPT_EXPLORER_MODEL_MEMORY_MB": "512", "GPT_EXPLORER_SESSIONS": "100"})

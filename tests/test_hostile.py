@@ -20,8 +20,8 @@ import httpx
 import pytest
 from gradio_client.exceptions import AppError
 
-from demo.generation import live_generation_threads
-from demo.sampling import SamplingParams
+from demo.core.sampling import SamplingParams
+from demo.runtime.generation import live_generation_threads
 
 REPO = Path(__file__).resolve().parent.parent
 NAN, INF = float("nan"), float("inf")

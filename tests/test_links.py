@@ -1,12 +1,12 @@
-"""Links that restore a lesson (demo.links): what a link may set, how each value is checked, and that
+"""Links that restore a lesson (demo.core.links): what a link may set, how each value is checked, and that
 a link the page makes reads back to the same state."""
 
 from __future__ import annotations
 
 import pytest
 
-from demo.backend import PRECISIONS
-from demo.links import MAX_LINK_CHARS, make_link, read_link
+from demo.core.links import MAX_LINK_CHARS, make_link, read_link
+from demo.core.settings import PRECISIONS
 
 MODELS = ["gutenberg-gpt", "gpt2"]
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_load as bl
 from waiting import CEILING_S, ModelGate, wait_until
 
-from demo.generation import live_generation_threads
+from demo.runtime.generation import live_generation_threads
 
 ARTIFACTS = REPO / "test-artifacts"
 MB = 2**20
@@ -73,7 +73,7 @@ def tiny_queue_app():
     from conftest import free_port
 
     from demo.app_factory import create_app
-    from demo.settings import Settings
+    from demo.core.settings import Settings
 
     settings = Settings(model="gutenberg-gpt", precision="fp32", queue_size=2, concurrency=1, max_streams=1)
     demo, launch_kwargs = create_app(settings, device="cpu")

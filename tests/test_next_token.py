@@ -10,15 +10,16 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from demo import next_token as nt
-from demo import plots_next_token as plots
-from demo.backend import ModelManager
-from demo.cache import ModelCache
-from demo.generation import generation_record, stream_generate, validate_request
-from demo.sampling import NAMES, PRESETS, SamplingParams, build_processors, validate_sampling
-from demo.ui.generate_tab import TokenViewHandlers
-from demo.ui.next_token_tab import NextTokenHandlers, appended_text, format_note, format_summary
-from demo.validation import encode_text
+from demo.analysis import next_token as nt
+from demo.core.cache import ModelCache
+from demo.core.sampling import NAMES, PRESETS, SamplingParams, build_processors, validate_sampling
+from demo.core.validation import encode_text
+from demo.plots import next_token as plots
+from demo.plots.next_token import format_note, format_summary
+from demo.runtime.generation import generation_record, stream_generate, validate_request
+from demo.runtime.pool import ModelManager
+from demo.ui.tabs.next_token import NextTokenHandlers, appended_text
+from demo.ui.tabs.token_view import TokenViewHandlers
 
 PROMPT = "It was a dark and stormy night, and the"
 SETTINGS = [
@@ -461,9 +462,10 @@ def test_next_token_api_through_gradio_client(tiny_path, tiny_loaded):
 
 
 def test_builders_follow_the_ui_contract(manager):
-    from demo.settings import Settings
-    from demo.ui import generate_tab, next_token_tab
+    from demo.core.settings import Settings
     from demo.ui.common import AppContext
+    from demo.ui.tabs import generate as generate_tab
+    from demo.ui.tabs import next_token as next_token_tab
 
     ctx = AppContext(manager, ModelCache(), Settings())
     with gr.Blocks():
@@ -476,10 +478,12 @@ def test_builders_follow_the_ui_contract(manager):
     assert on_text["api_visibility"] == "private" and on_text["inputs"][0] is tab.text
     p = PRESETS["Focused"]
     gen_values = [*as_list(p)[:-1], None, "Focused"]  # the Generate tab's seed box hands over None
-    out = on_text["fn"](PROMPT, 10, "", *gen_values)
-    assert len(out) == len(on_text["outputs"])
-    assert out[:len(NAMES) + 1] == gen_values[:-2] + [-1, "Focused"]  # settings copied, seed shown as -1
-    state = out[len(NAMES) + 2]
+    out = on_text["fn"](PROMPT, 10, "", *gen_values)  # {component: value}, every key among the outputs
+    outputs = on_text["outputs"]
+    assert set(out) == set(outputs)
+    settings_out = [out[c] for c in outputs[:len(NAMES) + 1]]
+    assert settings_out == gen_values[:-2] + [-1, "Focused"]  # settings copied, seed shown as -1
+    state = out[outputs[len(NAMES) + 2]]  # after the settings and the preset: the view's text, then its state
     assert state["text"] == PROMPT and state["history"] == []
     html_out = TokenViewHandlers(manager).on_generation(None)[0]
     assert "Generate some text" in html_out

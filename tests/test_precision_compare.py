@@ -14,14 +14,14 @@ import pytest
 import torch
 from conftest import make_tiny_checkpoint
 
-from demo import plots_precision as P
-from demo import precision_compare as PC
-from demo.attention import AttentionUnavailable, compute_attention
-from demo.backend import LoadedModel, load_model
-from demo.cache import ModelCache
-from demo.catalog import ModelSpec
-from demo.errors import ValidationError
-from demo.tokens import display_tokens
+from demo.analysis import precision as PC
+from demo.analysis.attention import AttentionUnavailable, compute_attention
+from demo.core.cache import ModelCache
+from demo.core.errors import ValidationError
+from demo.core.tokens import display_tokens
+from demo.plots import precision as P
+from demo.runtime.catalog import ModelSpec
+from demo.runtime.loading import LoadedModel, load_model
 
 # Four times the same sentence: long enough that int8 changes the tiny model's top choice somewhere.
 TEXT = "It was a dark and stormy night, and the old captain said: It was a dark and stormy night. " * 4
@@ -235,9 +235,9 @@ def test_csv_rows_are_the_per_position_table(cmp):
 def test_the_handler_loads_the_other_precision_without_changing_the_visitor_model(tiny_spec, tiny_loaded):
     import gradio as gr
 
-    from demo.backend import ModelManager
-    from demo.exports import ExportFolder
-    from demo.ui.precision_tab import PrecisionHandlers
+    from demo.core.exports import ExportFolder
+    from demo.runtime.pool import ModelManager
+    from demo.ui.tabs.precision import PrecisionHandlers
 
     manager = ModelManager([tiny_spec], device="cpu")
     manager.add(tiny_loaded)

@@ -1,4 +1,4 @@
-"""One generated token through every view (demo.steps): the distribution it was drawn from, its
+"""One generated token through every view (demo.analysis.token_step): the distribution it was drawn from, its
 surprisal and entropy, and its attention row, on the tiny test model; and the handlers that show them."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from demo import steps
-from demo.attention import compute_attention
-from demo.backend import ModelManager
-from demo.cache import ModelCache
-from demo.generation import generation_record, stream_generate, validate_request
-from demo.plots_next_token import timeline_figure
-from demo.sampling import validate_sampling
-from demo.ui.generate_tab import STEP_EMPTY, StepHandlers
+from demo.analysis import token_step as steps
+from demo.analysis.attention import compute_attention
+from demo.core.cache import ModelCache
+from demo.core.sampling import validate_sampling
+from demo.plots.next_token import timeline_figure
+from demo.runtime.generation import generation_record, stream_generate, validate_request
+from demo.runtime.pool import ModelManager
+from demo.ui.tabs.token_view import STEP_EMPTY, StepHandlers
 
 PROMPT = "It was a dark and stormy night, and"
 SETTINGS = [
@@ -58,7 +58,7 @@ def test_surprisal_and_entropy_are_those_of_the_distribution(tiny_loaded):
     record = record_of(tiny_loaded, SETTINGS[0])
     ids = record["prompt_ids"] + [t["id"] for t in record["tokens"]]
     params = validate_sampling(**SETTINGS[0])
-    from demo.next_token import distribution
+    from demo.analysis.next_token import distribution
 
     for k, tok in enumerate(record["tokens"]):
         probs = distribution(tiny_loaded, ids[: len(record["prompt_ids"]) + k], params).probs.double()
@@ -124,7 +124,7 @@ def test_timeline_has_one_point_per_token_and_marks_the_selected_one(tiny_loaded
 
 
 def test_the_export_rows_are_the_numbers_the_view_shows(tiny_loaded):
-    from demo.generation import TOKEN_COLUMNS, record_rows
+    from demo.runtime.generation import TOKEN_COLUMNS, record_rows
 
     record = record_of(tiny_loaded, SETTINGS[0], n=5)
     rows = record_rows(record)

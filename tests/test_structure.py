@@ -1,16 +1,18 @@
-"""The code's structure: no import cycle in demo/, one settings object reads the environment, the
-sampling settings are defined once, the UI holds no model logic."""
+"""The code's structure: the layer packages import only downwards (ui > plots > analysis > runtime >
+core) and form no cycle, one settings object reads the environment, the sampling settings are
+defined once, the UI holds no model logic."""
 
 from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from demo.errors import ValidationError
-from demo.settings import Settings
+from demo.core.errors import ValidationError
+from demo.core.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"
@@ -58,19 +60,56 @@ def test_demo_imports_form_no_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
-    assert "demo.ui.page" in graph and graph["demo.ui.page"] >= {"demo.ui.generate_tab", "demo.ui.attention_tab"}
+    assert "demo.ui.page" in graph and graph["demo.ui.page"] >= {"demo.ui.tabs.generate", "demo.ui.tabs.attention"}
+
+
+# The layers of demo/, bottom first: a module may import its own layer and the ones below, never one above.
+LAYERS = ["core", "runtime", "analysis", "plots", "ui"]
+# Outside the layers: the composition root (assembles every layer) and the deploy tool (imports none).
+TOP = {"demo.app_factory": len(LAYERS), "demo.deploy": -1, "demo": -1}
+
+
+def layer_of(module: str) -> int:
+    if module in TOP:
+        return TOP[module]
+    parts = module.split(".")
+    assert len(parts) >= 2 and parts[1] in LAYERS, f"{module} sits outside the layer packages {LAYERS}"
+    return LAYERS.index(parts[1])
+
+
+def test_every_module_sits_in_a_layer_and_imports_only_downwards():
+    upward = []
+    for path in DEMO.rglob("*.py"):
+        here = module_name(path)
+        upward += [f"{here} -> {target}" for target in demo_imports(path) if layer_of(target) > layer_of(here)]
+    assert not upward, "imports that go up a layer: " + ", ".join(sorted(upward))
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path, monkeypatch):
+    """The check itself: a core module that imports the runtime is reported."""
+    fake = tmp_path / "demo" / "core"
+    fake.mkdir(parents=True)
+    (fake / "bad.py").write_text("from demo.runtime.loading import LoadedModel\n", encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    found = demo_imports(fake / "bad.py")
+    assert found == {"demo.runtime.loading"}
+    assert layer_of("demo.runtime.loading") > layer_of("demo.core.bad")
+
+
+def test_settings_import_no_model_code():
+    assert demo_imports(DEMO / "core" / "settings.py") <= {"demo.core.errors"}
 
 
 def test_only_the_settings_module_reads_the_environment():
     reads = re.compile(r"\bos\.environ\b|\bgetenv\(|\benviron\.get\(")
     readers = [str(p.relative_to(REPO)) for p in [REPO / "app.py", *DEMO.rglob("*.py")]
                if reads.search(p.read_text(encoding="utf-8"))]
-    assert readers == ["demo/settings.py"]
+    assert readers == ["demo/core/settings.py"]
 
 
-def test_analysis_and_backend_know_nothing_of_gradio():
-    for path in DEMO.glob("*.py"):
-        if path.name != "app_factory.py":
+def test_only_the_ui_and_the_composition_root_know_gradio():
+    for path in DEMO.rglob("*.py"):
+        if path.name != "app_factory.py" and "ui" not in path.relative_to(DEMO).parts:
             assert not {m for m in ast_imports(path) if m.split(".")[0] == "gradio"}, path.name
 
 
@@ -85,13 +124,13 @@ def ast_imports(path: Path) -> set[str]:
 
 
 def test_the_ui_modules_do_not_run_the_model_themselves():
-    for path in (DEMO / "ui").glob("*.py"):
+    for path in (DEMO / "ui").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert "import torch" not in text and "transformers" not in ast_imports(path), path.name
 
 
 def test_sampling_settings_are_listed_in_one_place():
-    """No module other than demo/sampling.py spells out the sampling settings' names one after another."""
+    """No module other than demo/core/sampling.py spells out the sampling settings' names one after another."""
     run = "temperature, top_k, top_p, min_p"
     for path in [REPO / "app.py", *DEMO.rglob("*.py"), *(REPO / "benchmarks").glob("*.py"), *REPO.glob("tests/*.py")]:
         text = path.read_text(encoding="utf-8").replace('"', "").replace("'", "").replace("=", "")

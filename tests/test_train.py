@@ -104,10 +104,10 @@ def test_pretrain_lowers_loss_and_writes_a_checkpoint_the_app_loads(pretrained):
         assert (pretrained / name).exists(), name
     assert not list(pretrained.glob("*.bin"))
 
-    from demo.backend import load_model
-    from demo.catalog import ModelSpec
-    from demo.generation import stream_generate, validate_request
-    from demo.sampling import PRESETS
+    from demo.core.sampling import PRESETS
+    from demo.runtime.catalog import ModelSpec
+    from demo.runtime.generation import stream_generate, validate_request
+    from demo.runtime.loading import load_model
 
     loaded = load_model(ModelSpec("mine", str(pretrained)), "fp32", device="cpu")
     final = list(stream_generate(loaded, validate_request("The little dog", 10, PRESETS["Greedy"])))[-1]
@@ -228,10 +228,10 @@ def test_finetune_refuses_a_checkpoint_that_is_not_a_causal_lm(tmp_path, corpus,
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_bundled_model_loads_and_generates(precision):
-    from demo.backend import load_model
-    from demo.catalog import ModelSpec
-    from demo.generation import stream_generate, validate_request
-    from demo.sampling import PRESETS
+    from demo.core.sampling import PRESETS
+    from demo.runtime.catalog import ModelSpec
+    from demo.runtime.generation import stream_generate, validate_request
+    from demo.runtime.loading import load_model
 
     loaded = load_model(ModelSpec("gutenberg-gpt", str(BUNDLED)), precision, device="cpu")
     final = list(stream_generate(loaded, validate_request("It was a dark and stormy night", 30, PRESETS["Greedy"])))[-1]

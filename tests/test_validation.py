@@ -7,17 +7,10 @@ import re
 
 import pytest
 
-from demo.errors import ValidationError
-from demo.generation import validate_request
-from demo.sampling import PRESETS, SETTINGS, SamplingParams, build_processors, validate_sampling
-from demo.validation import (
-    MAX_TEXT_CHARS,
-    check_choice,
-    check_position,
-    check_seed,
-    check_text,
-    encode_text,
-)
+from demo.core.errors import ValidationError
+from demo.core.sampling import PRESETS, SETTINGS, SamplingParams, build_processors, validate_sampling
+from demo.core.validation import MAX_TEXT_CHARS, check_choice, check_position, check_seed, check_text, encode_text
+from demo.runtime.generation import validate_request
 
 GOOD = SamplingParams(seed=1).as_dict()
 

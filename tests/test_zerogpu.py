@@ -13,18 +13,19 @@ import torch
 from conftest import BUNDLED, make_tiny_checkpoint
 from zerogpu_emulator import FakeSpaces
 
-from demo import zerogpu
-from demo.backend import ModelManager, load_model
-from demo.cache import ModelCache
-from demo.catalog import ModelSpec
-from demo.generation import stream_generate, validate_request
-from demo.sampling import PRESETS, validate_sampling
-from demo.settings import Settings
-from demo.ui.attention_tab import AttentionHandlers
+from demo.core.cache import ModelCache
+from demo.core.sampling import PRESETS, validate_sampling
+from demo.core.settings import Settings
+from demo.runtime import zerogpu
+from demo.runtime.catalog import ModelSpec
+from demo.runtime.generation import stream_generate, validate_request
+from demo.runtime.loading import load_model
+from demo.runtime.pool import ModelManager
+from demo.runtime.zerogpu import ANALYSIS_S, slice_duration
 from demo.ui.common import AppContext
-from demo.ui.generate_tab import SAMPLING_ORDER, GenerateHandlers
-from demo.ui.next_token_tab import NextTokenHandlers
-from demo.zerogpu import ANALYSIS_S, slice_duration
+from demo.ui.tabs.attention import AttentionHandlers
+from demo.ui.tabs.generate import SAMPLING_ORDER, GenerateHandlers
+from demo.ui.tabs.next_token import NextTokenHandlers
 
 TEXT = "It was a dark and stormy night, and the old captain said"
 
@@ -121,7 +122,7 @@ def test_stop_frees_the_gpu_within_a_slice(zero):
     # a slice is bounded in time even when it may generate every remaining token: with no time left
     # after its first token it ends there
     loaded = ctx.manager.require()
-    from demo.generation import generate_slice, start_slices
+    from demo.runtime.generation import generate_slice, start_slices
 
     request = validate_request(TEXT, 500, validate_sampling(seed=2))
     state = generate_slice(loaded, request, start_slices(loaded, request), 500, max_seconds=0.0)
@@ -148,7 +149,8 @@ def test_each_call_declares_a_duration_fitted_to_its_work(zero, monkeypatch):
     assert fake.durations == [ANALYSIS_S + zerogpu.MODEL_LOAD_S, ANALYSIS_S]  # the first may load the model
     sizes = []
     real = zerogpu.slice_duration
-    monkeypatch.setattr("demo.ui.generate_tab.slice_duration", lambda n, rate: sizes.append((n, rate)) or real(n, rate))
+    monkeypatch.setattr("demo.ui.tabs.generate.slice_duration",
+                        lambda n, rate: sizes.append((n, rate)) or real(n, rate))
     gen = GenerateHandlers(ctx.manager)
     gen.run_slice = ctx.gpu(gen.slice, duration=lambda request, state, n: zerogpu.slice_duration(n, state.tokens_per_s))
     list(gen.generate(*generate_args(60, seed=4)))
@@ -184,7 +186,7 @@ def test_a_load_in_progress_at_the_fork_does_not_lock_the_worker(zero):
 
 
 def test_errors_in_the_worker_reach_the_visitor_with_their_message(zero):
-    from demo.errors import ModelLoadError
+    from demo.core.errors import ModelLoadError
 
     def fails():
         raise ModelLoadError("Could not download 'gpt2-xl' from the Hugging Face Hub (offline?).")
@@ -207,11 +209,11 @@ def test_views_that_need_the_model_in_this_process_say_so_on_zerogpu():
     hardware they answer with a clear message instead of failing obscurely."""
     import gradio as gr
 
-    from demo.backend import ModelManager
-    from demo.cache import ModelCache
-    from demo.exports import ExportFolder
-    from demo.ui.precision_tab import PrecisionHandlers
-    from demo.ui.samples_tab import SamplesHandlers
+    from demo.core.cache import ModelCache
+    from demo.core.exports import ExportFolder
+    from demo.runtime.pool import ModelManager
+    from demo.ui.tabs.precision import PrecisionHandlers
+    from demo.ui.tabs.samples import SamplesHandlers
 
     manager = ModelManager([], device="cpu")
     with pytest.raises(gr.Error, match="ZeroGPU"):

@@ -1,7 +1,7 @@
 """Attention weights of a text: one forward pass, the views of it, and the matrix each view shows.
 
 Plain data only (numpy arrays, lists, dicts): no Gradio, no plotting. :func:`attention_of` runs the
-model once per (model, text) through the app's :class:`~demo.cache.ModelCache`, so switching layer,
+model once per (model, text) through the app's :class:`~demo.core.cache.ModelCache`, so switching layer,
 head or view never reruns the model. A view is an :class:`AttentionView`, validated once against
 the result by :meth:`AttentionView.parse`; :func:`view_matrix` turns (result, view) into the numbers
 that the figure, the caption, the API payload and the exports all show.
@@ -13,8 +13,6 @@ looks back).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 import time
@@ -24,10 +22,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .cache import ModelCache
-from .errors import ExplorerError, ValidationError
-from .tokens import VISIBLE, display_tokens
-from .validation import check_choice, check_index, check_position, encode_text
+from demo.core.attention_views import AGGREGATES, SCOPES, VIEWS
+from demo.core.cache import ModelCache
+from demo.core.errors import ExplorerError, ValidationError
+from demo.core.exports import csv_text
+from demo.core.tokens import VISIBLE, display_tokens
+from demo.core.validation import check_choice, check_index, check_position, encode_text
+from demo.runtime.loading import LoadedModel
 
 # Hard cap on the tokens analysed, whatever the model's context window.
 MAX_TOKENS = 1024
@@ -35,21 +36,6 @@ MAX_TOKENS = 1024
 # (GPT-2 small: 682 tokens; the bundled model: its whole 512-token context).
 MAX_RESULT_BYTES = 256 * 2**20
 
-VIEWS = {
-    "head": "One head",
-    "heads": "All heads of a layer",
-    "aggregate": "Average / strongest",
-    "token": "One token",
-}
-AGGREGATES = {
-    "mean-heads": "Average over the heads of this layer",
-    "max-heads": "Strongest head of this layer (max)",
-    "mean-layers": "Average over the layers (this head number)",
-    "max-layers": "Strongest layer (max, this head number)",
-    "mean-all": "Average over every layer and head",
-    "max-all": "Strongest of every layer and head (max)",
-}
-SCOPES = {"layer": "Every head of this layer", "all": "Every head of every layer"}
 
 
 class AttentionUnavailable(ExplorerError, RuntimeError):
@@ -102,16 +88,14 @@ class AttentionResult:
 # ----------------------------------------------------------------------------- extraction
 
 
-def token_limit(loaded) -> int:
+def token_limit(loaded: LoadedModel) -> int:
     """The most tokens one analysis of this model may hold (context window, hard cap, memory budget)."""
-    cfg = loaded.model.config
-    layers = int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 12))
-    heads = int(getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 12))
+    layers, heads = loaded.n_layers, loaded.n_heads
     by_memory = int(math.sqrt(MAX_RESULT_BYTES / (4 * max(1, layers * heads))))
     return max(1, min(loaded.context_length, MAX_TOKENS, by_memory))
 
 
-def compute_attention(loaded, text, ids: Sequence[int] | None = None) -> AttentionResult:
+def compute_attention(loaded: LoadedModel, text, ids: Sequence[int] | None = None) -> AttentionResult:
     """Run the model once on a (valid) text, its first `token_limit` tokens, and return every layer's and
     head's attention weights. Works for any precision the backend loads (fp32, bf16, fp16, 8-bit, 4-bit) on
     CPU or GPU: the weights come back as float32 numpy on the CPU. ``ids``: the exact tokens that spell
@@ -148,8 +132,8 @@ def compute_attention(loaded, text, ids: Sequence[int] | None = None) -> Attenti
         seconds=seconds)
 
 
-def attention_of(loaded, text: str, cache: ModelCache | None = None,
-                 compute: Callable[[object, str], AttentionResult] = compute_attention) -> AttentionResult:
+def attention_of(loaded: LoadedModel, text: str, cache: ModelCache | None = None,
+                 compute: Callable[..., AttentionResult] = compute_attention) -> AttentionResult:
     """The attention of a (valid) text under a loaded model: from ``cache`` when it holds it, else one
     forward pass (``compute``: where it runs, e.g. a ZeroGPU worker), stored in ``cache``."""
     if cache is None:
@@ -362,12 +346,8 @@ def _rounded(m: np.ndarray, decimals: int) -> list:
 
 def matrix_csv(matrix: np.ndarray, row_labels, col_labels, corner: str = "query \\ key") -> str:
     """A matrix as CSV with labelled rows and columns (blank cells where there is nothing: NaN)."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow([corner, *col_labels])
-    for label, row in zip(row_labels, np.asarray(matrix, dtype=np.float64)):
-        w.writerow([label, *("" if math.isnan(v) else f"{v:.6g}" for v in row)])
-    return buf.getvalue()
+    return csv_text([[corner, *col_labels]] + [[label, *("" if math.isnan(v) else f"{v:.6g}" for v in row)]
+                                               for label, row in zip(row_labels, np.asarray(matrix, dtype=np.float64))])
 
 
 def export_tables(result: AttentionResult, view: AttentionView, max_numbers: int) -> tuple[str, str, dict]:
@@ -385,11 +365,12 @@ def export_tables(result: AttentionResult, view: AttentionView, max_numbers: int
         text = matrix_csv(vm.values, vm.row_labels, vm.col_labels, corner="head \\ key")
     else:
         text = matrix_csv(vm.values, vm.row_labels, vm.col_labels)
-    data = {"model": result.model_name, "precision": result.precision, "view": view.kind,
-            "tokens": list(result.tokens), "token_ids": list(result.token_ids)}
-    data.update({"head": dict(layer=view.layer, head=view.head),
-                 "aggregate": dict(aggregate=view.aggregate, layer=view.layer, head=view.head),
-                 "heads": dict(layer=view.layer),
-                 "token": dict(token=view.token, scope=view.scope, rows=vm.row_labels)}[view.kind])
+    data: dict = {"model": result.model_name, "precision": result.precision, "view": view.kind,
+                  "tokens": list(result.tokens), "token_ids": list(result.token_ids)}
+    by_view: dict[str, dict] = {"head": dict(layer=view.layer, head=view.head),
+                                "aggregate": dict(aggregate=view.aggregate, layer=view.layer, head=view.head),
+                                "heads": dict(layer=view.layer),
+                                "token": dict(token=view.token, scope=view.scope, rows=vm.row_labels)}
+    data.update(by_view[view.kind])
     data["weights"] = _rounded(vm.values, 6)
     return vm.stem, text, data

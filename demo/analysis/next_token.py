@@ -2,9 +2,9 @@
 one-token steps and the logit lens. Plain data, no Gradio; every argument is already valid.
 
 The "after" distribution is computed by the very processors generation uses
-(:func:`demo.sampling.build_processors`, applied in list order like ``LogitsProcessorList``), so the
+(:func:`demo.core.sampling.build_processors`, applied in list order like ``LogitsProcessorList``), so the
 bars can never disagree with the sampler. Running the model is the only expensive part, so the raw
-logits of the last position are kept in the app's :class:`~demo.cache.ModelCache` per (model,
+logits of the last position are kept in the app's :class:`~demo.core.cache.ModelCache` per (model,
 token ids): moving a slider re-applies the processors to cached logits and never reruns the model.
 """
 
@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .cache import ModelCache
-from .errors import ValidationError
-from .sampling import SamplingParams, build_processors, entropy_bits
-from .tokens import display_token, make_visible
-from .validation import MAX_SEED
+from demo.core.cache import ModelCache
+from demo.core.errors import ValidationError
+from demo.core.sampling import SamplingParams, build_processors, entropy_bits
+from demo.core.tokens import display_token, make_visible
+from demo.core.validation import MAX_SEED
+from demo.runtime.loading import LoadedModel
 
 MAX_TOP_N = 200
 LENS_MAX_POSITIONS = 32
@@ -30,14 +31,14 @@ LENS_MAX_POSITIONS = 32
 # ----------------------------------------------------------------------------- context window and logits
 
 
-def model_window(loaded, ids: list[int]) -> tuple[list[int], int]:
+def model_window(loaded: LoadedModel, ids: list[int]) -> tuple[list[int], int]:
     """The last ``context_length`` ids (what the model can see) and how many were dropped."""
     ctx = loaded.context_length
     dropped = max(0, len(ids) - ctx)
     return list(ids[dropped:]), dropped
 
 
-def forward_last_logits(loaded, window_ids: list[int]) -> torch.Tensor:
+def forward_last_logits(loaded: LoadedModel, window_ids: list[int]) -> torch.Tensor:
     """Run the model once; the logits of the last position as a float32 CPU tensor of shape (vocab,).
     float32 like ``generate``, which upcasts the logits before the processors see them."""
     model = loaded.model
@@ -47,10 +48,10 @@ def forward_last_logits(loaded, window_ids: list[int]) -> torch.Tensor:
     return out.logits[0, -1, :].detach().to(device="cpu", dtype=torch.float32).clone()
 
 
-Forward = Callable[[object, list], torch.Tensor]  # (loaded, window ids) -> last position's logits
+Forward = Callable[[LoadedModel, list[int]], torch.Tensor]  # (loaded, window ids) -> last position's logits
 
 
-def last_logits(loaded, window_ids: list[int], cache: ModelCache | None = None,
+def last_logits(loaded: LoadedModel, window_ids: list[int], cache: ModelCache | None = None,
                 forward: Forward = forward_last_logits) -> torch.Tensor:
     """The last position's logits: from ``cache`` when it holds them (a slider move reruns nothing),
     else one forward pass (``forward``: where it runs, e.g. a ZeroGPU worker)."""
@@ -132,7 +133,7 @@ class Distribution:
             self._after_rank = ranks_of(after)
         return self._raw_rank, self._after_rank
 
-    def row(self, loaded, token_id: int) -> TokenRow:
+    def row(self, loaded: LoadedModel, token_id: int) -> TokenRow:
         raw_rank, after_rank = self._ranks()
         t = int(token_id)
         kept = bool(self.kept[t])
@@ -150,10 +151,10 @@ class Distribution:
         ids = torch.nonzero(wanted).flatten().tolist()
         return sorted(ids, key=lambda i: int(raw_rank[i]))
 
-    def rows(self, loaded, n: int) -> list[TokenRow]:
+    def rows(self, loaded: LoadedModel, n: int) -> list[TokenRow]:
         return [self.row(loaded, i) for i in self.top_ids(n)]
 
-    def as_dict(self, loaded, n: int = 20) -> dict:
+    def as_dict(self, loaded: LoadedModel, n: int = 20) -> dict:
         """Everything the view and the API show, JSON-able."""
         g = self.greedy_id
         return {
@@ -207,7 +208,7 @@ def apply_settings(params: SamplingParams, window_ids: list[int], logits: torch.
     return scores, steps
 
 
-def distribution(loaded, ids: list[int], params: SamplingParams, cache: ModelCache | None = None,
+def distribution(loaded: LoadedModel, ids: list[int], params: SamplingParams, cache: ModelCache | None = None,
                  forward: Forward = forward_last_logits) -> Distribution:
     """The next-token distribution after ``ids`` (the last context_length of them), raw and after
     ``params``. Reruns the model only for ids ``cache`` has not seen."""
@@ -219,7 +220,7 @@ def distribution(loaded, ids: list[int], params: SamplingParams, cache: ModelCac
     return Distribution(loaded.name, params, window, dropped, raw, after, steps)
 
 
-def lookup(loaded, dist: Distribution, query: str) -> list[dict]:
+def lookup(loaded: LoadedModel, dist: Distribution, query: str) -> list[dict]:
     """Probability and rank of a typed token or word (a valid, non-empty text). A word's next-token
     probability is that of its first token; both spellings, without and with a leading space, are
     given. '␣' and '↵' may be typed for a space and a newline."""
@@ -260,7 +261,7 @@ class Step:
 STEP_MODES = ("most likely", "sampled", "chosen")
 
 
-def next_step(loaded, ids: list[int], params: SamplingParams, mode: str, token_id: int | None = None,
+def next_step(loaded: LoadedModel, ids: list[int], params: SamplingParams, mode: str, token_id: int | None = None,
               cache: ModelCache | None = None, forward: Forward = forward_last_logits) -> Step:
     """The next token: 'most likely' (argmax after the settings, as greedy generation picks it),
     'sampled' (a draw from the after-settings distribution with a generator seeded from (seed, step);
@@ -327,7 +328,7 @@ class LensResult:
         return asdict(self)
 
 
-def logit_lens(loaded, ids: list[int], max_positions: int = 16, top: int = 3) -> LensResult:
+def logit_lens(loaded: LoadedModel, ids: list[int], max_positions: int = 16, top: int = 3) -> LensResult:
     """For each of the last ``max_positions`` positions, the next-token prediction read from every
     layer's residual stream through the final layer norm and the unembedding (the "logit lens").
     The last row is the model's own prediction. ``max_positions`` is in [1, LENS_MAX_POSITIONS]."""

@@ -22,9 +22,9 @@ second model (``other``, typically int8) strays from the first (``reference``, f
   and ``attn_mean_diff[layer]`` = the mean |A_ref - A_other| over the causal entries (key <= query; the
   others are 0 in both models), in units of attention weight (each row of A sums to 1).
 
-:func:`comparison_of` goes through the app's :class:`~demo.cache.ModelCache`, so redrawing or
+:func:`comparison_of` goes through the app's :class:`~demo.core.cache.ModelCache`, so redrawing or
 exporting never reruns either model; :meth:`PrecisionComparison.as_dict` is the JSON of the API and
-the input of :mod:`demo.plots_precision`; :func:`summary_line` says it in one sentence.
+the input of :mod:`demo.plots.precision`; :func:`summary_line` says it in one sentence.
 """
 
 from __future__ import annotations
@@ -36,18 +36,20 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from .attention import AttentionUnavailable, token_limit
-from .cache import ModelCache
-from .errors import ValidationError
-from .tokens import display_tokens
-from .validation import check_number, check_text, encode_text
+from demo.analysis.attention import AttentionUnavailable, token_limit
+from demo.analysis.next_token import MAX_TOP_N
+from demo.core.cache import ModelCache
+from demo.core.errors import ValidationError
+from demo.core.tokens import display_tokens
+from demo.core.validation import check_number, check_text, encode_text
+from demo.runtime.loading import LoadedModel
 
 DEFAULT_TOP_N = 10
-MAX_TOP_N = 200
 LN2 = math.log(2.0)
 # Positions whose float64 distributions are worked on at once: bounds the temporaries to
 # CHUNK x vocab x 8 bytes a piece (128 positions of GPT-2's 50,257 tokens: 51 MB).
@@ -204,23 +206,16 @@ def check_same_checkpoint(reference, other, text: str) -> None:
     if ref_ids != other_ids:
         raise ValidationError(f"The two copies of '{reference.name}' tokenize this text differently "
                               f"({len(ref_ids):,} and {len(other_ids):,} tokens): they cannot be compared.")
-    shapes = [(m.vocab_size, _layers_heads(m)) for m in (reference, other)]
+    shapes = [(m.vocab_size, (m.n_layers, m.n_heads)) for m in (reference, other)]
     if shapes[0] != shapes[1]:
         raise ValidationError(f"The two copies of '{reference.name}' differ in shape (vocabulary, layers, heads: "
                               f"{shapes[0]} and {shapes[1]}): they cannot be compared.")
 
 
-def _layers_heads(loaded) -> tuple[int, int]:
-    cfg = loaded.model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
-    return int(layers or 0), int(heads or 0)
-
-
 # ----------------------------------------------------------------------------- the forward passes
 
 
-def _forward(loaded, ids: list[int]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], float]:
+def _forward(loaded: LoadedModel, ids: list[int]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], float]:
     """One forward pass: (logits float32 [T, vocab] on the CPU, every layer's attention [1, H, T, T]
     as the model returned it (its device and dtype), seconds)."""
     model = loaded.model
@@ -270,7 +265,7 @@ def _causal_mean(diff: torch.Tensor) -> float:
 
 def compare_precisions(reference, other, text: str, top_n: int = DEFAULT_TOP_N) -> PrecisionComparison:
     """Run ``reference`` and ``other`` (two precisions of the same checkpoint, on any devices) once each
-    on the first tokens of ``text`` (as many as both may analyse, see :func:`demo.attention.token_limit`)
+    on the first tokens of ``text`` (as many as both may analyse, see :func:`demo.analysis.attention.token_limit`)
     and compare their predictions and attention weights. ValidationError for a bad text or top_n, or two
     models that are not the same checkpoint; AttentionUnavailable if a model hides its attention."""
     text = check_text("text", text)
@@ -284,19 +279,20 @@ def compare_precisions(reference, other, text: str, top_n: int = DEFAULT_TOP_N) 
     logits_ref, atts_ref, seconds_ref = _forward(reference, ids)
     # The reference's attention, kept on the CPU in float32 while the other model runs (at most the
     # memory budget of one attention result, MAX_RESULT_BYTES).
-    atts_ref = [a[0].to(device="cpu", dtype=torch.float32) for a in atts_ref]
+    ref_layers = [a[0].to(device="cpu", dtype=torch.float32) for a in atts_ref]
+    del atts_ref
     logits_other, atts_other, seconds_other = _forward(other, ids)
     max_diff, mean_diff = [], []
-    for a_ref, a_other in zip(atts_ref, atts_other):  # layer by layer: one [H, T, T] difference at a time
+    for a_ref, a_other in zip(ref_layers, atts_other):  # layer by layer: one [H, T, T] difference at a time
         diff = (a_ref - a_other[0].to(device="cpu", dtype=torch.float32)).abs()
         max_diff.append(float(diff.max()))
         mean_diff.append(_causal_mean(diff))
-    del atts_ref, atts_other
+    del ref_layers, atts_other
 
     kl, ent, top1_ref, top1_other, overlap = _position_stats(logits_ref, logits_other, top_n)
-    arrays = dict(kl_bits=kl, entropy_ref_bits=ent, top1_ref=top1_ref, top1_other=top1_other, top_overlap=overlap,
-                  attn_max_diff=np.array(max_diff, dtype=np.float64),
-                  attn_mean_diff=np.array(mean_diff, dtype=np.float64))
+    arrays: dict[str, Any] = dict(kl_bits=kl, entropy_ref_bits=ent, top1_ref=top1_ref, top1_other=top1_other,
+                                  top_overlap=overlap, attn_max_diff=np.array(max_diff, dtype=np.float64),
+                                  attn_mean_diff=np.array(mean_diff, dtype=np.float64))
     for a in arrays.values():
         a.setflags(write=False)
     return PrecisionComparison(

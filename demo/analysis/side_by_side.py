@@ -1,9 +1,9 @@
 """Samples side by side: N continuations of one prompt, each with its own seed, optionally under two
 settings (the same seeds in both rows, so only the settings differ). No Gradio.
 
-Each sample is an ordinary generation request (:class:`demo.generation.GenerationRequest`) with its
+Each sample is an ordinary generation request (:class:`demo.runtime.generation.GenerationRequest`) with its
 seed fixed: they all stream together through the model's batched decode loop
-(:func:`demo.generation.stream_samples`), and any one re-run alone with its seed and settings gives
+(:func:`demo.runtime.generation.stream_samples`), and any one re-run alone with its seed and settings gives
 the same text.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .generation import GenerationRequest, GenerationUpdate, validate_request
-from .sampling import SETTING, SamplingParams, resolve_seed
-from .validation import MAX_SEED, Setting, check_bool
+from demo.core.sampling import SETTING, SamplingParams, resolve_seed
+from demo.core.validation import MAX_SEED, Setting, check_bool
+from demo.runtime.generation import GenerationRequest, GenerationUpdate, validate_request
 
 N_SAMPLES = Setting("n", label="Samples", kind="int", default=4, lo=2, hi=8, slider=(2, 8, 1),
                     help="How many continuations to generate at once (each with the next seed)")
@@ -52,7 +52,7 @@ def sample_set(prompt, n, first_seed, max_new_tokens, params: SamplingParams, co
     request = validate_request(prompt, SAMPLE_TOKENS.check(max_new_tokens), params)
     n = N_SAMPLES.check(n)
     first = FIRST_SEED.check(first_seed)
-    first = resolve_seed(replace(params, seed=first)).seed  # -1: a random first seed, shown on every sample
+    first = int(resolve_seed(replace(params, seed=first)).seed or 0)  # -1: a random first seed, shown on every sample
     seeds = tuple((first + i) % (MAX_SEED + 1) for i in range(n))
     rows = [replace(params, seed=None)]
     if check_bool("compare", compare):

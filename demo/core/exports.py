@@ -8,6 +8,8 @@ next write, and the folder is capped in bytes: the oldest exports go first.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import stat
@@ -16,7 +18,14 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import ExplorerError
+from demo.core.errors import ExplorerError
+
+
+def csv_text(rows) -> str:
+    """Rows (the first one the header) as CSV text: the one way the app writes a CSV."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
 
 EXPORT_KEEP_S = 15 * 60
 EXPORT_MAX_BYTES = 256 * 2**20

@@ -11,12 +11,14 @@ link opens the page with a notice instead of an error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict
 from urllib.parse import parse_qsl, quote_plus, urlencode
 
-from .attention import AGGREGATES, SCOPES, VIEWS
-from .errors import ExplorerError
-from .sampling import MAX_NEW_TOKENS, SETTING
-from .validation import MAX_TEXT_CHARS, check_choice, check_number, check_text
+from demo.core.attention_views import AGGREGATES, SCOPES, VIEWS
+from demo.core.errors import ExplorerError
+from demo.core.sampling import MAX_NEW_TOKENS, SETTING
+from demo.core.tokens import shorten
+from demo.core.validation import MAX_TEXT_CHARS, check_choice, check_number, check_text
 
 MAX_LINK_CHARS = 32_000  # a longer link is refused whole (a 1 MB prompt has no place in a URL)
 MAX_FIELDS = 40
@@ -45,8 +47,22 @@ class LinkState:
         return not (self.model or self.tab or self.prompt or self.settings or self.text or self.attention)
 
 
-def _short(value: str, n: int = 40) -> str:
-    return value if len(value) <= n else value[:n] + "…"
+
+class LinkRequest(TypedDict):
+    """What a link asks the page for, as the page keeps it (a gr.State) while it restores the link in
+    steps: the tab, the analysis text and attention view, the model, and the problems to report."""
+
+    tab: str | None
+    text: str | None
+    attention: dict
+    model: str | None
+    precision: str | None
+    problems: list[str]
+
+
+def link_request(state: LinkState, tab: str | None) -> LinkRequest:
+    return LinkRequest(tab=tab, text=state.text, attention=dict(state.attention), model=state.model,
+                       precision=state.precision, problems=list(state.problems))
 
 
 def _check_setting(name: str, value: str):
@@ -74,7 +90,7 @@ def read_link(fragment, models: list[str], precisions: list[str]) -> LinkState:
     seen: set[str] = set()
     for key, value in pairs:
         if key in seen:
-            state.problems.append(f"{_short(key)} is given twice (the first one was used)")
+            state.problems.append(f"{shorten(key, 40)} is given twice (the first one was used)")
             continue
         seen.add(key)
         try:
@@ -97,7 +113,7 @@ def read_link(fragment, models: list[str], precisions: list[str]) -> LinkState:
             elif key in ("layer", "head", "token"):
                 state.attention[key] = check_number(key, value, 0, MAX_INDEX, integer=True)
             else:
-                state.problems.append(f"{_short(key)!r} is not something a link can set")
+                state.problems.append(f"{shorten(key, 40)!r} is not something a link can set")
         except ExplorerError as exc:
             state.problems.append(str(exc))
     return state

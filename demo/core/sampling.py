@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from transformers import (
@@ -26,12 +27,12 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .errors import ValidationError
-from .validation import MAX_SEED, Setting
+from demo.core.errors import ValidationError
+from demo.core.validation import MAX_SEED, Setting
 
 
-def _setting(default, **spec) -> object:
-    """A SamplingParams field that carries its :class:`~demo.validation.Setting` definition."""
+def _setting(default, **spec) -> Any:
+    """A SamplingParams field that carries its :class:`~demo.core.validation.Setting` definition."""
     return field(default=default, metadata={"setting": spec})
 
 
@@ -177,7 +178,7 @@ class TokenChooser(LogitsProcessor):
                 self.generator.manual_seed(self.seed if self.seed is not None else random.randint(0, MAX_SEED))
         return torch.multinomial(probs, 1, generator=self.generator)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         if scores.shape[0] != 1:
             raise ValueError("TokenChooser supports batch size 1 (choose_tokens picks for many rows)")
         chosen = choose_tokens(scores, [self])[0]

@@ -8,8 +8,23 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .backend import PRECISIONS, VISITOR_MODELS
-from .errors import ValidationError
+from demo.core.errors import ValidationError
+
+PRECISIONS = {
+    "auto": "8-bit on GPU, fp32 on CPU",
+    "int8": "8-bit weights (bitsandbytes LLM.int8)",
+    "nf4": "4-bit NF4 weights (bitsandbytes)",
+    "fp16": "16-bit float",
+    "bf16": "bfloat16",
+    "fp32": "32-bit float",
+}
+
+# Which models a visitor may load (GPT_EXPLORER_VISITOR_MODELS); the operator's own loads are not limited.
+VISITOR_MODELS = {
+    "all": "any catalogue model, Hub downloads included",
+    "local": "models already loaded, and checkpoints in local folders (no downloads)",
+    "loaded": "only the models already loaded",
+}
 
 PRECISION_CHOICES = tuple(PRECISIONS)
 DEFAULT_QUEUE_SIZE = 64

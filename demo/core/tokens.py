@@ -59,3 +59,8 @@ def plot_escape(label: str) -> str:
     """Escape a label for plotly's pseudo-HTML (titles, tick labels, hover text). Only & < > matter:
     plotly decodes &amp; &lt; &gt; but shows &quot; literally, and with no '<' left no tag can form."""
     return html.escape(label, quote=False)
+
+
+def shorten(text: str, n: int) -> str:
+    """``text`` cut to at most ``n`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= n else text[: n - 1] + "…"

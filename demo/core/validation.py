@@ -2,7 +2,7 @@
 
 Every request value passes through a ``check_*`` function here before it reaches the backend, the
 analysis or the plots, which then trust what they receive. Each check raises
-:class:`~demo.errors.ValidationError` with a sentence that names the setting and what was wrong;
+:class:`~demo.core.errors.ValidationError` with a sentence that names the setting and what was wrong;
 the UI turns it into the message a visitor sees. :func:`encode_text` is the one way a text becomes
 the model's token ids.
 """
@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import ValidationError
+from demo.core.errors import ValidationError
 
 MAX_SEED = 2**32 - 1
 MAX_TEXT_CHARS = 50_000  # a prompt or analysed text; well past any bundled model's context window

@@ -1,6 +1,6 @@
 """Plotly figures of attention weights, and the plain-language notes that go beside them.
 
-Input is the plain data of :mod:`demo.attention`: an :class:`AttentionResult` (numpy weights and
+Input is the plain data of :mod:`demo.analysis.attention`: an :class:`AttentionResult` (numpy weights and
 token labels) and a valid :class:`AttentionView`, whose numbers come from ``view_matrix`` like the
 API's and the exports'; output is a ``plotly.graph_objects.Figure``. No Gradio here.
 
@@ -20,7 +20,7 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from .attention import (
+from demo.analysis.attention import (
     AGGREGATES,
     AttentionResult,
     AttentionView,
@@ -31,13 +31,13 @@ from .attention import (
     pool_causal,
     view_matrix,
 )
-from .tokens import plot_escape
+from demo.core.tokens import plot_escape, shorten
+from demo.plots.style import FONT
 
 FULL_CAP = 256  # tokens shown one by one in a big heatmap; more are grouped in blocks
 GRID_CAP = 96  # blocks per side in each small multiple of the all-heads view
 COLORSCALE = "Blues"
 EMPTY_COLOR = "#d4d4d4"  # the causal triangle (nothing there) shows the plot background
-FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=12)
 X_TITLE = "token looked at (key)"
 Y_TITLE = "token doing the looking (query)"
 COLORBAR_TITLE = "attention weight"
@@ -60,16 +60,13 @@ PATTERNS = (
 # ----------------------------------------------------------------------------- helpers
 
 
-def _short(label: str, n: int = 10) -> str:
-    return label if len(label) <= n else label[: n - 1] + "…"
-
 
 def block_labels(tokens, block: int) -> list[str]:
     """Axis labels: '␣the (5)' per token, or '8–15: ␣the…␣sea' per block of tokens (always unique)."""
     if block <= 1:
         return [plot_escape(t) for t in axis_labels(tokens)]
-    return [plot_escape(f"{a}–{b}: {_short(tokens[a])}…{_short(tokens[b])}" if b > a else f"{a}: {_short(tokens[a])}")
-            for a, b in block_ranges(len(tokens), block)]
+    return [plot_escape(f"{a}–{b}: {shorten(tokens[a], 10)}…{shorten(tokens[b], 10)}" if b > a
+                        else f"{a}: {shorten(tokens[a], 10)}") for a, b in block_ranges(len(tokens), block)]
 
 
 def _masked(matrix: np.ndarray) -> np.ndarray:

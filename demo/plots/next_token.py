@@ -1,6 +1,6 @@
 """Figures and HTML for the next-token view: probability bars (raw vs after the settings), the logit
 lens heatmap, and generated text coloured by the probability of each token. Input is the plain data
-of :mod:`demo.next_token` (dicts and lists); token text is untrusted and always escaped."""
+of :mod:`demo.analysis.next_token` (dicts and lists); token text is untrusted and always escaped."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import html
 
 import plotly.graph_objects as go
 
-from .tokens import plot_escape
+from demo.core.tokens import plot_escape, shorten
 
 RAW_COLOR = "#9ecae1"  # the model's own probability
 RAW_FILTERED_COLOR = "#d9d9d9"
@@ -153,9 +153,6 @@ def timeline_figure(record: dict | None, selected: int | None = None) -> go.Figu
 # ----------------------------------------------------------------------------- logit lens
 
 
-def _short(label: str, n: int = 8) -> str:
-    return label if len(label) <= n else label[: n - 1] + "…"
-
 
 def lens_figure(data: dict) -> go.Figure:
     """Heatmap: one row per layer (embeddings at the bottom), one column per position; each cell shows
@@ -163,8 +160,8 @@ def lens_figure(data: dict) -> go.Figure:
     layers, tokens = data["layers"], data["input_tokens"]
     if not tokens:
         return empty_figure("No tokens")
-    x = [f"{p}: {plot_escape(_short(t, 10))}" for p, t in zip(data["positions"], tokens)]
-    text = [[plot_escape(_short(t)) for t in row] for row in data["top_tokens"]]
+    x = [f"{p}: {plot_escape(shorten(t, 10))}" for p, t in zip(data["positions"], tokens)]
+    text = [[plot_escape(shorten(t, 8)) for t in row] for row in data["top_tokens"]]
     nexts = data["next_tokens"]
     custom = []
     for li, layer in enumerate(layers):
@@ -285,3 +282,103 @@ def token_view_html(record: dict | None, selected: int | None = None, max_prompt
     parts.append("</div>")
     parts.append(legend_html())
     return "".join(parts)
+
+
+# ----------------------------------------------------------------------------- the Next-token tab in words
+
+
+def format_summary(data: dict, context_length: int) -> str:
+    ml = data["most_likely"]
+    eb, ea = data["entropy_before_bits"], data["entropy_after_bits"]
+    lines = [
+        f"**Next token after** {code_label(data['last_token'])} · {data['context_tokens']} tokens of context · "
+        f"model *{html.escape(data['model'])}*",
+        f"**{'Greedy picks' if data['greedy'] else 'Most likely'}:** {code_label(ml['token'])} — "
+        f"{fmt_prob(ml['raw_prob'])} for the model, {fmt_prob(ml['prob'])} after the settings.",
+        f"**{data['survivors']:,} of {data['vocab_size']:,} tokens** can still be drawn · **entropy** "
+        f"{eb:.2f} → {ea:.2f} bits (as uncertain as a fair pick among ≈ {2 ** eb:,.0f} → {2 ** ea:,.0f} tokens)",
+    ]
+    if data["truncated_tokens"]:
+        lines.append(f"⚠️ The text is longer than the model's context window ({context_length} tokens): the model "
+                     f"sees only the last {data['context_tokens']}; the first {data['truncated_tokens']:,} tokens "
+                     "were dropped.")
+    return "\n\n".join(lines)
+
+
+def format_note(data: dict, repeated_tokens: int) -> str:
+    """What each setting did to the bars, in plain language and with this text's numbers."""
+    s = data["settings"]
+    steps = data["steps"]
+    out = []
+    before = data["vocab_size"]
+    for st in steps:
+        name, v, left = st["name"], st["value"], st["survivors"]
+        if name == "repetition penalty":
+            out.append(f"**Repetition penalty ×{v:g}:** the {repeated_tokens} different tokens already in the text "
+                       f"were made {'less' if v > 1 else 'more'} likely (their dark bar is "
+                       f"{'shorter' if v > 1 else 'longer'} than it would be).")
+        elif name == "no-repeat n-gram":
+            out.append(f"**No-repeat {int(v)}-grams:** {before - left} token(s) banned because they would repeat a "
+                       f"{int(v)}-token sequence already in the text.")
+        elif name == "temperature":
+            if v < 1:
+                out.append(f"**Temperature {v:g} (below 1)** sharpens the distribution: tall bars grow, short bars "
+                           "shrink — safer, more predictable text.")
+            else:
+                out.append(f"**Temperature {v:g} (above 1)** flattens the distribution: short bars grow, tall bars "
+                           "shrink — more surprising text, and more mistakes.")
+        elif name == "top-k":
+            out.append(f"**Top-k {int(v)}** keeps only the {int(v)} most likely tokens: {left:,} left.")
+        elif name == "top-p":
+            out.append(f"**Top-p {v:g}** keeps the most likely tokens until their probabilities add up to "
+                       f"{v:.0%}: here that is {left:,} token(s).")
+        elif name == "min-p":
+            out.append(f"**Min-p {v:g}** drops tokens less than {v:.0%} as likely as the top token: {left:,} left.")
+        before = left
+    if data["greedy"]:
+        out.insert(0, "**Sampling is off (greedy):** the model always takes the top dark bar, so temperature, "
+                      "top-k, top-p and min-p play no part; only the penalties apply.")
+    else:
+        off = []
+        if s["temperature"] == 1.0:
+            off.append("temperature 1 (no change)")
+        if s["top_k"] == 0:
+            off.append("top-k 0")
+        if s["top_p"] >= 1.0:
+            off.append("top-p 1")
+        if s["min_p"] == 0:
+            off.append("min-p 0")
+        if off:
+            out.append("Off: " + ", ".join(off) + ".")
+        out.append(f"Then the sampler draws one of the **{data['survivors']:,}** remaining tokens, each with the "
+                   "probability of its dark bar; the same seed repeats the same draw.")
+    if not steps and data["greedy"]:
+        out.append("No penalty is set: the dark bars equal the light ones.")
+    return "\n\n".join("• " + line for line in out)
+
+
+def format_lookup(results: list[dict]) -> str:
+    if not results:
+        return ""
+    lines = []
+    for r in results:
+        status = (f"rank {r['rank_after']} after the settings" if r["kept"] else "**filtered out** by the settings")
+        line = (f"{code_label(r['query_label'])}: rank **{r['rank']:,}** for the model · "
+                f"{fmt_prob(r['raw_prob'])} for the model · {fmt_prob(r['prob'])} after the settings "
+                f"({status})")
+        if r["n_tokens"] > 1:
+            pieces = " ".join(code_label(p) for p in r["pieces"])
+            line += (f"<br>&nbsp;&nbsp;it is {r['n_tokens']} tokens ({pieces}): the numbers are for its first token "
+                     f"{code_label(r['token'])}")
+        lines.append(line)
+    return "\n\n".join(lines) + "\n\nIt is now in the *choose a token* list, ready to append."
+
+
+def table_rows(data: dict) -> list[list]:
+    return [[r["rank"], r["token"], r["id"], fmt_prob(r["raw_prob"]), fmt_prob(r["prob"]),
+             "kept" if r["kept"] else "filtered", r["rank_after"] if r["kept"] else "–"] for r in data["rows"]]
+
+
+def choice_label(r: dict) -> str:
+    kept = "" if r["kept"] else "  (filtered)"
+    return f"{r['rank']}. {r['token']}   {fmt_prob(r['raw_prob'])} → {fmt_prob(r['prob'])}{kept}"

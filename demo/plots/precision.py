@@ -1,6 +1,6 @@
 """The figure and the table of "The cost of 8 bits": how far a lower precision strays from the reference.
 
-Input is the plain data of :meth:`demo.precision_compare.PrecisionComparison.as_dict` (dicts and lists,
+Input is the plain data of :meth:`demo.analysis.precision.PrecisionComparison.as_dict` (dicts and lists,
 what the API returns too); output is a ``plotly.graph_objects.Figure`` or rows for a CSV export. Token
 text is untrusted and always escaped. No Gradio here.
 
@@ -11,27 +11,22 @@ largest and the mean difference between the two models' attention weights.
 
 from __future__ import annotations
 
-import csv
-import io
-
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .plots_next_token import MONO, empty_figure
-from .tokens import plot_escape
+from demo.core import exports
+from demo.core.tokens import plot_escape, shorten
+from demo.plots.next_token import MONO, empty_figure
+from demo.plots.style import FONT
 
 KL_COLOR = "#1f5fa8"
 CHANGED_COLOR = "#d62728"  # the top-1 token changed
 MAX_DIFF_COLOR = "#fd8d3c"
 MEAN_DIFF_COLOR = "#9e9ac8"
-FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=12)
 LABELLED_POSITIONS = 48  # up to this many positions, each tick is labelled with its token
 
 __all__ = ["csv_rows", "csv_text", "empty_figure", "figure"]
 
-
-def _short(label: str, n: int = 10) -> str:
-    return label if len(label) <= n else label[: n - 1] + "…"
 
 
 def _kl_hover(data: dict) -> tuple[list[list], str]:
@@ -97,7 +92,7 @@ def figure(data: dict) -> go.Figure:
                 zeroline=False)
     if labelled:
         x_kl.update(tickmode="array", tickvals=positions, tickangle=-60, tickfont=dict(family=MONO, size=10),
-                    ticktext=[f"{i}: {plot_escape(_short(t))}" for i, t in enumerate(data["tokens"])])
+                    ticktext=[f"{i}: {plot_escape(shorten(t, 10))}" for i, t in enumerate(data["tokens"])])
     fig.update_xaxes(row=1, col=1, **x_kl)
     fig.update_yaxes(title_text="KL divergence (bits)", rangemode="tozero", row=1, col=1)
     fig.update_xaxes(title_text="layer", tickmode="linear", dtick=1, row=2, col=1)
@@ -134,6 +129,4 @@ def csv_rows(data: dict) -> list[list]:
 
 def csv_text(data: dict) -> str:
     """:func:`csv_rows` as CSV text."""
-    buf = io.StringIO()
-    csv.writer(buf).writerows(csv_rows(data))
-    return buf.getvalue()
+    return exports.csv_text(csv_rows(data))

@@ -8,9 +8,9 @@ to that request's stream, and drop the rows that finished or were cancelled. A S
 effect at the next step, and a new visitor waits at most one step before the prompt is read.
 
 Each request keeps its own state in its own object (:class:`_Request`): its sampling settings as
-transformers' logits processors (:func:`demo.sampling.build_processors`), its seeded
-:class:`~demo.sampling.TokenChooser`, and its token history. Rows with equal settings (whatever their
-seeds) go through the processors in one call and :func:`demo.sampling.choose_tokens` draws each
+transformers' logits processors (:func:`demo.core.sampling.build_processors`), its seeded
+:class:`~demo.core.sampling.TokenChooser`, and its token history. Rows with equal settings (whatever their
+seeds) go through the processors in one call and :func:`demo.core.sampling.choose_tokens` draws each
 row's token with that row's generator: the per-row arithmetic of the calls ``generate`` makes for a
 single request, so the same seed and settings draw the same text alone or inside a batch (up to the
 last bits of the batched matmuls: see ``docs/architecture.md``).
@@ -34,13 +34,14 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
+from transformers import DynamicCache, LogitsProcessorList
 
-from .backend import LoadedModel
-from .sampling import ChosenToken, SamplingParams, TokenChooser, build_processors, choose_tokens
+from demo.core.sampling import ChosenToken, SamplingParams, TokenChooser, build_processors, choose_tokens
+from demo.runtime.loading import LoadedModel
 
 log = logging.getLogger("gpt_explorer")
 THREAD_PREFIX = "gpt-explorer-generate"  # the decode loops' threads (see generation.live_generation_threads)
@@ -71,7 +72,7 @@ class _Request:
     eos_token_id: int | None
     history: torch.Tensor  # [1, prompt + max_new_tokens] token ids; the first `length` are real
     length: int
-    processors: object
+    processors: LogitsProcessorList
     chooser: TokenChooser
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -137,8 +138,10 @@ class _Batch:
 
     def __init__(self):
         self.requests: list[_Request] = []
-        self.cache: DynamicCache | None = None
-        self.mask: torch.Tensor | None = None  # [rows, columns]
+        # None while the batch is empty (typed loosely: torch's and transformers' own types of a
+        # cache's layers and a tensor's slices are wider than what this batch holds)
+        self.cache: Any = None  # DynamicCache
+        self.mask: Any = None  # torch.Tensor [rows, columns]
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -165,7 +168,8 @@ class _Batch:
             width = max(self.mask.shape[1], mask.shape[1])
             pad_old, pad_new = width - self.mask.shape[1], width - mask.shape[1]
             self.mask = torch.cat([F.pad(self.mask, (pad_old, 0)), F.pad(mask, (pad_new, 0))])
-            for old, new in zip(self.cache.layers, cache.layers):
+            new_layers: list[Any] = list(cache.layers)
+            for old, new in zip(self.cache.layers, new_layers):
                 old.keys = torch.cat([F.pad(old.keys, (0, 0, pad_old, 0)), F.pad(new.keys, (0, 0, pad_new, 0))])
                 old.values = torch.cat([F.pad(old.values, (0, 0, pad_old, 0)),
                                         F.pad(new.values, (0, 0, pad_new, 0))])
@@ -335,12 +339,13 @@ def _choose_group(requests: list[_Request], logits: torch.Tensor) -> list[Chosen
     scores = logits.float()
     if len(requests) == 1 or requests[0].params.no_repeat_ngram_size > 0:
         for i, r in enumerate(requests):
-            scores[i:i + 1] = r.processors(r.history[:, :r.length], scores[i:i + 1])
+            scores[i:i + 1] = r.processors(cast(torch.LongTensor, r.history[:, :r.length]),
+                                           cast(torch.FloatTensor, scores[i:i + 1]))
     else:
         width = max(r.length for r in requests)
         ids = torch.stack([F.pad(r.history[0, :r.length], (0, width - r.length), value=int(r.history[0, 0]))
                            for r in requests])
-        scores = requests[0].processors(ids, scores)
+        scores = requests[0].processors(cast(torch.LongTensor, ids), cast(torch.FloatTensor, scores))
     return choose_tokens(scores, [r.chooser for r in requests])
 
 

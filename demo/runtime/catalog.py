@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .validation import check_choice
+from demo.core.validation import check_choice
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # demo/runtime/catalog.py -> the repository
 CATALOG_FILE = REPO_ROOT / "models" / "catalog.json"
 
 

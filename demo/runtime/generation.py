@@ -1,6 +1,6 @@
 """Streamed generation, the record of the tokens it drew, and branching from a token. No Gradio.
 
-Each generation is a request to its model's batched decode loop (:mod:`demo.batching`), which runs
+Each generation is a request to its model's batched decode loop (:mod:`demo.runtime.batching`), which runs
 every visitor's generation together; closing the :func:`stream_generate` generator (a Stop, a closed
 tab, a cancelled API call) takes its row out of the batch at the next step. The final update
 carries every drawn token with its probability and alternatives; :func:`generation_record` turns
@@ -13,18 +13,19 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
+from typing import Any, TypedDict
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .backend import LoadedModel
-from .batching import THREAD_PREFIX, Event, scheduler_for
-from .errors import ValidationError
-from .sampling import MAX_NEW_TOKENS, ChosenToken, SamplingParams, TokenChooser, build_processors, resolve_seed
-from .tokens import display_token
-from .validation import check_text, encode_text
+from demo.core.errors import ValidationError
+from demo.core.sampling import MAX_NEW_TOKENS, ChosenToken, SamplingParams, TokenChooser, build_processors, resolve_seed
+from demo.core.tokens import display_token
+from demo.core.validation import check_text, encode_text
+from demo.runtime.batching import THREAD_PREFIX, Event, scheduler_for
+from demo.runtime.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class _Follower:
         self.loaded, self.ticket, self.ids, self.dropped, self.seed, self.t0 = loaded, ticket, ids, dropped, seed, t0
         self.new: list[int] = []
         self.times: list[float] = []
-        self.end = None  # the event that ended it
+        self.end: Event | None = None  # the event that ended it
 
     def absorb(self, events: list) -> bool:
         """Take in events from the ticket; whether a token came."""
@@ -118,14 +119,15 @@ class _Follower:
         n, times = len(self.new), self.times
         rate = (n - 1) / (times[-1] - times[0]) if n >= 2 and times[-1] > times[0] else None
         done = self.end is not None
-        text = self.loaded.tokenizer.decode(self.new, skip_special_tokens=True)
+        text = str(self.loaded.tokenizer.decode(self.new, skip_special_tokens=True))
         if not done and text.endswith("\ufffd"):
             text = text.rstrip("\ufffd")  # the rest of a multi-byte character is still to come
         return GenerationUpdate(
             text=text, n_tokens=n, elapsed_s=time.perf_counter() - self.t0,
             ttft_s=times[0] - self.t0 if times else None, tokens_per_s=rate,
             prompt_tokens=len(self.ids), truncated_tokens=self.dropped, seed=self.seed, done=done,
-            stop_reason=self.end.reason if done else None, chosen=self.ticket.chosen[:n] if done else None,
+            stop_reason=self.end.reason if self.end is not None else None,
+            chosen=self.ticket.chosen[:n] if done else None,
             prompt_ids=self.ids if done else None)
 
 
@@ -171,9 +173,9 @@ class StopRequests:
 
 
 def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: float = 0.05,
-                    stop: Callable[[], bool] | None = None) -> Iterator[GenerationUpdate]:
+                    stop: Callable[[], bool] | None = None) -> Generator[GenerationUpdate, None, None]:
     """Stream a generation as growing text, decoded in the model's batched decode loop together with
-    every other generation on that model (:mod:`demo.batching`). Close the generator to stop the
+    every other generation on that model (:mod:`demo.runtime.batching`). Close the generator to stop the
     model: its row leaves the batch at the next step. ``stop`` (see :class:`StopRequests`) ends it
     the same way, with a last update that keeps what was generated (``stop_reason`` 'stopped')."""
     with contextlib.closing(stream_samples(loaded, [request], poll_s, stop)) as stream:
@@ -182,7 +184,7 @@ def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: flo
 
 
 def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_s: float = 0.05,
-                   stop: Callable[[], bool] | None = None) -> Iterator[list[GenerationUpdate]]:
+                   stop: Callable[[], bool] | None = None) -> Generator[list[GenerationUpdate], None, None]:
     """Stream several generations at once (each with its own settings and seed, all in the same
     batched decode loop): each update is the list of their updates, in order; the last has every one
     done. Close the generator, or make ``stop()`` true, to stop them all at the next step (``stop``
@@ -225,16 +227,24 @@ def generate_alone(loaded: LoadedModel, request: GenerationRequest) -> list[Chos
     params = resolve_seed(request.sampling) if request.sampling.do_sample else request.sampling
     ids, _ = prepare_prompt(loaded, request.prompt, request.max_new_tokens)
     chooser = TokenChooser(params.do_sample, params.seed)
+    _generate_with(loaded, ids, params, chooser, request.max_new_tokens)
+    return chooser.chosen
+
+
+def _generate_with(loaded: LoadedModel, ids: list[int], params: SamplingParams, chooser: TokenChooser,
+                   max_new_tokens: int, stopping: StoppingCriteriaList | None = None) -> None:
+    """transformers' ``generate`` on one sequence with the settings' processors, ``chooser`` drawing
+    each token (it records them): the one way the app calls ``generate``."""
     processors = build_processors(params)
     processors.append(chooser)
     input_ids = torch.tensor([ids], device=loaded.model.device)
     tok = loaded.tokenizer
+    model: Any = loaded.model  # transformers' GenerationMixin (torch's Module typing hides it)
     with torch.inference_mode():
-        loaded.model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=request.max_new_tokens,
+        model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
             do_sample=False, num_beams=1, temperature=None, top_k=None, top_p=None, logits_processor=processors,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    return chooser.chosen
+            stopping_criteria=stopping, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
 
 
 # ----------------------------------------------------------------------------- generation in slices
@@ -297,33 +307,27 @@ def generate_slice(loaded: LoadedModel, request: GenerationRequest, state: Slice
     params = replace(request.sampling, seed=state.seed)
     remaining = request.max_new_tokens - len(state.generated)
     chooser = TokenChooser(params.do_sample, params.seed, rng_state=state.rng_state)
-    processors = build_processors(params)
-    processors.append(chooser)
     tok = loaded.tokenizer
-    input_ids = torch.tensor([state.prompt_ids + state.generated], device=loaded.model.device)
     clock = _StopAfter(max_seconds)
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        loaded.model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=min(max_tokens, remaining),
-            do_sample=False, num_beams=1, temperature=None, top_k=None, top_p=None, logits_processor=processors,
-            stopping_criteria=StoppingCriteriaList([clock]),
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    _generate_with(loaded, state.prompt_ids + state.generated, params, chooser, min(max_tokens, remaining),
+                   StoppingCriteriaList([clock]))
     new = [c.token_id for c in chooser.chosen]
     generated = state.generated + new
     ended = bool(new) and new[-1] == tok.eos_token_id
     done = ended or len(generated) >= request.max_new_tokens
     return replace(state, generated=generated, chosen=state.chosen + chooser.chosen, rng_state=chooser.state(),
                    done=done, stop_reason=("end of text" if ended else "length") if done else None,
-                   first_token_s=state.first_token_s if state.first_token_s is not None or not clock.first
+                   first_token_s=state.first_token_s if state.first_token_s is not None or clock.first is None
                    else clock.first - t0,
-                   decode_s=state.decode_s + ((clock.last - clock.first) if clock.first else 0.0),
+                   decode_s=state.decode_s + ((clock.last - clock.first) if clock.first is not None
+                                              and clock.last is not None else 0.0),
                    decode_tokens=state.decode_tokens + max(0, len(new) - 1))
 
 
 def slice_update(loaded: LoadedModel, state: SliceState, started: float) -> GenerationUpdate:
     """What the page shows after a slice (the final update once the generation is done)."""
-    text = loaded.tokenizer.decode(state.generated, skip_special_tokens=True)
+    text = str(loaded.tokenizer.decode(state.generated, skip_special_tokens=True))
     return GenerationUpdate(
         text=text, n_tokens=len(state.generated), elapsed_s=time.perf_counter() - started,
         ttft_s=state.first_token_s, tokens_per_s=state.tokens_per_s, prompt_tokens=len(state.prompt_ids),
@@ -334,7 +338,39 @@ def slice_update(loaded: LoadedModel, state: SliceState, started: float) -> Gene
 # ----------------------------------------------------------------------------- the record of a generation
 
 
-def generation_record(loaded: LoadedModel, prompt: str, update: GenerationUpdate, settings: dict) -> dict:
+class Alternative(TypedDict):
+    id: int
+    label: str
+    prob: float
+
+
+class TokenRecord(TypedDict):
+    """One drawn token of a generation's record."""
+
+    id: int
+    label: str  # readable (␣the, ↵)
+    text: str  # as decoded
+    prob: float  # after the sampling settings, when it was drawn
+    surprisal_bits: float
+    entropy_bits: float
+    alternatives: list[Alternative]
+
+
+class GenerationRecord(TypedDict):
+    """A finished generation as plain data: what the page keeps (a gr.State), the coloured view, the
+    timeline, a token's step, branching and the exports read. Made by :func:`generation_record`."""
+
+    model: str
+    precision: str
+    prompt: str
+    text: str
+    prompt_ids: list[int]  # the prompt as the model read it
+    settings: dict  # the sampling settings, the seed drawn with, max_new_tokens
+    tokens: list[TokenRecord]
+
+
+def generation_record(loaded: LoadedModel, prompt: str, update: GenerationUpdate, settings: dict
+                      ) -> GenerationRecord:
     """Plain data about a finished generation (its final update) for the probability view and
     branching: no tensors, stamped with the model that generated it."""
     tok = loaded.tokenizer
@@ -346,7 +382,7 @@ def generation_record(loaded: LoadedModel, prompt: str, update: GenerationUpdate
         "prompt_ids": list(update.prompt_ids or []),
         "settings": settings,
         "tokens": [
-            {"id": c.token_id, "label": display_token(tok, c.token_id), "text": tok.decode([c.token_id]),
+            {"id": c.token_id, "label": display_token(tok, c.token_id), "text": str(tok.decode([c.token_id])),
              "prob": c.prob, "surprisal_bits": round(c.surprisal_bits, 4), "entropy_bits": round(c.entropy_bits, 4),
              "alternatives": [{"id": i, "label": display_token(tok, i), "prob": p} for i, p in c.alternatives]}
             for c in (update.chosen or [])
@@ -357,7 +393,7 @@ def generation_record(loaded: LoadedModel, prompt: str, update: GenerationUpdate
 TOKEN_COLUMNS = ("position", "token", "id", "probability", "surprisal_bits", "entropy_bits")
 
 
-def record_rows(record: dict) -> list[list]:
+def record_rows(record: GenerationRecord) -> list[list]:
     """One row per generated token (the columns of :data:`TOKEN_COLUMNS`): what the coloured output and
     the surprise timeline show, for an export."""
     return [[i + 1, t.get("label", ""), t.get("id"), t.get("prob"), t.get("surprisal_bits"), t.get("entropy_bits")]
@@ -369,19 +405,29 @@ def has_tokens(record) -> bool:
     return isinstance(record, dict) and isinstance(record.get("tokens"), list) and bool(record["tokens"])
 
 
-def check_record(record) -> dict:
+def check_record(record) -> GenerationRecord:
     """A generation record as the page keeps it, or ValidationError when there is none yet."""
     if not has_tokens(record):
         raise ValidationError("generate some text first: there is nothing to select or branch from yet")
     return record
 
 
-def branch_prompt(loaded: LoadedModel, record: dict, position: int, token_id: int) -> str:
+def check_record_model(loaded: LoadedModel, record: GenerationRecord, precision: bool = True) -> None:
+    """ValidationError unless the loaded model (and, with ``precision``, its precision: the numbers
+    differ) is the one that generated ``record``."""
+    same = record.get("model") == loaded.name
+    if precision:
+        same = same and record.get("precision", loaded.precision) == loaded.precision
+    if not same:
+        made = f"{str(record.get('model'))[:40]} ({str(record.get('precision'))[:8]})"
+        raise ValidationError(f"that text was generated by {made}, but {loaded.name} ({loaded.precision}) is "
+                              "loaded now: generate again first")
+
+
+def branch_prompt(loaded: LoadedModel, record: GenerationRecord, position: int, token_id: int) -> str:
     """The prompt that continues a finished generation from another token: the original prompt, the
     generated text before ``position``, then ``token_id`` in place of the token that was drawn there.
     ``position`` and ``token_id`` are valid (see :func:`check_record` and ``check_index``)."""
-    if record.get("model") != loaded.name:
-        raise ValidationError(f"that text was generated by {str(record.get('model'))[:40]!r}, but {loaded.name!r} "
-                              "is loaded now: generate again first")
+    check_record_model(loaded, record, precision=False)
     prefix = [int(x["id"]) for x in record["tokens"][:position]]
     return str(record.get("prompt", "")) + loaded.decode(prefix + [token_id])

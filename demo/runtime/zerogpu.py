@@ -85,7 +85,9 @@ def gpu_task(fn: Callable, manager, duration: int | Callable = ANALYSIS_S, space
     :data:`MODEL_LOAD_S` more (the worker may load it). ``errors`` turns an exception in the worker into
     the one the caller sees (ZeroGPU passes only Gradio's own errors on with their message)."""
     if spaces_module is None:
-        import spaces as spaces_module
+        import spaces
+
+        spaces_module = spaces
     last_key: list = [None]
 
     def booked(key, *args, **kwargs):

@@ -10,18 +10,19 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import gradio as gr
 
-from ..backend import ModelManager
-from ..cache import ModelCache
-from ..errors import ExplorerError
-from ..exports import ExportFolder
-from ..generation import StopRequests
-from ..settings import Settings
-from ..zerogpu import ANALYSIS_S, gpu_task
+from demo.core.cache import ModelCache
+from demo.core.errors import ExplorerError
+from demo.core.exports import ExportFolder
+from demo.core.settings import Settings
+from demo.runtime.generation import StopRequests
+from demo.runtime.pool import ModelManager
+from demo.runtime.zerogpu import ANALYSIS_S, gpu_task
 
-PRIVATE = dict(api_visibility="private")
+PRIVATE: dict[str, Any] = dict(api_visibility="private")
 # Generations wait on their model's batched decode loop (one thread per model, one forward pass per
 # step for all of them): their events share the "generate" group, as many at once as the loop has rows.
 GENERATE_QUEUE_ID = "generate"
@@ -30,7 +31,7 @@ GENERATE_QUEUE_ID = "generate"
 MODEL_QUEUE_ID = "model"
 # Samples side by side run several generations per event: a group of their own, sized in rows.
 SAMPLES_QUEUE_ID = "samples"
-MAX_SAMPLE_ROWS = 16  # 8 seeds x 2 settings (demo.samples)
+MAX_SAMPLE_ROWS = 16  # 8 seeds x 2 settings (demo.analysis.side_by_side)
 # A Stop only notes the request (the generation ends itself at its next check): its own group, no limit.
 STOP_QUEUE_ID = "stop"
 
@@ -52,7 +53,7 @@ def current_session() -> str:
 def event_time() -> float:
     """When the event being handled reached the server (``time.monotonic()``, as Gradio's queue notes
     it), so that a Stop can tell a generation requested before it from one requested after it
-    (:class:`demo.generation.StopRequests`). Outside a queued event (or where a Gradio release keeps
+    (:class:`demo.runtime.generation.StopRequests`). Outside a queued event (or where a Gradio release keeps
     no such note): now."""
     try:
         from gradio.context import LocalContext
@@ -81,13 +82,13 @@ class AppContext:
     stops: StopRequests = field(default_factory=StopRequests)
 
     @property
-    def stop_queue(self) -> dict:
+    def stop_queue(self) -> dict[str, Any]:
         """Event options of a Stop: never waits behind other events (it only notes the request)."""
         return dict(concurrency_id=STOP_QUEUE_ID, concurrency_limit=None, show_progress="hidden")
 
     def gpu(self, fn: Callable, duration: int | Callable = ANALYSIS_S) -> Callable:
         """``fn(loaded, *args)`` as a ZeroGPU task on a ZeroGPU Space (the ``spaces`` package present),
-        else unchanged. See :mod:`demo.zerogpu` for what that takes of ``fn``."""
+        else unchanged. See :mod:`demo.runtime.zerogpu` for what that takes of ``fn``."""
         if not self.settings.zero_gpu:
             return fn
         try:
@@ -101,17 +102,17 @@ class AppContext:
         return self.settings.concurrency_for(self.manager.device)
 
     @property
-    def model_queue(self) -> dict:
+    def model_queue(self) -> dict[str, Any]:
         """Event options of an event that runs a model outside generation."""
         return dict(concurrency_id=MODEL_QUEUE_ID, concurrency_limit=self.concurrency)
 
     @property
-    def generate_queue(self) -> dict:
+    def generate_queue(self) -> dict[str, Any]:
         """Event options of a generation event."""
         return dict(concurrency_id=GENERATE_QUEUE_ID, concurrency_limit=self.settings.max_streams)
 
     @property
-    def samples_queue(self) -> dict:
+    def samples_queue(self) -> dict[str, Any]:
         """Event options of a samples event: each holds up to MAX_SAMPLE_ROWS rows of the decode loop, so
         all of them together take at most half of what ``GPT_EXPLORER_MAX_STREAMS`` allows."""
         return dict(concurrency_id=SAMPLES_QUEUE_ID,
@@ -128,7 +129,7 @@ def export_controls(title: str, note: str) -> tuple[gr.Button, gr.File]:
     return button, files
 
 
-def unchanged(outputs: type[tuple]):
+def unchanged(outputs: Any):
     """An outputs tuple (a NamedTuple class) whose every field leaves its component as it is."""
     return outputs(*[gr.skip()] * len(outputs._fields))
 
@@ -183,7 +184,8 @@ def with_parameters(fn: Callable, names: list[str], annotations: dict[str, type]
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             return fn(*_positional(params, args, kwargs))
-    wrapper.__signature__ = inspect.Signature(params, return_annotation=annotations.get("return", empty))
+    signature = inspect.Signature(params, return_annotation=annotations.get("return", empty))
+    setattr(wrapper, "__signature__", signature)  # noqa: B010 (a plain assignment does not type-check)
     wrapper.__annotations__ = annotations
     del wrapper.__wrapped__  # the signature above is the one to show
     return wrapper

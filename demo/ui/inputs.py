@@ -2,17 +2,17 @@
 
 Gradio's own Slider check says only "Value 1000 is greater than maximum value 400." and lets NaN or
 a string through to fail obscurely; these templates (rendered exactly like the originals) run the
-setting's own check (:class:`demo.validation.Setting`) and reject wrong types, NaN/inf and
+setting's own check (:class:`demo.core.validation.Setting`) and reject wrong types, NaN/inf and
 out-of-range values with a message that names the parameter."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from ..errors import ValidationError
-from ..sampling import DEFAULT_PRESET, PRESETS, SETTINGS, SamplingParams
-from ..validation import Setting, check_choice
-from .common import to_gr_error
+from demo.core.errors import ValidationError
+from demo.core.sampling import DEFAULT_PRESET, PRESETS, SETTINGS, SamplingParams
+from demo.core.validation import Setting, check_choice
+from demo.ui.common import to_gr_error
 
 
 def _checked(check, value):
@@ -61,7 +61,7 @@ class SeedNumber(gr.Number):
 
 
 class ChoiceDropdown(gr.Dropdown):
-    """A single-choice dropdown checked by :func:`demo.validation.check_choice`, which quotes at most
+    """A single-choice dropdown checked by :func:`demo.core.validation.check_choice`, which quotes at most
     40 characters of a rejected value (Gradio's own check echoes all of it: a 1-MB model name came
     back as a 1-MB error)."""
 
@@ -98,9 +98,10 @@ def preset_radio(**kwargs) -> gr.Radio:
 PRESET_TARGETS = [s.name for s in SETTINGS if s.kind != "seed"]  # what a preset sets (it keeps the seed)
 
 
-def preset_values(name) -> list:
-    """The values a preset gives the inputs named in :data:`PRESET_TARGETS` (unchanged if unknown)."""
+def preset_values(name):
+    """The values a preset gives the inputs named in :data:`PRESET_TARGETS`, in that order; an unknown
+    preset changes none of them (one ``gr.skip()`` skips every output)."""
     preset = PRESETS.get(name) if isinstance(name, str) else None
     if preset is None:
-        return [gr.skip()] * len(PRESET_TARGETS)
+        return gr.skip()
     return [getattr(preset, n) for n in PRESET_TARGETS]

@@ -7,13 +7,19 @@ import html
 
 import gradio as gr
 
-from ..backend import PRECISIONS, ModelManager
-from ..errors import ExplorerError
-from ..exports import EXPORT_KEEP_S
-from ..sampling import NAMES
-from . import about_tab, attention_tab, generate_tab, next_token_tab, precision_tab, samples_tab, share
-from .common import PRIVATE, AppContext, current_session, user_errors
-from .inputs import ChoiceDropdown
+from demo.core.errors import ExplorerError
+from demo.core.exports import EXPORT_KEEP_S
+from demo.core.settings import PRECISIONS
+from demo.runtime.pool import ModelManager
+from demo.ui import share
+from demo.ui.common import PRIVATE, AppContext, current_session, user_errors
+from demo.ui.inputs import ChoiceDropdown
+from demo.ui.tabs import about as about_tab
+from demo.ui.tabs import attention as attention_tab
+from demo.ui.tabs import generate as generate_tab
+from demo.ui.tabs import next_token as next_token_tab
+from demo.ui.tabs import precision as precision_tab
+from demo.ui.tabs import samples as samples_tab
 
 TITLE = "GPT Explorer"
 CACHE_CLEAN_EVERY_S = 300
@@ -109,7 +115,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 precision_tab.build(tab, ctx)
             with gr.Tab("About", id="about") as tab:
                 about_tab.build(tab)
-        tab_ids = {t.id: t for t in tabs.children if isinstance(t, gr.Tab)}
+        tab_ids = {str(t.id): t for t in tabs.children if isinstance(t, gr.Tab)}
         share.connect(demo, link_row, manager, tabs, tab_ids, model_dd, precision_dd, model_status, gen, att, nxt,
                       models.status)
 
@@ -126,9 +132,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             # the step first, then the tab: its first-visit drawing then finds the step there and keeps it
             button.click(**target.open_step(step)).success(_opener(tab_id), None, tabs, **PRIVATE)
         # A sample re-run alone: its prompt, length, settings and seed in the Generate tab.
-        smp.view.rerun(smp.rerun.rerun, [smp.data], [gen.prompt, gen.controls["max_new_tokens"],
-                                                      *[gen.controls[n] for n in NAMES]], **PRIVATE).success(
-            _opener("generate"), None, tabs, **PRIVATE)
+        rerun_targets = {"prompt": gen.prompt, **gen.controls}
+        smp.view.rerun(smp.handlers.rerun_event(rerun_targets), [smp.data], list(rerun_targets.values()),
+                       **PRIVATE).success(_opener("generate"), None, tabs, **PRIVATE)
         demo.load(models.status, None, model_status, **PRIVATE)
         demo.unload(models.forget)
     return demo

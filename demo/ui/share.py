@@ -1,5 +1,5 @@
 """A link that restores the lesson: the "Copy link" button writes what the page shows into a URL (its
-fragment: see :mod:`demo.links`), and a page opened from such a link is set from it — the model,
+fragment: see :mod:`demo.core.links`), and a page opened from such a link is set from it — the model,
 prompt, sampling settings, seed, tab, the analysed text and the attention view — then draws that tab.
 Every value is checked on the server; a bad link opens the page with a notice."""
 
@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import gradio as gr
 
-from ..backend import PRECISIONS, ModelManager
-from ..errors import ExplorerError
-from ..links import ATTENTION, GENERATION, TABS, make_link, read_link
-from .attention_tab import AttentionTab, view_controls
-from .common import PRIVATE, current_session, user_errors
-from .generate_tab import GenerateTab
-from .next_token_tab import NextTokenTab
+from demo.core.errors import ExplorerError
+from demo.core.links import ATTENTION, GENERATION, TABS, link_request, make_link, read_link
+from demo.core.settings import PRECISIONS
+from demo.runtime.pool import ModelManager
+from demo.ui.common import PRIVATE, current_session, user_errors
+from demo.ui.tabs.attention import AttentionTab, view_controls
+from demo.ui.tabs.generate import GenerateTab
+from demo.ui.tabs.next_token import NextTokenTab
 
 TAB_NAMES = {"generate": "Generate", "samples": "Samples", "attention": "Attention", "next_token": "Next token",
              "precision": "8-bit vs full", "about": "About"}
@@ -39,7 +41,7 @@ def plain(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>])", r"\\\1", html.escape(text, quote=False))
 
 
-def describe(link: dict | None) -> str:
+def describe(link: Mapping | None) -> str:
     """What a link restored, and what it had to leave out, for the notice above the tabs."""
     if not link:
         return ""
@@ -56,50 +58,73 @@ def describe(link: dict | None) -> str:
     return "\n\n".join(lines)
 
 
-def notice_of(link: dict | None):
+def notice_of(link: Mapping | None):
     text = describe(link)
     return gr.Markdown(text, visible=bool(text))
 
 
-class ShareHandlers:
-    def __init__(self, manager: ModelManager):
-        self.manager = manager
+class LinkTargets(NamedTuple):
+    """What restoring a link may set: the page's components, by what they hold."""
 
-    def restore(self, fragment) -> list:
-        """Every output of the link's first step (see :func:`connect`), from the page's fragment: quick,
-        no model runs or loads here. The returned link state (a dict) drives the next steps."""
+    prompt: gr.Textbox
+    generation: dict  # name in GENERATION -> the Generate tab's input
+    tab: gr.State  # the tab the page shows (for the next link)
+    attention_text: gr.Textbox
+    attention: dict  # 'view' and the ViewControls fields -> the Attention tab's controls
+    next_token_text: gr.Textbox
+    notice: gr.Markdown
+    link: gr.State  # the link's request, for the steps that follow (see :func:`connect`)
+
+    def components(self) -> list:
+        return [self.prompt, *self.generation.values(), self.tab, self.attention_text, *self.attention.values(),
+                self.next_token_text, self.notice, self.link]
+
+
+class ShareHandlers:
+    def __init__(self, manager: ModelManager, targets: LinkTargets | None = None):
+        self.manager, self.targets = manager, targets
+
+    def restore(self, fragment) -> dict:
+        """The link's first step (see :func:`connect`), from the page's fragment: quick, no model runs or
+        loads here. Sets what the link names, as {component: value}; its request (a dict) drives the next
+        steps."""
+        t = self.targets
+        assert t is not None, "ShareHandlers.restore needs the page's LinkTargets"
         state = read_link(fragment, self.manager.names, list(PRECISIONS))
-        settings = state.settings
         tab = state.tab or ("generate" if not state.empty else None)
-        a = state.attention
-        view = a.get("view", "head")
-        controls = list(view_controls(view)) if tab == "attention" else [gr.skip()] * 6
-        if tab == "attention":  # the choices that need no analysis are set here, the rest by the drawing
-            controls[2] = gr.Dropdown(visible=view == "aggregate", value=a.get("aggregate", "mean-heads"))
-            controls[4] = gr.Radio(visible=view == "token", value=a.get("scope", "layer"))
-        link = {"tab": tab, "text": state.text, "attention": dict(a), "model": state.model,
-                "precision": state.precision, "problems": list(state.problems)}
-        return [
-            state.prompt if state.prompt is not None else gr.skip(),
-            *[settings[n] if n in settings else gr.skip() for n in GENERATION],
-            tab or gr.skip(),
-            state.text if tab == "attention" and state.text else gr.skip(),
-            view if tab == "attention" else gr.skip(), *controls,
-            state.text if tab == "next_token" and state.text else gr.skip(),
-            notice_of(link), link,
-        ]
+        link = link_request(state, tab)
+        out: dict = {t.notice: notice_of(link), t.link: link}
+        if state.prompt is not None:
+            out[t.prompt] = state.prompt
+        out.update({t.generation[name]: value for name, value in state.settings.items() if name in t.generation})
+        if tab:
+            out[t.tab] = tab
+        if tab == "attention":
+            a = state.attention
+            view = a.get("view", "head")
+            # the choices that need no analysis are set here, the rest by the drawing
+            controls = view_controls(view)._replace(
+                aggregate=gr.Dropdown(visible=view == "aggregate", value=a.get("aggregate", "mean-heads")),
+                scope=gr.Radio(visible=view == "token", value=a.get("scope", "layer")))
+            out.update({t.attention[name]: update for name, update in controls._asdict().items()})
+            out[t.attention["view"]] = view
+            if state.text:
+                out[t.attention_text] = state.text
+        if tab == "next_token" and state.text:
+            out[t.next_token_text] = state.text
+        return out
 
     def load_linked_model(self, link, progress=gr.Progress()):
         """(model menu, precision menu, notice, link): the model a link names, loaded for this visitor (the
         operator's limit applies); a failure joins the notice and the page keeps its model."""
         if not isinstance(link, dict) or not (link.get("model") or link.get("precision")):
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip()  # every output as it is
         session = current_session()
         current = self.manager.require(session) if self.manager.current else None
         name = link.get("model") or (current.name if current else None)
         precision = link.get("precision") or (current.precision if current else "auto")
         if not name:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip()  # every output as it is
         try:
             progress(0.0, desc=f"Loading {name} for this link…")
             loaded = self.manager.load(name, precision, session=session, visitor=True,
@@ -151,26 +176,25 @@ def connect(demo: gr.Blocks, row: ShareRow, manager: ModelManager, tabs: gr.Tabs
             model_dd, precision_dd, model_status, gen: GenerateTab, att: AttentionTab, nxt: NextTokenTab,
             status_fn) -> None:
     """Copying a link, and restoring a page from its link (inside ``demo``, after its tabs are built)."""
-    h = ShareHandlers(manager)
-    share_btn, share_box, notice = row
     current_tab = gr.State("generate")
     restored = gr.State(None)
     fragment = gr.Textbox(visible=False)
     for tab_id, tab in tab_ids.items():
         tab.select(lambda t=tab_id: t, None, current_tab, queue=False, **PRIVATE)
-
-    gen_inputs = [gen.controls[n] for n in GENERATION]
-    att_controls = [att.controls[n] for n in ("layer", "head", "aggregate", "token", "scope", "open_head")]
-    outputs = [gen.prompt, *gen_inputs, current_tab, att.text, att.controls["view"], *att_controls, nxt.text, notice,
-               restored]
+    targets = LinkTargets(prompt=gen.prompt, generation={n: gen.controls[n] for n in GENERATION}, tab=current_tab,
+                          attention_text=att.text, attention=att.controls, next_token_text=nxt.text,
+                          notice=row.notice, link=restored)
+    h = ShareHandlers(manager, targets)
+    outputs = targets.components()
     # Read the link (quick), load its model (in the one-at-a-time "load" group, only if it names one),
     # draw the tab it names, and open that tab last.
     demo.load(h.restore, [fragment], outputs, js=READ_FRAGMENT_JS, queue=False, **PRIVATE).then(
-        h.load_linked_model, [restored], [model_dd, precision_dd, notice, restored], show_progress_on=[model_status],
-        concurrency_id="load", concurrency_limit=1, **PRIVATE).then(
+        h.load_linked_model, [restored], [model_dd, precision_dd, row.notice, restored],
+        show_progress_on=[model_status], concurrency_id="load", concurrency_limit=1, **PRIVATE).then(
         status_fn, None, model_status, **PRIVATE).then(
         **att.restore(restored)).then(**nxt.restore(restored)).then(h.open_tab, [restored], tabs, **PRIVATE)
-    link_inputs = [current_tab, gen.prompt, *gen_inputs, att.text, *[att.controls[n] for n in ATTENTION], nxt.text]
-    share_btn.click(h.link, link_inputs, share_box, **PRIVATE).success(None, share_box, share_box, js=SHOW_LINK_JS,
-                                                                     **PRIVATE)
+    link_inputs = [current_tab, gen.prompt, *targets.generation.values(), att.text,
+                   *[att.controls[n] for n in ATTENTION], nxt.text]
+    row.button.click(h.link, link_inputs, row.link, **PRIVATE).success(None, row.link, row.link, js=SHOW_LINK_JS,
+                                                                       **PRIVATE)
 

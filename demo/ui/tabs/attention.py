@@ -2,8 +2,8 @@
 plotly heatmap with a plain-language note beside it, a clickable token strip, exports, and the public
 ``/attention`` API endpoint.
 
-Handlers validate the text, fetch the (cached) attention from :mod:`demo.attention`, parse the view
-once (:meth:`AttentionView.parse`) and format with :mod:`demo.plots_attention`: switching layer, head
+Handlers validate the text, fetch the (cached) attention from :mod:`demo.analysis.attention`, parse the view
+once (:meth:`AttentionView.parse`) and format with :mod:`demo.plots.attention`: switching layer, head
 or view reuses the cached forward pass.
 """
 
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import gradio as gr
 
-from .. import plots_attention as P
-from .. import steps
-from ..attention import (
+from demo.analysis import token_step as steps
+from demo.analysis.attention import (
     AGGREGATES,
     SCOPES,
     VIEWS,
@@ -29,13 +28,15 @@ from ..attention import (
     looking_row,
     view_matrix,
 )
-from ..attention import export_tables as attention_tables
-from ..backend import ModelManager
-from ..cache import ModelCache
-from ..errors import ValidationError
-from ..exports import ExportFolder
-from ..validation import check_text
-from .common import PRIVATE, AppContext, current_session, export_controls, unchanged, user_errors
+from demo.analysis.attention import export_tables as attention_tables
+from demo.core.cache import ModelCache
+from demo.core.errors import ValidationError
+from demo.core.exports import ExportFolder
+from demo.core.validation import check_text
+from demo.plots import attention as P
+from demo.runtime.loading import LoadedModel
+from demo.runtime.pool import ModelManager
+from demo.ui.common import PRIVATE, AppContext, current_session, export_controls, unchanged, user_errors
 
 DEFAULT_TEXT = ("It was a dark and stormy night, and the old captain sat by the fire. "
                 "It was a dark and stormy night, and the old captain")
@@ -83,12 +84,12 @@ class OpenedStep(NamedTuple):
 
     text: str
     view: str
-    layer: object
-    head: object
-    aggregate: object
-    token: object
-    scope: object
-    open_head: object
+    layer: Any  # a component in the layout, an update in a handler's result
+    head: Any
+    aggregate: Any
+    token: Any
+    scope: Any
+    open_head: Any
     plot: object
     note: str
     notice: str
@@ -132,7 +133,7 @@ def strip_label(result: AttentionResult, view: AttentionView) -> str:
 
 
 def render(result: AttentionResult, view: AttentionView, cached: bool | None = None) -> Shown:
-    strip = gr.HighlightedText(value=strip_value(result, view), label=strip_label(result, view))
+    strip = gr.HighlightedText(value=cast(Any, strip_value(result, view)), label=strip_label(result, view))
     return Shown(P.figure(result, view), P.caption(view, result), notice_text(result, view, cached), strip)
 
 
@@ -164,7 +165,7 @@ class AttentionHandlers:
         self._compute = gpu(self._attention)
 
     @staticmethod
-    def _attention(loaded, text: str, ids: list[int] | None = None) -> AttentionResult:
+    def _attention(loaded: LoadedModel, text: str, ids: list[int] | None = None) -> AttentionResult:
         return compute_attention(loaded, text, ids)
 
     def fetch(self, text) -> tuple[AttentionResult, bool]:
@@ -217,8 +218,9 @@ class AttentionHandlers:
 
     @user_errors
     def open_step(self, record, position) -> OpenedStep:
-        """A generated token's step (see :mod:`demo.steps`): the whole generation, in the 'One token' view of
-        the token the model read last before drawing it (the forward pass the Generate tab cached)."""
+        """A generated token's step (see :mod:`demo.analysis.token_step`): the whole generation, in the
+        'One token' view of the token the model read last before drawing it (the forward pass the Generate
+        tab cached)."""
         loaded = self.manager.require(current_session())
         record, k = steps.check_step(loaded, record, position)
         hit = self.cache.peek("attention", loaded, steps.generation_text(loaded, record)) is not None
@@ -231,6 +233,34 @@ class AttentionHandlers:
                           gr.Dropdown(choices=token_choices(result), value=v.token, visible=True),
                           gr.Radio(value=v.scope, visible=True), gr.Button(visible=False),
                           *render(result, v, cached=hit), result.text)
+
+    def first_visit(self, text, done, *settings) -> Analysed:
+        """First opening of the tab: show the default text without a click (later visits keep the view)."""
+        if done is not None:
+            return unchanged(Analysed)
+        try:
+            return self.analyse(text, done, *settings)
+        except gr.Error:
+            return unchanged(Analysed)
+
+    def restore(self, link) -> Analysed:
+        """What a link names (see :mod:`demo.ui.share`), if it names this tab: its text, in its view,
+        layer, head and token; otherwise nothing changes."""
+        if not isinstance(link, dict) or link.get("tab") != "attention" or not link.get("text"):
+            return unchanged(Analysed)
+        a = link.get("attention") or {}
+        try:
+            return self.analyse(link["text"], link["text"], a.get("view", "head"), a.get("layer", 0),
+                                a.get("head", 0), a.get("aggregate", "mean-heads"), a.get("token"),
+                                a.get("scope", "layer"))
+        except gr.Error:
+            return unchanged(Analysed)
+
+    @staticmethod
+    def pick_token(evt: gr.SelectData):
+        """A click on a token of the strip: that token, in the One token view."""
+        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return (index if isinstance(index, int) else gr.skip()), "token"
 
     @user_errors
     def api_attention(self, text, layer, head, view, aggregate, token, scope):
@@ -245,41 +275,64 @@ class AttentionHandlers:
         return P.figure(result, v, vm), api_payload(result, v, vm)
 
 
-def view_controls(view):
-    """Which controls each view uses (layer, head, aggregate, token, scope, open button)."""
+class ViewControls(NamedTuple):
+    """The controls that depend on the view (in the order of the event's outputs)."""
+
+    layer: Any  # a component in the layout, an update in a handler's result
+    head: Any
+    aggregate: Any
+    token: Any
+    scope: Any
+    open_head: Any
+
+
+def view_controls(view) -> ViewControls:
+    """Which controls each view uses."""
     view = view if view in VIEWS else "head"
-    return (gr.Slider(visible=True),
-            gr.Slider(visible=view in ("head", "heads", "aggregate"),
-                      label="Head to open" if view == "heads" else "Head"),
-            gr.Dropdown(visible=view == "aggregate"),
-            gr.Dropdown(visible=view in ("token",)),
-            gr.Radio(visible=view == "token"),
-            gr.Button(visible=view == "heads"))
+    return ViewControls(layer=gr.Slider(visible=True),
+                        head=gr.Slider(visible=view in ("head", "heads", "aggregate"),
+                                       label="Head to open" if view == "heads" else "Head"),
+                        aggregate=gr.Dropdown(visible=view == "aggregate"),
+                        token=gr.Dropdown(visible=view in ("token",)),
+                        scope=gr.Radio(visible=view == "token"),
+                        open_head=gr.Button(visible=view == "heads"))
 
 
 # ----------------------------------------------------------------------------- layout
 
 
-class AttentionTab(NamedTuple):
+class AttentionLayout(NamedTuple):
     text: gr.Textbox
-    on_text: dict  # the event that analyses the text box (for the Generate tab's link)
-    open_step: Callable[[list], dict]  # inputs (record, position) -> the event that opens a generated token's step
-    controls: dict  # view, layer, head, aggregate, token, scope
-    restore: Callable[[gr.State], dict]  # a link's state -> the event that draws the view it names
+    show: gr.Button
+    view: gr.Radio
+    controls: ViewControls  # the controls that depend on the view
+    notice: gr.Markdown
+    plot: gr.Plot
+    note: gr.Markdown
+    strip: gr.HighlightedText
+    export: gr.Button
+    files: gr.File
+    analysed: gr.State  # the text the controls refer to
+
+    @property
+    def settings(self) -> list:
+        """The view's settings, in the order the handlers take them."""
+        c = self.controls
+        return [self.view, c.layer, c.head, c.aggregate, c.token, c.scope]
+
+    def outputs(self, fields: Any) -> list:
+        """The components named by a NamedTuple's fields (Shown, Analysed, OpenedStep), in its order."""
+        named = {"text": self.text, "view": self.view, "plot": self.plot, "note": self.note, "notice": self.notice,
+                 "strip": self.strip, "analysed": self.analysed, **self.controls._asdict()}
+        return [named[f] for f in fields._fields]
 
 
-def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
-    """The Attention tab's contents, built inside ``tab`` (whose first opening draws the default text)."""
-    cur = ctx.manager.current
-    n_layers = cur.model.config.num_hidden_layers if cur is not None else 12
-    n_heads = cur.model.config.num_attention_heads if cur is not None else 12
-    h = AttentionHandlers(ctx.manager, ctx.cache, ctx.gpu, ctx.exports)
-
+def layout(n_layers: int, n_heads: int) -> AttentionLayout:
     gr.Markdown(INTRO)
     with gr.Row(equal_height=True):
         text = gr.Textbox(label="Text to analyse", value=DEFAULT_TEXT, lines=3, max_lines=12, scale=5,
                           placeholder="Type or paste a sentence…", elem_id="attention-text")
-        show_btn = gr.Button("Show attention", variant="primary", scale=1, min_width=140)
+        show = gr.Button("Show attention", variant="primary", scale=1, min_width=140)
     gr.Examples(EXAMPLES, inputs=[text], label="Examples (the first and third repeat themselves: look for "
                                                "induction-like stripes)")
     view = gr.Radio(VIEW_CHOICES, value="head", label="View", elem_id="attention-view")
@@ -291,7 +344,7 @@ def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
         token = gr.Dropdown([], value=None, label="Token doing the looking", visible=False,
                             elem_id="attention-token")
         scope = gr.Radio(SCOPE_CHOICES, value="layer", label="Show", visible=False)
-        open_btn = gr.Button("Open this head", visible=False, size="sm")
+        open_head = gr.Button("Open this head", visible=False, size="sm")
     notice = gr.Markdown("Press **Show attention**.", elem_id="attention-notice")
     with gr.Row():
         with gr.Column(scale=3, min_width=480):
@@ -301,87 +354,66 @@ def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
     strip = gr.HighlightedText(label="The text as tokens — click a token to see where it looks",
                                show_legend=False, combine_adjacent=False, interactive=False,
                                elem_id="attention-strip")
-    export_btn, files = export_controls(
+    export, files = export_controls(
         "Save this view", "**Picture:** hover the plot and click the camera icon (top right of the plot) to download "
         "it as a PNG.  \n**Numbers:** the button writes the exact weights of this view (token by token, even when "
         "the picture groups tokens in blocks) as CSV and JSON.")
-    analysed = gr.State(None)  # the text the controls refer to
+    return AttentionLayout(text, show, view, ViewControls(layer, head, aggregate, token, scope, open_head), notice,
+                           plot, note, strip, export, files, gr.State(None))
 
-    # The /attention endpoint: API only (its own components, so the page never receives the big JSON).
+
+def api_endpoint(h: AttentionHandlers, ctx: AppContext) -> None:
+    """The /attention endpoint: API only (its own hidden components, so the page never receives the big
+    JSON)."""
     with gr.Group(visible=False):
-        api_text = gr.Textbox(label="text")
-        api_layer = gr.Number(value=0, label="layer")
-        api_head = gr.Number(value=0, label="head")
-        api_view = gr.Textbox(value="head", label="view")
-        api_aggregate = gr.Textbox(value="mean-heads", label="aggregate")
-        api_token = gr.Number(value=-1, label="token")
-        api_scope = gr.Textbox(value="layer", label="scope")
-        api_plot = gr.Plot(label="figure")
-        api_data = gr.JSON(label="data")
-        api_btn = gr.Button("attention")
-    api_btn.click(h.api_attention, [api_text, api_layer, api_head, api_view, api_aggregate, api_token, api_scope],
-                  [api_plot, api_data], api_name="attention", **ctx.model_queue)
+        inputs = [gr.Textbox(label="text"), gr.Number(value=0, label="layer"), gr.Number(value=0, label="head"),
+                  gr.Textbox(value="head", label="view"), gr.Textbox(value="mean-heads", label="aggregate"),
+                  gr.Number(value=-1, label="token"), gr.Textbox(value="layer", label="scope")]
+        outputs = [gr.Plot(label="figure"), gr.JSON(label="data")]
+        button = gr.Button("attention")
+    button.click(h.api_attention, inputs, outputs, api_name="attention", **ctx.model_queue)
 
-    settings = [view, layer, head, aggregate, token, scope]
-    shown = dict(zip(Shown._fields, [plot, note, notice, strip]))
-    analysed_out = [{**shown, "layer": layer, "head": head, "token": token, "analysed": analysed}[f]
-                    for f in Analysed._fields]
-    analyse_event = dict(fn=h.analyse, inputs=[text, analysed, *settings], outputs=analysed_out,
-                         show_progress_on=[plot], **PRIVATE, **ctx.model_queue)
-    show_btn.click(**analyse_event)
-    text.submit(**analyse_event)
-    switch = dict(fn=h.switch, inputs=[analysed, text, *settings], outputs=[shown[f] for f in Shown._fields],
-                  show_progress="minimal", show_progress_on=[plot], **PRIVATE, **ctx.model_queue)
-    controls_for_view = dict(fn=view_controls, inputs=view, outputs=[layer, head, aggregate, token, scope, open_btn],
-                             queue=False, **PRIVATE)
-    view.input(**controls_for_view).then(**switch)
-    for c in (layer, head):
-        c.release(**switch)
-    for c in (aggregate, token, scope):
-        c.input(**switch)
-    open_btn.click(lambda: "head", None, view, queue=False, **PRIVATE).then(**controls_for_view).then(**switch)
 
-    def pick_token(evt: gr.SelectData):
-        """A click on a token of the strip: that token, in the One token view."""
-        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        return (index if isinstance(index, int) else gr.skip()), "token"
+class AttentionTab(NamedTuple):
+    text: gr.Textbox
+    on_text: dict  # the event that analyses the text box (for the Generate tab's link)
+    open_step: Callable[[list], dict]  # inputs (record, position) -> the event that opens a generated token's step
+    controls: dict  # view, layer, head, aggregate, token, scope, open_head
+    restore: Callable[[gr.State], dict]  # a link's state -> the event that draws the view it names
 
-    strip.select(pick_token, None, [token, view], queue=False, **PRIVATE).then(**controls_for_view).then(**switch)
-    export_btn.click(h.export, [analysed, text, *settings], files, **PRIVATE, **ctx.model_queue)
 
-    def first_visit(text_, done, *args):
-        """First opening of the tab: show the default text without a click."""
-        if done is not None:
-            return unchanged(Analysed)
-        try:
-            return h.analyse(text_, done, *args)
-        except gr.Error:
-            return unchanged(Analysed)
+def wire(tab: gr.Tab, ui: AttentionLayout, h: AttentionHandlers, ctx: AppContext) -> AttentionTab:
+    common = dict(**PRIVATE, **ctx.model_queue)
+    on_plot = dict(show_progress_on=[ui.plot], **common)
+    analyse = dict(fn=h.analyse, inputs=[ui.text, ui.analysed, *ui.settings], outputs=ui.outputs(Analysed), **on_plot)
+    ui.show.click(**analyse)
+    ui.text.submit(**analyse)
+    switch = dict(fn=h.switch, inputs=[ui.analysed, ui.text, *ui.settings], outputs=ui.outputs(Shown),
+                  show_progress="minimal", **on_plot)
+    for_view = dict(fn=view_controls, inputs=ui.view, outputs=list(ui.controls), queue=False, **PRIVATE)
+    c = ui.controls
+    ui.view.input(**for_view).then(**switch)
+    for slider in (c.layer, c.head):
+        slider.release(**switch)
+    for choice in (c.aggregate, c.token, c.scope):
+        choice.input(**switch)
+    c.open_head.click(lambda: "head", None, ui.view, queue=False, **PRIVATE).then(**for_view).then(**switch)
+    ui.strip.select(h.pick_token, None, [c.token, ui.view], queue=False, **PRIVATE).then(**for_view).then(**switch)
+    ui.export.click(h.export, [ui.analysed, ui.text, *ui.settings], ui.files, **common)
+    tab.select(h.first_visit, [ui.text, ui.analysed, *ui.settings], ui.outputs(Analysed), **on_plot)
+    api_endpoint(h, ctx)
 
-    tab.select(first_visit, [text, analysed, *settings], analysed_out, show_progress_on=[plot], **PRIVATE,
-               **ctx.model_queue)
     def open_step(inputs: list) -> dict:
-        """The event that opens a generated token's step, its inputs the record and the position."""
-        outputs = [text, view, layer, head, aggregate, token, scope, open_btn, *shown.values(), analysed]
-        return dict(fn=h.open_step, inputs=inputs, outputs=outputs, show_progress_on=[plot], **PRIVATE,
-                    **ctx.model_queue)
+        return dict(fn=h.open_step, inputs=inputs, outputs=ui.outputs(OpenedStep), **on_plot)
 
     def restore(restored: gr.State) -> dict:
-        """The event that draws what a link names (a dict from :func:`demo.ui.share.restore`), if it names
-        this tab: its text, in its view, layer, head and token."""
-        def draw(link):
-            if not isinstance(link, dict) or link.get("tab") != "attention" or not link.get("text"):
-                return unchanged(Analysed)
-            a = link.get("attention") or {}
-            try:
-                return h.analyse(link["text"], link["text"], a.get("view", "head"), a.get("layer", 0), a.get("head", 0),
-                                 a.get("aggregate", "mean-heads"), a.get("token"), a.get("scope", "layer"))
-            except gr.Error:
-                return unchanged(Analysed)
+        return dict(fn=h.restore, inputs=[restored], outputs=ui.outputs(Analysed), **on_plot)
 
-        return dict(fn=draw, inputs=[restored], outputs=analysed_out, show_progress_on=[plot], **PRIVATE,
-                    **ctx.model_queue)
+    return AttentionTab(ui.text, analyse, open_step, {"view": ui.view, **c._asdict()}, restore)
 
-    return AttentionTab(text, analyse_event, open_step, dict(zip(("view", "layer", "head", "aggregate", "token",
-                                                                  "scope", "open_head"), [*settings, open_btn])),
-                        restore)
+
+def build(tab: gr.Tab, ctx: AppContext) -> AttentionTab:
+    """The Attention tab's contents, built inside ``tab`` (whose first opening draws the default text)."""
+    cur = ctx.manager.current
+    ui = layout(cur.n_layers if cur is not None else 12, cur.n_heads if cur is not None else 12)
+    return wire(tab, ui, AttentionHandlers(ctx.manager, ctx.cache, ctx.gpu, ctx.exports), ctx)

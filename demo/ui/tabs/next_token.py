@@ -1,32 +1,32 @@
 """The Next-token tab: probability bars before and after the sampling settings, step-through
 generation, token look-up, the logit lens, and the /next_token and /logit_lens API.
 
-Handlers validate every input, call :mod:`demo.next_token` and format with
-:mod:`demo.plots_next_token`. The tab has its own set of the sampling sliders, next to the bars, so
+Handlers validate every input, call :mod:`demo.analysis.next_token` and format with
+:mod:`demo.plots.next_token`. The tab has its own set of the sampling sliders, next to the bars, so
 a student sees the values that shape them; "Explore the next token →" on the Generate tab copies the
 Generate tab's settings in, and two buttons copy them either way.
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import gradio as gr
 
-from .. import next_token as nt
-from .. import plots_next_token as plots
-from .. import steps
-from ..backend import ModelManager
-from ..cache import ModelCache
-from ..errors import ValidationError
-from ..plots_next_token import code_label
-from ..sampling import NAMES, SETTING, SamplingParams, validate_sampling
-from ..tokens import display_token
-from ..validation import check_choice, check_index, check_number, check_text, encode_text
-from .common import PRIVATE, AppContext, current_session, unchanged, user_errors, with_parameters
-from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs
+from demo.analysis import next_token as nt
+from demo.analysis import token_step as steps
+from demo.core.cache import ModelCache
+from demo.core.errors import ValidationError
+from demo.core.sampling import NAMES, SETTING, SamplingParams, validate_sampling
+from demo.core.tokens import display_token
+from demo.core.validation import check_choice, check_index, check_number, check_text, encode_text
+from demo.plots import next_token as plots
+from demo.plots.next_token import choice_label, code_label, format_lookup, format_note, format_summary, table_rows
+from demo.runtime.loading import LoadedModel
+from demo.runtime.pool import ModelManager
+from demo.ui.common import PRIVATE, AppContext, current_session, unchanged, user_errors, with_parameters
+from demo.ui.inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs
 
 DEFAULT_TEXT = "It was a dark and stormy night, and"
 MAX_BARS = 50
@@ -50,12 +50,27 @@ API_SETTINGS = [n for n in NAMES if n != "seed"]
 
 
 def _settings(values: list) -> SamplingParams:
-    """Sampling settings from the tab's inputs, in :data:`demo.sampling.NAMES` order."""
+    """Sampling settings from the tab's inputs, in :data:`demo.core.sampling.NAMES` order."""
     return validate_sampling(**dict(zip(NAMES, values)))
 
 
 def _top_n(value) -> int:
     return check_number("number of bars", value, 1, nt.MAX_TOP_N, integer=True)
+
+
+class UndoEntry(TypedDict):
+    text: str  # the text before a token was appended
+    n: int  # how many tokens it had (its ids are a prefix of the current ones)
+
+
+class NextTokenState(TypedDict):
+    """What the tab keeps per visitor (a gr.State): the text shown, its exact token ids (a step appends
+    exactly one token even where the text would re-tokenize differently) and the undo history."""
+
+    model: str
+    text: str
+    ids: list[int]
+    history: list[UndoEntry]
 
 
 class NextTokenView(NamedTuple):
@@ -72,110 +87,10 @@ class NextTokenView(NamedTuple):
     step: object
 
 
-# ----------------------------------------------------------------------------- formatting (pure)
-
-
-def format_summary(data: dict, context_length: int) -> str:
-    ml = data["most_likely"]
-    eb, ea = data["entropy_before_bits"], data["entropy_after_bits"]
-    lines = [
-        f"**Next token after** {code_label(data['last_token'])} · {data['context_tokens']} tokens of context · "
-        f"model *{html.escape(data['model'])}*",
-        f"**{'Greedy picks' if data['greedy'] else 'Most likely'}:** {code_label(ml['token'])} — "
-        f"{plots.fmt_prob(ml['raw_prob'])} for the model, {plots.fmt_prob(ml['prob'])} after the settings.",
-        f"**{data['survivors']:,} of {data['vocab_size']:,} tokens** can still be drawn · **entropy** "
-        f"{eb:.2f} → {ea:.2f} bits (as uncertain as a fair pick among ≈ {2 ** eb:,.0f} → {2 ** ea:,.0f} tokens)",
-    ]
-    if data["truncated_tokens"]:
-        lines.append(f"⚠️ The text is longer than the model's context window ({context_length} tokens): the model "
-                     f"sees only the last {data['context_tokens']}; the first {data['truncated_tokens']:,} tokens "
-                     "were dropped.")
-    return "\n\n".join(lines)
-
-
-def format_note(data: dict, repeated_tokens: int) -> str:
-    """What each setting did to the bars, in plain language and with this text's numbers."""
-    s = data["settings"]
-    steps = data["steps"]
-    out = []
-    before = data["vocab_size"]
-    for st in steps:
-        name, v, left = st["name"], st["value"], st["survivors"]
-        if name == "repetition penalty":
-            out.append(f"**Repetition penalty ×{v:g}:** the {repeated_tokens} different tokens already in the text "
-                       f"were made {'less' if v > 1 else 'more'} likely (their dark bar is "
-                       f"{'shorter' if v > 1 else 'longer'} than it would be).")
-        elif name == "no-repeat n-gram":
-            out.append(f"**No-repeat {int(v)}-grams:** {before - left} token(s) banned because they would repeat a "
-                       f"{int(v)}-token sequence already in the text.")
-        elif name == "temperature":
-            if v < 1:
-                out.append(f"**Temperature {v:g} (below 1)** sharpens the distribution: tall bars grow, short bars "
-                           "shrink — safer, more predictable text.")
-            else:
-                out.append(f"**Temperature {v:g} (above 1)** flattens the distribution: short bars grow, tall bars "
-                           "shrink — more surprising text, and more mistakes.")
-        elif name == "top-k":
-            out.append(f"**Top-k {int(v)}** keeps only the {int(v)} most likely tokens: {left:,} left.")
-        elif name == "top-p":
-            out.append(f"**Top-p {v:g}** keeps the most likely tokens until their probabilities add up to "
-                       f"{v:.0%}: here that is {left:,} token(s).")
-        elif name == "min-p":
-            out.append(f"**Min-p {v:g}** drops tokens less than {v:.0%} as likely as the top token: {left:,} left.")
-        before = left
-    if data["greedy"]:
-        out.insert(0, "**Sampling is off (greedy):** the model always takes the top dark bar, so temperature, "
-                      "top-k, top-p and min-p play no part; only the penalties apply.")
-    else:
-        off = []
-        if s["temperature"] == 1.0:
-            off.append("temperature 1 (no change)")
-        if s["top_k"] == 0:
-            off.append("top-k 0")
-        if s["top_p"] >= 1.0:
-            off.append("top-p 1")
-        if s["min_p"] == 0:
-            off.append("min-p 0")
-        if off:
-            out.append("Off: " + ", ".join(off) + ".")
-        out.append(f"Then the sampler draws one of the **{data['survivors']:,}** remaining tokens, each with the "
-                   "probability of its dark bar; the same seed repeats the same draw.")
-    if not steps and data["greedy"]:
-        out.append("No penalty is set: the dark bars equal the light ones.")
-    return "\n\n".join("• " + line for line in out)
-
-
-def format_lookup(results: list[dict]) -> str:
-    if not results:
-        return ""
-    lines = []
-    for r in results:
-        status = (f"rank {r['rank_after']} after the settings" if r["kept"] else "**filtered out** by the settings")
-        line = (f"{code_label(r['query_label'])}: rank **{r['rank']:,}** for the model · "
-                f"{plots.fmt_prob(r['raw_prob'])} for the model · {plots.fmt_prob(r['prob'])} after the settings "
-                f"({status})")
-        if r["n_tokens"] > 1:
-            pieces = " ".join(code_label(p) for p in r["pieces"])
-            line += (f"<br>&nbsp;&nbsp;it is {r['n_tokens']} tokens ({pieces}): the numbers are for its first token "
-                     f"{code_label(r['token'])}")
-        lines.append(line)
-    return "\n\n".join(lines) + "\n\nIt is now in the *choose a token* list, ready to append."
-
-
-def table_rows(data: dict) -> list[list]:
-    return [[r["rank"], r["token"], r["id"], plots.fmt_prob(r["raw_prob"]), plots.fmt_prob(r["prob"]),
-             "kept" if r["kept"] else "filtered", r["rank_after"] if r["kept"] else "–"] for r in data["rows"]]
-
-
-def choice_label(r: dict) -> str:
-    kept = "" if r["kept"] else "  (filtered)"
-    return f"{r['rank']}. {r['token']}   {plots.fmt_prob(r['raw_prob'])} → {plots.fmt_prob(r['prob'])}{kept}"
-
-
 # ----------------------------------------------------------------------------- handlers
 
 
-def appended_text(loaded, text: str, ids: list[int], token_id: int) -> str:
+def appended_text(loaded: LoadedModel, text: str, ids: list[int], token_id: int) -> str:
     """The text after appending one token to ``ids`` (which spell ``text``). Decoding the whole
     sequence joins a character split over several byte tokens; a text that does not decode back
     exactly (a tokenizer that normalises) keeps its own spelling and gets the new piece added."""
@@ -201,31 +116,31 @@ class NextTokenHandlers:
         self._lens = gpu(self._logit_lens)
 
     @staticmethod
-    def _forward_logits(loaded, window: list[int]):
+    def _forward_logits(loaded: LoadedModel, window: list[int]):
         return nt.forward_last_logits(loaded, window)
 
     @staticmethod
-    def _logit_lens(loaded, ids: list[int], positions: int) -> nt.LensResult:
+    def _logit_lens(loaded: LoadedModel, ids: list[int], positions: int) -> nt.LensResult:
         return nt.logit_lens(loaded, ids, positions)
 
-    def _forward(self, loaded, window: list[int]):
+    def _forward(self, loaded: LoadedModel, window: list[int]):
         return self._logits(loaded, list(window))
 
     # -- helpers
 
     @staticmethod
-    def _ids(loaded, text: str, state) -> list[int]:
+    def _ids(loaded: LoadedModel, text: str, state) -> list[int]:
         if isinstance(state, dict) and state.get("model") == loaded.name and state.get("text") == text:
             return list(state["ids"])
         return list(encode_text(loaded.tokenizer, text).ids)
 
     @staticmethod
-    def _state(loaded, text, ids, state, history=None) -> dict:
+    def _state(loaded: LoadedModel, text, ids, state, history=None) -> NextTokenState:
         if history is None:
             history = list(state.get("history", [])) if isinstance(state, dict) else []
         return {"model": loaded.name, "text": text, "ids": list(ids), "history": history[-MAX_HISTORY:]}
 
-    def analyse(self, text, state, top_n, settings: list, query="") -> tuple[dict, dict, list[dict]]:
+    def analyse(self, text, state, top_n, settings: list, query="") -> tuple[dict, NextTokenState, list[dict]]:
         """(view data, new state, look-up results) for a text and settings."""
         loaded = self.manager.require(current_session())
         text = check_text("text", text)
@@ -293,6 +208,15 @@ class NextTokenHandlers:
             msg += " The settings had filtered it out: the sampler could never have drawn it."
         data, new_state, found = self.analyse(new_text, new_state, top_n, list(settings), query)
         return NextTokenView(text=new_text, state=new_state, step=msg, **self.view(data, found))
+
+    def step_most_likely(self, text, state, top_n, query, chosen, *settings) -> NextTokenView:
+        return self.step("most likely", text, state, top_n, query, chosen, *settings)
+
+    def step_sampled(self, text, state, top_n, query, chosen, *settings) -> NextTokenView:
+        return self.step("sampled", text, state, top_n, query, chosen, *settings)
+
+    def step_chosen(self, text, state, top_n, query, chosen, *settings) -> NextTokenView:
+        return self.step("chosen", text, state, top_n, query, chosen, *settings)
 
     @user_errors
     def undo(self, text, state, top_n, query, *settings) -> NextTokenView:
@@ -368,17 +292,48 @@ def api_next_token_function(h: NextTokenHandlers) -> Callable:
 # ----------------------------------------------------------------------------- layout
 
 
-class NextTokenTab(NamedTuple):
+class NextTokenLayout(NamedTuple):
+    """The tab's components."""
+
     text: gr.Textbox
-    on_text: dict  # the event that receives a text and settings from the Generate tab
-    open_step: Callable[[list], dict]  # inputs (record, position) -> the event that opens a generated token's step
-    restore: Callable[[gr.State], dict]  # a link's state -> the event that draws its text, if it names this tab
+    state: gr.State  # NextTokenState
+    show: gr.Button
+    most_likely: gr.Button
+    sampled: gr.Button
+    undo: gr.Button
+    choose: gr.Dropdown
+    append_chosen: gr.Button
+    step: gr.Markdown
+    summary: gr.Markdown
+    plot: gr.Plot
+    preset: gr.Radio
+    settings: dict  # sampling setting name (NAMES) -> this tab's input
+    from_generate: gr.Button
+    to_generate: gr.Button
+    top_n: gr.Slider
+    query: gr.Textbox
+    look_up: gr.Button
+    lookup: gr.Markdown
+    note: gr.Markdown
+    table: gr.Dataframe
+    lens_positions: gr.Slider
+    lens_run: gr.Button
+    lens_note: gr.Markdown
+    lens_plot: gr.Plot
+
+    @property
+    def view_outputs(self) -> list:
+        """The components of :class:`NextTokenView`, in its field order."""
+        return [getattr(self, f) for f in NextTokenView._fields]
+
+    @property
+    def view_inputs(self) -> list:
+        """What every redraw reads: the text, the state, the bars, the look-up, the settings (NAMES order)."""
+        return [self.text, self.state, self.top_n, self.query, *self.settings.values()]
 
 
-def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
-    """The Next-token tab's contents, built inside ``tab``; ``gen_controls`` are the Generate tab's
-    sampling inputs (copied in and out)."""
-    h = NextTokenHandlers(ctx.manager, ctx.cache, ctx.gpu)
+def layout() -> NextTokenLayout:
+    """The tab's components, built in the current Gradio context."""
     gr.Markdown(INTRO)
     state = gr.State(None)
     with gr.Row():
@@ -386,95 +341,80 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
             text = gr.Textbox(label="Text", value=DEFAULT_TEXT, lines=3, max_lines=12,
                               placeholder="Type a text: the bars show what could come next")
             with gr.Row():
-                show_btn = gr.Button("Show the next token", variant="primary")
-                greedy_btn = gr.Button("+ Most likely")
-                sample_btn = gr.Button("+ Sampled")
-                undo_btn = gr.Button("↶ Undo")
+                show = gr.Button("Show the next token", variant="primary")
+                most_likely = gr.Button("+ Most likely")
+                sampled = gr.Button("+ Sampled")
+                undo = gr.Button("↶ Undo")
             with gr.Row(equal_height=True):
                 choose = gr.Dropdown(choices=[], value=None, label="…or choose any token from the list",
                                      scale=4, allow_custom_value=False)
-                choose_btn = gr.Button("+ Append chosen", scale=1)
-            step_md = gr.Markdown("")
+                append_chosen = gr.Button("+ Append chosen", scale=1)
+            step = gr.Markdown("")
             summary = gr.Markdown("")
             plot = gr.Plot(plots.empty_figure("Press “Show the next token”"), show_label=False)
         with gr.Column(scale=2):
             with gr.Accordion("Sampling settings (this tab)", open=True):
                 preset = preset_radio()
-                local = sampling_inputs(labels=LOCAL_LABELS)
+                settings = sampling_inputs(labels=LOCAL_LABELS)
                 with gr.Row():
-                    from_gen = gr.Button("⇐ Copy from the Generate tab", size="sm")
-                    to_gen = gr.Button("Send to the Generate tab ⇒", size="sm")
+                    from_generate = gr.Button("⇐ Copy from the Generate tab", size="sm")
+                    to_generate = gr.Button("Send to the Generate tab ⇒", size="sm")
             top_n = gr.Slider(5, MAX_BARS, value=20, step=1, label="Bars to show")
             query = gr.Textbox(label="Look up a token or word", placeholder="e.g. night — ␣ = space, ↵ = newline",
                                max_lines=1)
-            lookup_btn = gr.Button("Look up", size="sm")
-            lookup_md = gr.Markdown("")
+            look_up = gr.Button("Look up", size="sm")
+            lookup = gr.Markdown("")
             note = gr.Markdown("", label="What the settings did")
     with gr.Accordion("Table of the tokens in the bars", open=False):
         table = gr.Dataframe(headers=["rank", "token", "id", "model", "after settings", "kept?", "rank after"],
                              interactive=False, wrap=True)
     with gr.Accordion("Logit lens: how the prediction forms through the layers", open=False):
         with gr.Row():
-            lens_n = gr.Slider(4, nt.LENS_MAX_POSITIONS, value=16, step=1, label="Positions to show (the last ones)",
-                               scale=3)
-            lens_btn = gr.Button("Run the logit lens", scale=1)
-        lens_md = gr.Markdown(LENS_NOTE)
+            lens_positions = gr.Slider(4, nt.LENS_MAX_POSITIONS, value=16, step=1,
+                                       label="Positions to show (the last ones)", scale=3)
+            lens_run = gr.Button("Run the logit lens", scale=1)
+        lens_note = gr.Markdown(LENS_NOTE)
         lens_plot = gr.Plot(show_label=False)
+    return NextTokenLayout(text=text, state=state, show=show, most_likely=most_likely, sampled=sampled, undo=undo,
+                           choose=choose, append_chosen=append_chosen, step=step, summary=summary, plot=plot,
+                           preset=preset, settings={n: settings[n] for n in NAMES}, from_generate=from_generate,
+                           to_generate=to_generate, top_n=top_n, query=query, look_up=look_up, lookup=lookup,
+                           note=note, table=table, lens_positions=lens_positions, lens_run=lens_run,
+                           lens_note=lens_note, lens_plot=lens_plot)
 
-    settings = [local[n] for n in NAMES]
-    view_in = [text, state, top_n, query] + settings
-    components = dict(text=text, state=state, plot=plot, summary=summary, note=note, table=table, choose=choose,
-                      lookup=lookup_md, step=step_md)
-    view_out = [components[f] for f in NextTokenView._fields]
-    common = dict(**PRIVATE, **ctx.model_queue)
 
-    refresh = h.refresh
-    for event in (show_btn.click, text.submit, lookup_btn.click, query.submit):
-        event(refresh, view_in, view_out, **common)
-    for comp in [local[n] for n in NAMES if n != "seed"] + [top_n]:  # the seed only matters to sampled steps
-        comp.input(refresh, view_in, view_out, trigger_mode="always_last", **common)
-    preset.input(preset_values, preset, [local[n] for n in PRESET_TARGETS], **PRIVATE).then(
-        refresh, view_in, view_out, **common)
+# ----------------------------------------------------------------------------- events that set the page by name
 
-    def stepper(mode):
-        def fn(text_, state_, top_n_, query_, chosen_, *settings_):
-            return h.step(mode, text_, state_, top_n_, query_, chosen_, *settings_)
-        return fn
 
-    step_in = [text, state, top_n, query, choose] + settings
-    greedy_btn.click(stepper("most likely"), step_in, view_out, **common)
-    sample_btn.click(stepper("sampled"), step_in, view_out, **common)
-    choose_btn.click(stepper("chosen"), step_in, view_out, **common)
-    undo_btn.click(h.undo, view_in, view_out, **common)
-    lens_btn.click(h.lens, [text, state, lens_n], [lens_plot, lens_md], **common)
+class NextTokenPage:
+    """The tab's events that also set its sampling inputs: a text (and settings) arriving from the
+    Generate tab, a generated token's step, a link. Each returns ``{component: value}``."""
 
-    gen_settings = [gen_controls[n] for n in NAMES] + [gen_controls["preset"]]
-    from_gen.click(copy_settings, gen_settings, settings + [preset], **PRIVATE).then(
-        refresh, view_in, view_out, **common)
-    to_gen.click(copy_settings, settings, [gen_controls[n] for n in NAMES], **PRIVATE)
+    def __init__(self, h: NextTokenHandlers, ui: NextTokenLayout, manager: ModelManager):
+        self.h, self.ui, self.manager = h, ui, manager
 
-    gr.api(api_next_token_function(h), api_name="next_token", **ctx.model_queue)
-    gr.api(h.api_logit_lens, api_name="logit_lens", **ctx.model_queue)
+    def _page(self, values: list, view: NextTokenView) -> dict:
+        """The settings (NAMES order, then maybe the preset) and the view, by component."""
+        out = dict(zip([*self.ui.settings.values(), self.ui.preset], values))
+        out.update(zip(self.ui.view_outputs, view))
+        return out
 
-    tab.select(h.first_show, view_in, view_out, **common)  # draw the bars when first opened
-
-    def on_text(text_, top_n_, query_, *gen_values):
+    def on_text(self, text, top_n, query, *gen_values) -> dict:
         """Text (and settings) arrive from the Generate tab: copy the settings, start a fresh history."""
         values = copy_settings(*gen_values)
-        out = h.refresh(text_, None, top_n_, query_, *values[: len(NAMES)])
-        return [*values, *out]
+        return self._page(values, self.h.refresh(text, None, top_n, query, *values[: len(NAMES)]))
 
     @user_errors
-    def open_step(record, position, top_n_, query_):
+    def open_step(self, record, position, top_n, query) -> dict:
         """A generated token's step: the text the model had read when it drew it (its exact tokens), under
         the generation's own settings, with a fresh history."""
-        loaded = ctx.manager.require(current_session())
+        loaded = self.manager.require(current_session())
         record, k = steps.check_step(loaded, record, position)
         ids = steps.step_context(record, k)
-        text_ = loaded.decode(ids)
+        text = loaded.decode(ids)
         values = copy_settings(*[(record.get("settings") or {}).get(n, SETTING[n].default) for n in NAMES])
-        view = h.refresh(text_, {"model": loaded.name, "text": text_, "ids": ids, "history": []}, top_n_, query_,
-                         *values)
+        state = NextTokenState(model=loaded.name, text=text, ids=ids, history=[])
+        view = self.h.refresh(text, state, top_n, query, *values)
         drawn = record["tokens"][k]
         note = (f"Opened token #{k + 1} of the generation: here the model drew {code_label(drawn.get('label', ''))} "
                 f"(it had {plots.fmt_prob(float(drawn.get('prob', 0.0)))} after the settings). The bars are the "
@@ -482,24 +422,73 @@ def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
         choose = view.choose
         if any(value == drawn.get("id") for _, value in choose.choices or []):
             choose = gr.Dropdown(choices=choose.choices, value=drawn.get("id"))
-        return [*values, *view._replace(text=text_, step=note, choose=choose)]
+        return self._page(values, view._replace(text=text, step=note, choose=choose))
+
+    def restore(self, link, top_n, query, *gen_values):
+        """What a link names, if it names this tab: its text under the Generate tab's settings (which the
+        link has just set); otherwise nothing changes."""
+        if not isinstance(link, dict) or link.get("tab") != "next_token" or not link.get("text"):
+            return gr.skip()
+        try:
+            return self.on_text(link["text"], top_n, query, *gen_values)
+        except gr.Error:
+            return gr.skip()
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+class NextTokenTab(NamedTuple):
+    text: gr.Textbox
+    on_text: dict  # the event that receives a text and settings from the Generate tab
+    open_step: Callable[[list], dict]  # inputs (record, position) -> the event that opens a generated token's step
+    restore: Callable[[gr.State], dict]  # a link's state -> the event that draws its text, if it names this tab
+
+
+def wire(tab: gr.Tab, ui: NextTokenLayout, h: NextTokenHandlers, page: NextTokenPage, ctx: AppContext,
+         gen_controls: dict) -> NextTokenTab:
+    """Connect the tab's events (and /next_token, /logit_lens); the handle the page shell connects."""
+    common = dict(**PRIVATE, **ctx.model_queue)
+    redraw = dict(fn=h.refresh, inputs=ui.view_inputs, outputs=ui.view_outputs, **common)
+    for event in (ui.show.click, ui.text.submit, ui.look_up.click, ui.query.submit):
+        event(**redraw)
+    for name, comp in ui.settings.items():  # the seed only matters to sampled steps
+        if name != "seed":
+            comp.input(trigger_mode="always_last", **redraw)
+    ui.top_n.input(trigger_mode="always_last", **redraw)
+    preset_targets = [ui.settings[n] for n in PRESET_TARGETS]
+    ui.preset.input(preset_values, ui.preset, preset_targets, **PRIVATE).then(**redraw)
+
+    step_inputs = [ui.text, ui.state, ui.top_n, ui.query, ui.choose, *ui.settings.values()]
+    ui.most_likely.click(h.step_most_likely, step_inputs, ui.view_outputs, **common)
+    ui.sampled.click(h.step_sampled, step_inputs, ui.view_outputs, **common)
+    ui.append_chosen.click(h.step_chosen, step_inputs, ui.view_outputs, **common)
+    ui.undo.click(h.undo, ui.view_inputs, ui.view_outputs, **common)
+    ui.lens_run.click(h.lens, [ui.text, ui.state, ui.lens_positions], [ui.lens_plot, ui.lens_note], **common)
+
+    gen_settings = [gen_controls[n] for n in NAMES] + [gen_controls["preset"]]
+    with_settings = [*ui.settings.values(), ui.preset, *ui.view_outputs]
+    ui.from_generate.click(copy_settings, gen_settings, [*ui.settings.values(), ui.preset], **PRIVATE).then(**redraw)
+    ui.to_generate.click(copy_settings, list(ui.settings.values()), [gen_controls[n] for n in NAMES], **PRIVATE)
+
+    gr.api(api_next_token_function(h), api_name="next_token", **ctx.model_queue)
+    gr.api(h.api_logit_lens, api_name="logit_lens", **ctx.model_queue)
+    tab.select(h.first_show, ui.view_inputs, ui.view_outputs, **common)  # draw the bars when first opened
 
     def open_step_event(inputs: list) -> dict:
-        return dict(fn=open_step, inputs=[*inputs, top_n, query], outputs=settings + view_out, **common)
+        return dict(fn=page.open_step, inputs=[*inputs, ui.top_n, ui.query], outputs=with_settings, **common)
 
-    def restore(restored: gr.State) -> dict:
-        """The event that draws what a link names, if it names this tab: its text under the Generate tab's
-        settings (which the link has just set)."""
-        def draw(link, top_n_, query_, *gen_values):
-            if not isinstance(link, dict) or link.get("tab") != "next_token" or not link.get("text"):
-                return [gr.skip()] * (len(settings) + 1 + len(view_out))
-            try:
-                return on_text(link["text"], top_n_, query_, *gen_values)
-            except gr.Error:
-                return [gr.skip()] * (len(settings) + 1 + len(view_out))
-
-        return dict(fn=draw, inputs=[restored, top_n, query] + gen_settings, outputs=settings + [preset] + view_out,
+    def restore_event(restored: gr.State) -> dict:
+        return dict(fn=page.restore, inputs=[restored, ui.top_n, ui.query, *gen_settings], outputs=with_settings,
                     **common)
 
-    return NextTokenTab(text, dict(fn=on_text, inputs=[text, top_n, query] + gen_settings,
-                                   outputs=settings + [preset] + view_out, **common), open_step_event, restore)
+    return NextTokenTab(ui.text, dict(fn=page.on_text, inputs=[ui.text, ui.top_n, ui.query, *gen_settings],
+                                      outputs=with_settings, **common), open_step_event, restore_event)
+
+
+def build(tab: gr.Tab, ctx: AppContext, gen_controls: dict) -> NextTokenTab:
+    """The Next-token tab, built inside ``tab``; ``gen_controls`` are the Generate tab's sampling inputs
+    (copied in and out)."""
+    ui = layout()
+    h = NextTokenHandlers(ctx.manager, ctx.cache, ctx.gpu)
+    return wire(tab, ui, h, NextTokenPage(h, ui, ctx.manager), ctx, gen_controls)

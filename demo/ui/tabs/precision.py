@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import html
 import json
+from typing import NamedTuple
 
 import gradio as gr
 
-from .. import plots_precision as plots
-from ..backend import ModelManager
-from ..cache import ModelCache
-from ..errors import ValidationError
-from ..exports import ExportFolder
-from ..precision_compare import compared_precisions, comparison_of, summary_line
-from ..validation import check_text
-from .common import PRIVATE, AppContext, current_session, export_controls, user_errors
+from demo.analysis.precision import compared_precisions, comparison_of, summary_line
+from demo.core.cache import ModelCache
+from demo.core.errors import ValidationError
+from demo.core.exports import ExportFolder
+from demo.core.validation import check_text
+from demo.plots import precision as plots
+from demo.runtime.pool import ModelManager
+from demo.ui.common import PRIVATE, AppContext, current_session, export_controls, user_errors
 
 DEFAULT_TEXT = ("The old miller walked down to the village in the rain. He had not been there for many years, and "
                 "the road was longer than he remembered. At the inn, the landlord looked up from the fire and said "
@@ -42,6 +43,14 @@ def memory_line(data: dict, loaded_now: list[str]) -> str:
     return line
 
 
+class Compared(NamedTuple):
+    """A comparison as the page shows it (in the order of the event's outputs)."""
+
+    summary: str
+    plot: object
+    memory: str
+
+
 class PrecisionHandlers:
     def __init__(self, manager: ModelManager, cache: ModelCache | None, exports: ExportFolder, zero_gpu: bool = False):
         self.manager, self.cache, self.exports, self.zero_gpu = manager, cache, exports, zero_gpu
@@ -63,13 +72,13 @@ class PrecisionHandlers:
         return cmp.as_dict(), loaded_now
 
     @user_errors
-    def compare(self, text, progress=gr.Progress()):
-        """(summary, figure, memory line) for the page."""
+    def compare(self, text, progress=gr.Progress()) -> Compared:
+        """The comparison as the page shows it."""
         data, loaded_now = self.compare_data(text, progress)
         summary = f"**{html.escape(summary_line(data))}**"
         if data.get("notice"):
             summary += f"\n\n⚠️ {html.escape(data['notice'])}"
-        return summary, plots.figure(data), memory_line(data, loaded_now)
+        return Compared(summary=summary, plot=plots.figure(data), memory=memory_line(data, loaded_now))
 
     @user_errors
     def export(self, text) -> list[str]:
@@ -86,14 +95,22 @@ class PrecisionHandlers:
         return {**data, "summary": summary_line(data)}
 
 
-def build(tab: gr.Tab, ctx: AppContext) -> None:
-    h = PrecisionHandlers(ctx.manager, ctx.cache, ctx.exports, ctx.settings.zero_gpu)
-    reference, other = compared_precisions(ctx.manager.device)
+class PrecisionLayout(NamedTuple):
+    text: gr.Textbox
+    compare: gr.Button
+    summary: gr.Markdown
+    plot: gr.Plot
+    memory: gr.Markdown
+    export: gr.Button
+    files: gr.File
+
+
+def layout(reference: str, other: str) -> PrecisionLayout:
     gr.Markdown(INTRO + f" On this server: **{other}** vs **{reference}**.")
     with gr.Row(equal_height=True):
         text = gr.Textbox(label="Text to compare", value=DEFAULT_TEXT, lines=3, max_lines=12, scale=5,
                           elem_id="precision-text")
-        go_btn = gr.Button("Compare 8-bit with full precision", variant="primary", scale=1, min_width=160)
+        compare = gr.Button("Compare 8-bit with full precision", variant="primary", scale=1, min_width=160)
     summary = gr.Markdown("Press **Compare**: the first time, the second precision is loaded (a few seconds).",
                           elem_id="precision-summary")
     with gr.Row():
@@ -102,11 +119,21 @@ def build(tab: gr.Tab, ctx: AppContext) -> None:
         with gr.Column(scale=1, min_width=240):
             gr.Markdown(NOTE)
             memory = gr.Markdown("", elem_id="precision-memory")
-    export_btn, files = export_controls("Save the numbers", "**Picture:** the camera icon on the plot downloads a "
-                                        "PNG. **Numbers:** position by position (CSV) and everything (JSON).")
-    compare = dict(fn=h.compare, inputs=[text], outputs=[summary, plot, memory], show_progress_on=[plot], **PRIVATE,
-                   **ctx.model_queue)
-    go_btn.click(**compare)
-    text.submit(**compare)
-    export_btn.click(h.export, [text], files, **PRIVATE, **ctx.model_queue)
+    export, files = export_controls("Save the numbers", "**Picture:** the camera icon on the plot downloads a "
+                                    "PNG. **Numbers:** position by position (CSV) and everything (JSON).")
+    return PrecisionLayout(text, compare, summary, plot, memory, export, files)
+
+
+def wire(ui: PrecisionLayout, h: PrecisionHandlers, ctx: AppContext) -> None:
+    compare = dict(fn=h.compare, inputs=[ui.text], outputs=[getattr(ui, f) for f in Compared._fields],
+                   show_progress_on=[ui.plot], **PRIVATE, **ctx.model_queue)
+    ui.compare.click(**compare)
+    ui.text.submit(**compare)
+    ui.export.click(h.export, [ui.text], ui.files, **PRIVATE, **ctx.model_queue)
     gr.api(h.api_compare, api_name="compare_precision", **ctx.model_queue)
+
+
+def build(tab: gr.Tab, ctx: AppContext) -> None:
+    """The 8-bit vs full tab, built inside ``tab``."""
+    wire(layout(*compared_precisions(ctx.manager.device)),
+         PrecisionHandlers(ctx.manager, ctx.cache, ctx.exports, ctx.settings.zero_gpu), ctx)

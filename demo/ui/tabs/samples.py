@@ -5,18 +5,18 @@ Generate tab. Also the public ``/samples`` endpoint."""
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import gradio as gr
 
-from ..backend import ModelManager
-from ..errors import ValidationError
-from ..generation import StopRequests, stream_samples
-from ..samples import FIRST_SEED, N_SAMPLES, SAMPLE_TOKENS, results, sample_set
-from ..sampling import NAMES, SETTING, validate_sampling
-from .common import PRIVATE, AppContext, current_session, event_time, stop_owner, user_errors, with_parameters
-from .inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
+from demo.analysis.side_by_side import FIRST_SEED, N_SAMPLES, SAMPLE_TOKENS, results, sample_set
+from demo.core.errors import ValidationError
+from demo.core.sampling import NAMES, SETTING, validate_sampling
+from demo.runtime.generation import StopRequests, stream_samples
+from demo.runtime.pool import ModelManager
+from demo.ui.common import PRIVATE, AppContext, current_session, event_time, stop_owner, user_errors, with_parameters
+from demo.ui.inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
 
 DEFAULT_PROMPT = "Once upon a time, in a kingdom by the sea,"
 INTRO = """**Sampling is a roll of the dice.** Here the model continues the same prompt several times at once,
@@ -114,27 +114,51 @@ class SamplesHandlers:
                 stream.close()  # Stop, a closed tab: every sample leaves the batch at the next step
 
     @staticmethod
-    def rerun(data, evt: gr.EventData):
-        """The Generate tab's prompt, max new tokens, settings (NAMES order) and seed for one sample."""
-        index = getattr(evt, "index", None) if evt is not None else None
+    def rerun_values(data, index) -> dict:
+        """What re-running one sample alone sets in the Generate tab: its prompt, max new tokens, and its
+        settings and seed (by name)."""
         samples = data.get("samples") if isinstance(data, dict) else None
         if not isinstance(samples, list) or not isinstance(index, int) or not 0 <= index < len(samples):
             raise gr.Error("generate samples first, then choose one to re-run", print_exception=False)
         s = samples[index]["settings"]
-        return [data["prompt"], data["max_new_tokens"], *[s[name] for name in NAMES]]
+        return {"prompt": data["prompt"], "max_new_tokens": data["max_new_tokens"], **{n: s[n] for n in NAMES}}
+
+    def rerun_event(self, targets: dict) -> Callable:
+        """The handler of a card's Re-run button: {component: value} of ``targets`` (the Generate tab's
+        inputs by the names of :meth:`rerun_values`)."""
+        def rerun(data, evt: gr.EventData):
+            index = getattr(evt, "index", None) if evt is not None else None
+            return {targets[name]: value for name, value in self.rerun_values(data, index).items()}
+
+        return rerun
 
 
 # ----------------------------------------------------------------------------- layout
 
 
-class SamplesTab(NamedTuple):
+class SamplesLayout(NamedTuple):
+    prompt: gr.Textbox
+    n: gr.components.Component
+    first_seed: gr.components.Component
+    max_new_tokens: gr.components.Component
+    generate: gr.Button
+    stop: gr.Button
+    preset: gr.Radio
+    settings: dict  # sampling setting name -> row A's input
+    compare: gr.Checkbox
+    temperature_b: gr.components.Component
+    top_p_b: gr.components.Component
     view: gr.HTML
     data: gr.JSON  # the last samples' data (what a re-run reads)
-    rerun: SamplesHandlers
+
+    @property
+    def inputs(self) -> list:
+        """/samples' inputs, in API_PARAMETERS order."""
+        return [self.prompt, self.n, self.first_seed, self.max_new_tokens,
+                *[self.settings[k] for k in SAMPLE_SETTINGS], self.compare, self.temperature_b, self.top_p_b]
 
 
-def build(tab: gr.Tab, ctx: AppContext) -> SamplesTab:
-    h = SamplesHandlers(ctx.manager, ctx.settings.zero_gpu, ctx.stops)
+def layout() -> SamplesLayout:
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column(scale=3):
@@ -145,23 +169,36 @@ def build(tab: gr.Tab, ctx: AppContext) -> SamplesTab:
                 first_seed = setting_input(FIRST_SEED, value=FIRST_SEED.default)
                 max_new_tokens = setting_input(SAMPLE_TOKENS)
             with gr.Row():
-                go_btn = gr.Button("Generate samples", variant="primary")
-                stop_btn = gr.Button("Stop", variant="stop")
+                generate = gr.Button("Generate samples", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
         with gr.Column(scale=2), gr.Accordion("Sampling settings (row A)", open=True):
             preset = preset_radio()
-            local = sampling_inputs(labels=LOCAL_LABELS)
-            local["seed"].visible = False  # each sample has its own seed (above)
+            settings = sampling_inputs(labels=LOCAL_LABELS)
+            settings["seed"].visible = False  # each sample has its own seed (above)
             with gr.Group():
                 compare = gr.Checkbox(False, label="Second row: the same seeds under another temperature and top-p")
                 temperature_b = setting_input(SETTING["temperature"], value=1.2, label="Temperature (row B)")
                 top_p_b = setting_input(SETTING["top_p"], value=1.0, label="Top-p (row B)")
     view = gr.HTML(samples_html(None), css_template=SAMPLES_CSS, js_on_load=SAMPLES_JS, elem_id="samples")
     data = gr.JSON(visible=False, label="samples")
+    return SamplesLayout(prompt, n, first_seed, max_new_tokens, generate, stop, preset, settings, compare,
+                         temperature_b, top_p_b, view, data)
 
-    inputs = [prompt, n, first_seed, max_new_tokens, *[local[k] for k in SAMPLE_SETTINGS], compare, temperature_b,
-              top_p_b]
-    run = with_parameters(h.generate, API_PARAMETERS)
-    go_btn.click(run, inputs, [view, data], api_name="samples", **ctx.samples_queue)
-    stop_btn.click(h.stop, None, None, **PRIVATE, **ctx.stop_queue)  # the samples end themselves, text kept
-    preset.input(preset_values, preset, [local[k] for k in PRESET_TARGETS], **PRIVATE)
-    return SamplesTab(view, data, h)
+
+class SamplesTab(NamedTuple):
+    view: gr.HTML
+    data: gr.JSON  # the last samples' data (what a re-run reads)
+    handlers: SamplesHandlers
+
+
+def wire(ui: SamplesLayout, h: SamplesHandlers, ctx: AppContext) -> SamplesTab:
+    ui.generate.click(with_parameters(h.generate, API_PARAMETERS), ui.inputs, [ui.view, ui.data], api_name="samples",
+                      **ctx.samples_queue)
+    ui.stop.click(h.stop, None, None, **PRIVATE, **ctx.stop_queue)  # the samples end themselves, text kept
+    ui.preset.input(preset_values, ui.preset, [ui.settings[k] for k in PRESET_TARGETS], **PRIVATE)
+    return SamplesTab(ui.view, ui.data, h)
+
+
+def build(tab: gr.Tab, ctx: AppContext) -> SamplesTab:
+    """The Samples tab, built inside ``tab``."""
+    return wire(layout(), SamplesHandlers(ctx.manager, ctx.settings.zero_gpu, ctx.stops), ctx)

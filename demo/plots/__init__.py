@@ -1,0 +1,1 @@
+"""Figures and the token views' HTML from the analysis' plain data. No Gradio."""
