@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from demo.core.errors import ValidationError
 
@@ -167,7 +168,7 @@ class Setting:
     label: str
     help: str
     kind: str  # 'float', 'int', 'bool' or 'seed'
-    default: object
+    default: Any
     lo: float = 0.0  # the range the server accepts (the API may send anything)
     hi: float = 0.0
     lo_open: bool = False

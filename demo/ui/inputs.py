@@ -29,6 +29,7 @@ class CheckedSlider(gr.Slider):
     is_template = True  # rendered by the frontend as a plain slider
 
     def __init__(self, setting: Setting, *, value=None, label: str | None = None, **kwargs):
+        assert setting.slider is not None, f"{setting.name} has no slider range"
         lo, hi, step = setting.slider
         kwargs = {"minimum": lo, "maximum": hi, "step": step, "info": setting.help, **kwargs}
         super().__init__(value=setting.default if value is None else value, label=label or setting.label, **kwargs)
