@@ -45,14 +45,6 @@ SOURCE_TEXT = (
     "voyages to the south where the stars are strange and the nights are warm. ")
 
 
-class FakeManager:
-    def __init__(self, loaded):
-        self.current = loaded
-
-    def require(self):
-        return self.current
-
-
 def gpt2_small_random(device: str) -> LoadedModel:
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -91,9 +83,8 @@ def switch_ms(handlers, result, view: str, pairs: list[tuple[int, int]]) -> floa
     times = []
     for layer, head in pairs:
         t0 = time.perf_counter()
-        fig, note, notice, strip_update = handlers.switch(result.text, result.text, view, layer, head, "mean-heads",
-                                                          None, "layer")
-        plot.postprocess(fig)
+        shown = handlers.switch(result.text, result.text, view, layer, head, "mean-heads", None, "layer")
+        plot.postprocess(shown.plot)
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
@@ -111,6 +102,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     from demo.core.cache import ModelCache
+    from demo.runtime.pool import ModelManager
     from demo.ui.tabs.attention import AttentionHandlers
 
     rows = []
@@ -119,7 +111,9 @@ def main(argv=None):
                   if name == "bundled" else gpt2_small_random(args.device))
         cfg = loaded.model.config
         cache = ModelCache()
-        handlers = AttentionHandlers(FakeManager(loaded), cache)
+        manager = ModelManager([loaded.spec], device=args.device)
+        manager.add(loaded)  # the model every session uses, without loading it again
+        handlers = AttentionHandlers(manager, cache)
         for n in args.lengths:
             text = text_of(loaded.tokenizer, n)
             A.compute_attention(loaded, text)  # warm-up
@@ -137,7 +131,7 @@ def main(argv=None):
                        misses=cache.misses)
             rows.append(row)
             print(f"  {name} {row['tokens']} tokens done", file=sys.stderr, flush=True)
-        del loaded, handlers
+        del loaded, handlers, manager
         cache.clear()
 
     print(f"\nAttention tab benchmark — device {args.device}, torch threads {torch.get_num_threads()}, "

@@ -1,4 +1,4 @@
-"""Next-token tab timings: refreshing the bars after a slider change, and one step of step-through.
+"""Next-token tab timings: refreshing the bars after a slider change, and appending one token with the tab's buttons.
 
     python benchmarks/bench_next_token.py                       # bundled model, CPU, fp32
     python benchmarks/bench_next_token.py --model gpt2 --precision int8 --repeats 30
@@ -6,7 +6,7 @@
 
 Server time is the handler the page calls (validation, the distribution, the plotly figure and the
 text), timed in-process. A slider change finds the raw logits in the cache and must not run the model:
-the script counts the model's forward calls to prove it. A step appends one token, so its text is new
+the script counts the model's forward calls to prove it. Appending a token makes a new text,
 and the model runs once (a full forward over the window, no KV cache: the view also needs the model's
 state only at the last position). "cold" is a text the cache has never seen. Figures are medians (and
 90th percentiles) over --repeats runs, for a short prompt and for a text that fills the context window.
@@ -67,7 +67,7 @@ def long_text(loaded, n_tokens: int) -> str:
     return loaded.tokenizer.decode(ids)
 
 
-def bench_text(h, loaded, text: str, repeats: int, steps: int) -> dict:
+def bench_text(h, loaded, text: str, repeats: int, appends: int) -> dict:
     from demo.analysis import next_token as nt
     from demo.core.validation import encode_text
 
@@ -105,17 +105,17 @@ def bench_text(h, loaded, text: str, repeats: int, steps: int) -> dict:
             bars50.append(time.perf_counter() - t)
         out["slider_refresh_50_bars"] = ms(bars50)
 
-        # step-through: each step appends a token (a new text: one forward) and redraws the view
+        # the buttons: each appends a token (a new text: one forward) and redraws the view
         for mode, settings in (("most likely", SLIDER_MOVES[0]), ("sampled", SLIDER_MOVES[0][:-1] + [42])):
             cur, st, times = text, state, []
             before = len(calls)
-            for _ in range(steps):
+            for _ in range(appends):
                 t = time.perf_counter()
-                res = h.step(mode, cur, st, 20, "", None, *settings)
+                res = h.append(mode, cur, st, 20, "", None, *settings)
                 times.append(time.perf_counter() - t)
                 cur, st = res[0], res[1]
-            out[f"step_{mode.replace(' ', '_')}"] = ms(times)
-            out[f"model_forwards_per_{mode.replace(' ', '_')}_step"] = (len(calls) - before) / steps
+            out[f"append_{mode.replace(' ', '_')}"] = ms(times)
+            out[f"model_forwards_per_{mode.replace(' ', '_')}_append"] = (len(calls) - before) / appends
         # the model alone, for comparison
         window, _ = nt.model_window(loaded, list(encode_text(loaded.tokenizer, text).ids))
         fwd = []
@@ -162,7 +162,7 @@ def main(argv=None):
     p.add_argument("--model", default=None, help="catalogue name (default: the bundled model)")
     p.add_argument("--precision", default="auto")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--steps", type=int, default=20, help="step-through steps per mode")
+    p.add_argument("--appends", type=int, default=20, help="tokens appended per button (most likely, sampled)")
     p.add_argument("--no-client", action="store_true", help="skip the gradio_client round trip")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
@@ -179,9 +179,9 @@ def main(argv=None):
     print(f"model {info['name']} · {info['device']} · {info['precision']} · {info['parameters'] / 1e6:.1f} M params · "
           f"context {info['context_length']} · torch threads {torch.get_num_threads()}")
     h = NextTokenHandlers(manager, demo.cache)
-    results = {"model": info, "short": bench_text(h, loaded, SHORT, args.repeats, args.steps)}
-    full = long_text(loaded, loaded.context_length - args.steps - 2)
-    results["full_context"] = bench_text(h, loaded, full, max(5, args.repeats // 2), args.steps)
+    results = {"model": info, "short": bench_text(h, loaded, SHORT, args.repeats, args.appends)}
+    full = long_text(loaded, loaded.context_length - args.appends - 2)
+    results["full_context"] = bench_text(h, loaded, full, max(5, args.repeats // 2), args.appends)
     if not args.no_client:
         results["client"] = bench_client(demo, SHORT, args.repeats)
 

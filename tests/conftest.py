@@ -22,8 +22,9 @@ BUNDLED = REPO / "models" / "gutenberg-gpt"
 #   app      a running app (in this process or its own) reached through its HTTP API
 #   browser  the app in a real browser (Debian chromium + Playwright)
 #   train    the training CLI end to end
+#   scripts  the benchmark scripts, run as programs with their smallest arguments
 # `pytest -m unit` is the quick inner loop; `slow` marks the few long tests of any tier.
-TIERS = {"unit": 120, "app": 300, "browser": 300, "train": 600}
+TIERS = {"unit": 120, "app": 300, "browser": 300, "train": 600, "scripts": 300}
 APP_FIXTURES = {"live_app", "client", "class_app", "small_app", "tiny_queue_app", "app_url", "endpoints"}
 
 
@@ -33,6 +34,8 @@ def tier_of(item) -> str:
         return "browser"
     if name == "test_train.py":
         return "train"
+    if name == "test_benchmarks.py":
+        return "scripts"
     return "app" if APP_FIXTURES & set(getattr(item, "fixturenames", ())) else "unit"
 
 

@@ -107,7 +107,7 @@ def test_closing_the_stream_stops_the_generation_thread(bundled_loaded):
         stream = stream_generate(bundled_loaded, validate_request("The old man", 500, PRESETS["Balanced"]))
         first = next(stream)
         assert gate.wait_held() and live_generation_threads() and not first.done
-        stream.close()  # a Stop, a closed tab: the row is cancelled while the model is mid-step
+        stream.close()  # a Stop, a closed tab: the row is cancelled while the model is mid-pass
         assert bundled_loaded.scheduler.live == 0
         gate.release()
         assert wait_until(lambda: not live_generation_threads()), "the generation thread never ended"

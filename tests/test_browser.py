@@ -245,7 +245,7 @@ def test_attention_tab_draws_heatmaps(page, live_app):
     assert page.console.errors == []
 
 
-def test_next_token_tab_draws_bars_and_steps_the_text(page, live_app):
+def test_next_token_tab_draws_bars_and_appends_tokens(page, live_app):
     need_plot(live_app, "Next token")
     open_tab(page, "Next token")
     bars = wait_for_plot_with_data(page, "[role=tabpanel]")

@@ -124,7 +124,7 @@ def test_the_probabilities_a_row_records_are_those_it_has_alone(bundled_loaded):
             assert [i for i, _ in x.alternatives] == [i for i, _ in y.alternatives]
 
 
-def test_rows_join_and_leave_between_steps_without_disturbing_the_others(bundled_loaded):
+def test_rows_join_and_leave_between_passes_without_disturbing_the_others(bundled_loaded):
     reqs = requests(40)
     alone = [[c.token_id for c in generate_alone(bundled_loaded, r)] for r in reqs[:3]]
     scheduler = BatchScheduler(bundled_loaded)
@@ -145,7 +145,7 @@ def test_rows_join_and_leave_between_steps_without_disturbing_the_others(bundled
     assert [out[i] for i in range(3)] == alone
 
 
-def test_a_stop_takes_the_row_out_at_the_next_step_and_the_others_go_on(bundled_loaded):
+def test_a_stop_takes_the_row_out_at_the_next_pass_and_the_others_go_on(bundled_loaded):
     scheduler = BatchScheduler(bundled_loaded)
     ids, _ = prepare_prompt(bundled_loaded, "The old man", 400)
     params = validate_sampling(seed=3)
@@ -155,11 +155,11 @@ def test_a_stop_takes_the_row_out_at_the_next_step_and_the_others_go_on(bundled_
         pass
     chosen_at_cancel = len(stop.chosen)
     stop.cancel()
-    steps_at_cancel = scheduler.steps
+    passes_at_cancel = scheduler.passes
     assert len(drain(keep)) == 300
-    # at most the step under way when the Stop came gives the stopped row a token, however slow the machine
+    # at most the pass under way when the Stop came gives the stopped row a token, however slow the machine
     assert len(stop.chosen) - chosen_at_cancel <= 1, f"{len(stop.chosen) - chosen_at_cancel} tokens after the Stop"
-    assert scheduler.steps > steps_at_cancel
+    assert scheduler.passes > passes_at_cancel
     assert wait_until(lambda: not scheduler.active), "the decode loop never ended"
     assert not [t for t in live_generation_threads() if "generate" in t.name and scheduler._thread is t]
 

@@ -84,7 +84,7 @@ def test_after_distribution_is_what_generate_samples_from(tiny_loaded, cache, pa
     assert dist.survivors == int(torch.isfinite(scores).sum())
     if params.do_sample and (params.top_k or params.top_p < 1 or params.min_p):
         assert dist.survivors < dist.vocab_size  # the filters did cut something
-    assert dist.steps[-1].survivors == dist.survivors if dist.steps else dist.survivors == dist.vocab_size
+    assert dist.filters[-1].survivors == dist.survivors if dist.filters else dist.survivors == dist.vocab_size
 
 
 def test_generation_records_the_same_probabilities(tiny_loaded, cache):
@@ -117,7 +117,7 @@ def test_entropy_survivors_ranks_and_rows(tiny_loaded, cache):
     assert rows[0]["id"] == int(dist.raw_probs.argmax()) == data["most_likely"]["id"]
     assert all(r["token"] and isinstance(r["text"], str) for r in rows)
     assert data["survivors"] == 10 and data["vocab_size"] == dist.vocab_size
-    assert [s["name"] for s in data["steps"]] == ["temperature", "top-k"]
+    assert [s["name"] for s in data["filters"]] == ["temperature", "top-k"]
     assert "Top-k 10" in format_note(data, 3) and "10 most likely" in format_note(data, 3)
 
 
@@ -199,7 +199,7 @@ def test_greedy_step_through_reproduces_greedy_generation(tiny_loaded, cache):
     generated = [c.token_id for c in final.chosen]
     ids = prompt_ids(tiny_loaded)
     for _ in range(12):
-        ids.append(nt.next_step(tiny_loaded, ids, params, "most likely", cache=cache).token_id)
+        ids.append(nt.append_token(tiny_loaded, ids, params, "most likely", cache=cache).token_id)
     assert ids[len(ids) - 12:] == generated
     assert PROMPT + final.text == tiny_loaded.decode(ids)
 
@@ -207,17 +207,17 @@ def test_greedy_step_through_reproduces_greedy_generation(tiny_loaded, cache):
 def test_sampled_step_is_reproducible(tiny_loaded, cache):
     params = validate_sampling(temperature=1.5, top_p=1.0, repetition_penalty=1.0, seed=1234)
     ids = prompt_ids(tiny_loaded)
-    a = nt.next_step(tiny_loaded, ids, params, "sampled", cache=cache)
-    b = nt.next_step(tiny_loaded, ids, params, "sampled", cache=ModelCache())
-    assert (a.token_id, a.seed, a.step) == (b.token_id, 1234, len(ids))
+    a = nt.append_token(tiny_loaded, ids, params, "sampled", cache=cache)
+    b = nt.append_token(tiny_loaded, ids, params, "sampled", cache=ModelCache())
+    assert (a.token_id, a.seed, a.position) == (b.token_id, 1234, len(ids))
     dist = nt.distribution(tiny_loaded, ids, params, cache)
     assert a.prob == pytest.approx(float(dist.probs[a.token_id])) and a.prob > 0
-    draws = {nt.next_step(tiny_loaded, ids, validate_sampling(temperature=1.5, top_p=1.0, seed=s), "sampled",
+    draws = {nt.append_token(tiny_loaded, ids, validate_sampling(temperature=1.5, top_p=1.0, seed=s), "sampled",
                           cache=cache).token_id for s in range(12)}
     assert len(draws) > 1  # different seeds, different draws (a near-uniform random model)
-    random_seed = nt.next_step(tiny_loaded, ids, validate_sampling(seed=-1), "sampled", cache=cache)
+    random_seed = nt.append_token(tiny_loaded, ids, validate_sampling(seed=-1), "sampled", cache=cache)
     assert random_seed.seed is not None  # reported, so the step can be repeated
-    greedy = nt.next_step(tiny_loaded, ids, PRESETS["Greedy"], "sampled", cache=cache)
+    greedy = nt.append_token(tiny_loaded, ids, PRESETS["Greedy"], "sampled", cache=cache)
     assert greedy.mode == "most likely" and greedy.token_id == int(dist.raw_probs.argmax())
 
 
@@ -226,17 +226,17 @@ def test_step_through_handlers_and_undo(manager, tiny_loaded, cache):
     balanced = as_list(PRESETS["Balanced"])
     out = h.refresh(PROMPT, None, 10, "", *balanced)
     state = out[1]
-    out = h.step("most likely", PROMPT, state, 10, "", None, *balanced)
+    out = h.append("most likely", PROMPT, state, 10, "", None, *balanced)
     text1, state1 = out[0], out[1]
     assert text1.startswith(PROMPT) and len(state1["ids"]) == len(state["ids"]) + 1
     assert "Appended the most likely token" in out[-1]
     chosen = out[6]  # the choose dropdown holds the new rows
     some_id = chosen.choices[3][1]
-    out = h.step("chosen", text1, state1, 10, "", some_id, *balanced)
+    out = h.append("chosen", text1, state1, 10, "", some_id, *balanced)
     assert out[1]["ids"][-1] == some_id
     sampled = as_list(validate_sampling(seed=99))
-    s1 = h.step("sampled", out[0], out[1], 10, "", None, *sampled)
-    s2 = h.step("sampled", out[0], out[1], 10, "", None, *sampled)
+    s1 = h.append("sampled", out[0], out[1], 10, "", None, *sampled)
+    s2 = h.append("sampled", out[0], out[1], 10, "", None, *sampled)
     assert s1[0] == s2[0] and "seed 99" in s1[-1]
     back = h.undo(s1[0], s1[1], 10, "", *balanced)
     assert back[0] == out[0] and back[1]["ids"] == out[1]["ids"]
@@ -246,7 +246,7 @@ def test_step_through_handlers_and_undo(manager, tiny_loaded, cache):
     with pytest.raises(gr.Error, match="nothing to undo"):
         h.undo(back[0], back[1], 10, "", *balanced)
     with pytest.raises(gr.Error, match="choose a token"):
-        h.step("chosen", PROMPT, None, 10, "", None, *balanced)
+        h.append("chosen", PROMPT, None, 10, "", None, *balanced)
 
 
 def test_steps_join_characters_split_over_byte_tokens(manager, tiny_loaded, cache):
@@ -255,7 +255,7 @@ def test_steps_join_characters_split_over_byte_tokens(manager, tiny_loaded, cach
     assert len(emoji_ids) > 1
     text, state = PROMPT, None
     for t in emoji_ids:
-        out = h.step("chosen", text, state, 5, "", t, *as_list(PRESETS["Balanced"]))
+        out = h.append("chosen", text, state, 5, "", t, *as_list(PRESETS["Balanced"]))
         text, state = out[0], out[1]
     assert text == PROMPT + " 😀" and state["ids"][-len(emoji_ids):] == emoji_ids
     assert appended_text(tiny_loaded, "x", [0], 5).startswith("x")
@@ -297,11 +297,11 @@ def test_bad_step_inputs(manager, cache):
     h = NextTokenHandlers(manager, cache)
     balanced = as_list(PRESETS["Balanced"])
     with pytest.raises(gr.Error, match="token id"):
-        h.step("chosen", PROMPT, None, 10, "", 10**9, *balanced)
+        h.append("chosen", PROMPT, None, 10, "", 10**9, *balanced)
     with pytest.raises(gr.Error, match="token id"):
-        h.step("chosen", PROMPT, None, 10, "", "abc", *balanced)
-    with pytest.raises(gr.Error, match="step must be one of"):
-        h.step("telepathy", PROMPT, None, 10, "", None, *balanced)
+        h.append("chosen", PROMPT, None, 10, "", "abc", *balanced)
+    with pytest.raises(gr.Error, match="append mode must be one of"):
+        h.append("telepathy", PROMPT, None, 10, "", None, *balanced)
 
 
 def test_no_model_loaded_is_a_clear_error(tiny_spec):
@@ -492,9 +492,9 @@ def test_builders_follow_the_ui_contract(manager):
 def test_undo_across_a_hand_edit(manager, tiny_loaded, cache):
     h = NextTokenHandlers(manager, cache)
     balanced = as_list(PRESETS["Balanced"])
-    a = h.step("most likely", PROMPT, None, 5, "", None, *balanced)
+    a = h.append("most likely", PROMPT, None, 5, "", None, *balanced)
     edited = a[0] + " and then"
-    b = h.step("most likely", edited, a[1], 5, "", None, *balanced)  # the hand edit re-tokenizes
+    b = h.append("most likely", edited, a[1], 5, "", None, *balanced)  # the hand edit re-tokenizes
     back = h.undo(b[0], b[1], 5, "", *balanced)
     assert back[0] == edited and back[1]["ids"] == prompt_ids(tiny_loaded, edited)
     back = h.undo(back[0], back[1], 5, "", *balanced)

@@ -1,5 +1,5 @@
 """Next-token analysis: the full-vocabulary distribution before and after the sampling settings,
-one-token steps and the logit lens. Plain data, no Gradio; every argument is already valid.
+appending one token at a time and the logit lens. Plain data, no Gradio; every argument is already valid.
 
 The "after" distribution is computed by the very processors generation uses
 (:func:`demo.core.sampling.build_processors`, applied in list order like ``LogitsProcessorList``), so the
@@ -79,10 +79,10 @@ class TokenRow:
 
 
 @dataclass
-class FilterStep:
+class FilterEffect:
     name: str  # 'repetition penalty', 'temperature', 'top-k', …
     value: float
-    survivors: int  # tokens with a non-zero probability after this step
+    survivors: int  # tokens with a non-zero probability after this filter
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Distribution:
     dropped: int  # tokens cut from the start of the text to fit the context window
     raw_probs: torch.Tensor  # (vocab,)
     probs: torch.Tensor  # (vocab,) after the settings
-    steps: list[FilterStep] = field(default_factory=list)
+    filters: list[FilterEffect] = field(default_factory=list)
     _raw_rank: torch.Tensor | None = None
     _after_rank: torch.Tensor | None = None
     _kept: torch.Tensor | None = None
@@ -169,7 +169,7 @@ class Distribution:
             "entropy_before_bits": round(self.entropy_before, 4),
             "entropy_after_bits": round(self.entropy_after, 4),
             "most_likely": self.row(loaded, g).as_dict(),
-            "steps": [asdict(s) for s in self.steps],
+            "filters": [asdict(f) for f in self.filters],
             "rows": [r.as_dict() for r in self.rows(loaded, n)],
         }
 
@@ -182,7 +182,7 @@ def ranks_of(values: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-STEP_NAMES = {
+FILTER_NAMES = {
     "RepetitionPenaltyLogitsProcessor": ("repetition penalty", "penalty"),
     "NoRepeatNGramLogitsProcessor": ("no-repeat n-gram", "ngram_size"),
     "TemperatureLogitsWarper": ("temperature", "temperature"),
@@ -193,19 +193,19 @@ STEP_NAMES = {
 
 
 def apply_settings(params: SamplingParams, window_ids: list[int], logits: torch.Tensor
-                   ) -> tuple[torch.Tensor, list[FilterStep]]:
+                   ) -> tuple[torch.Tensor, list[FilterEffect]]:
     """Processed scores (1, vocab) and the survivors after each processor: the processors from
     ``build_processors(params)``, called one by one in list order exactly as ``LogitsProcessorList``
     (and so ``generate``) calls them."""
     input_ids = torch.tensor([window_ids], dtype=torch.long, device=logits.device)
     scores = logits.reshape(1, -1).clone()
-    steps = []
+    effects = []
     for proc in build_processors(params):
         scores = proc(input_ids, scores)
-        name, attr = STEP_NAMES.get(type(proc).__name__, (type(proc).__name__, None))
+        name, attr = FILTER_NAMES.get(type(proc).__name__, (type(proc).__name__, None))
         value = float(getattr(proc, attr)) if attr and getattr(proc, attr, None) is not None else float("nan")
-        steps.append(FilterStep(name, value, int(torch.isfinite(scores).sum())))
-    return scores, steps
+        effects.append(FilterEffect(name, value, int(torch.isfinite(scores).sum())))
+    return scores, effects
 
 
 def distribution(loaded: LoadedModel, ids: list[int], params: SamplingParams, cache: ModelCache | None = None,
@@ -214,10 +214,10 @@ def distribution(loaded: LoadedModel, ids: list[int], params: SamplingParams, ca
     ``params``. Reruns the model only for ids ``cache`` has not seen."""
     window, dropped = model_window(loaded, ids)
     logits = last_logits(loaded, window, cache, forward)
-    scores, steps = apply_settings(params, window, logits)
+    scores, effects = apply_settings(params, window, logits)
     raw = torch.softmax(logits.double(), dim=-1).float()
     after = torch.softmax(scores[0].float(), dim=-1)
-    return Distribution(loaded.name, params, window, dropped, raw, after, steps)
+    return Distribution(loaded.name, params, window, dropped, raw, after, effects)
 
 
 def lookup(loaded: LoadedModel, dist: Distribution, query: str) -> list[dict]:
@@ -238,50 +238,50 @@ def lookup(loaded: LoadedModel, dist: Distribution, query: str) -> list[dict]:
     return out
 
 
-# ----------------------------------------------------------------------------- one step at a time
+# ----------------------------------------------------------------------------- one token at a time
 
 
-def step_seed(seed: int, step: int) -> int:
-    """A 63-bit generator seed derived from (seed, step): the same text and seed give the same draw,
+def draw_seed(seed: int, position: int) -> int:
+    """A 63-bit generator seed derived from (seed, position): the same text and seed give the same draw,
     whatever was clicked before."""
-    digest = hashlib.sha256(f"gpt-explorer:{int(seed)}:{int(step)}".encode()).digest()
+    digest = hashlib.sha256(f"gpt-explorer:{int(seed)}:{int(position)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @dataclass
-class Step:
+class Appended:
     token_id: int
     prob: float  # its probability in the distribution it was drawn from (after the settings)
     raw_prob: float
     mode: str  # 'most likely', 'sampled', 'chosen'
     seed: int | None = None
-    step: int | None = None  # position of the new token in the text (0-based), mixed into the seed
+    position: int | None = None  # position of the new token in the text (0-based), mixed into the seed
 
 
-STEP_MODES = ("most likely", "sampled", "chosen")
+APPEND_MODES = ("most likely", "sampled", "chosen")
 
 
-def next_step(loaded: LoadedModel, ids: list[int], params: SamplingParams, mode: str, token_id: int | None = None,
-              cache: ModelCache | None = None, forward: Forward = forward_last_logits) -> Step:
+def append_token(loaded: LoadedModel, ids: list[int], params: SamplingParams, mode: str, token_id: int | None = None,
+              cache: ModelCache | None = None, forward: Forward = forward_last_logits) -> Appended:
     """The next token: 'most likely' (argmax after the settings, as greedy generation picks it),
-    'sampled' (a draw from the after-settings distribution with a generator seeded from (seed, step);
+    'sampled' (a draw from the after-settings distribution with a generator seeded from (seed, position);
     with sampling off in the settings this is the most likely token too), or 'chosen' (a valid
     token_id)."""
     dist = distribution(loaded, ids, params, cache, forward)
     probs = dist.probs.reshape(1, -1)
     if mode == "most likely" or (mode == "sampled" and not params.do_sample):
         choice = int(probs.argmax(dim=-1))
-        return Step(choice, float(probs[0, choice]), float(dist.raw_probs[choice]), "most likely")
+        return Appended(choice, float(probs[0, choice]), float(dist.raw_probs[choice]), "most likely")
     if mode == "sampled":
         seed = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
         gen = torch.Generator(device="cpu")
-        gen.manual_seed(step_seed(seed, len(ids)))
+        gen.manual_seed(draw_seed(seed, len(ids)))
         choice = int(torch.multinomial(probs, 1, generator=gen))
-        return Step(choice, float(probs[0, choice]), float(dist.raw_probs[choice]), "sampled", seed, len(ids))
+        return Appended(choice, float(probs[0, choice]), float(dist.raw_probs[choice]), "sampled", seed, len(ids))
     if mode == "chosen" and token_id is not None:
         t = int(token_id)
-        return Step(t, float(probs[0, t]), float(dist.raw_probs[t]), "chosen")
-    raise ValueError(f"unknown step mode {mode!r} (or 'chosen' without a token)")
+        return Appended(t, float(probs[0, t]), float(dist.raw_probs[t]), "chosen")
+    raise ValueError(f"unknown append mode {mode!r} (or 'chosen' without a token)")
 
 
 # ----------------------------------------------------------------------------- logit lens

@@ -308,11 +308,11 @@ def format_summary(data: dict, context_length: int) -> str:
 def format_note(data: dict, repeated_tokens: int) -> str:
     """What each setting did to the bars, in plain language and with this text's numbers."""
     s = data["settings"]
-    steps = data["steps"]
+    filters = data["filters"]
     out = []
     before = data["vocab_size"]
-    for st in steps:
-        name, v, left = st["name"], st["value"], st["survivors"]
+    for f in filters:
+        name, v, left = f["name"], f["value"], f["survivors"]
         if name == "repetition penalty":
             out.append(f"**Repetition penalty ×{v:g}:** the {repeated_tokens} different tokens already in the text "
                        f"were made {'less' if v > 1 else 'more'} likely (their dark bar is "
@@ -352,7 +352,7 @@ def format_note(data: dict, repeated_tokens: int) -> str:
             out.append("Off: " + ", ".join(off) + ".")
         out.append(f"Then the sampler draws one of the **{data['survivors']:,}** remaining tokens, each with the "
                    "probability of its dark bar; the same seed repeats the same draw.")
-    if not steps and data["greedy"]:
+    if not filters and data["greedy"]:
         out.append("No penalty is set: the dark bars equal the light ones.")
     return "\n\n".join("• " + line for line in out)
 

@@ -5,7 +5,7 @@ requests that arrived (their prompts read together in one left-padded forward pa
 the batch), run
 **one batched forward pass** for the next token of every active row, choose each row's token, hand it
 to that request's stream, and drop the rows that finished or were cancelled. A Stop therefore takes
-effect at the next step, and a new visitor waits at most one step before the prompt is read.
+effect at the next forward pass, and a new visitor waits at most one pass before the prompt is read.
 
 Each request keeps its own state in its own object (:class:`_Request`): its sampling settings as
 transformers' logits processors (:func:`demo.core.sampling.build_processors`), its seeded
@@ -104,7 +104,7 @@ class Ticket:
         self._request, self._scheduler = request, scheduler
 
     def cancel(self) -> None:
-        """Stop this generation (the loop drops its row before the next step)."""
+        """Stop this generation (the loop drops its row before the next forward pass)."""
         self._request.cancelled.set()
 
     def ready(self) -> list[Event]:
@@ -195,8 +195,8 @@ class BatchScheduler:
         self._pending: list[_Request] = []
         self._thread: threading.Thread | None = None
         self._running: list[_Request] = []  # the batch's requests (for cancel_all)
-        self.steps = 0  # batched decode steps run (for tests and benchmarks)
-        self.max_batch = 0  # the most rows one step has decoded
+        self.passes = 0  # batched forward passes run (for tests and benchmarks)
+        self.max_batch = 0  # the most rows one forward pass has decoded
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int) -> Ticket:
         """Queue a generation (``params`` with its seed resolved when sampling); ids already fit the
@@ -258,7 +258,7 @@ class BatchScheduler:
                     self._drop(batch)
                     self._running = list(batch.requests)
                     if batch:
-                        self._step(batch)
+                        self._decode(batch)
             except Exception as exc:  # a failed forward ends every generation in the batch with the reason
                 log.exception("batched generation failed")
                 for request in batch.requests + admitted:
@@ -287,7 +287,7 @@ class BatchScheduler:
                 cache.batch_select_indices(torch.tensor(keep, device=device))
             batch.add([requests[i] for i in keep], cache, mask[keep])
 
-    def _step(self, batch: _Batch) -> None:
+    def _decode(self, batch: _Batch) -> None:
         """One batched forward: every row's last token in, every row's next token out."""
         requests = batch.requests
         device = batch.mask.device
@@ -297,7 +297,7 @@ class BatchScheduler:
         out = self.loaded.model(input_ids=last, attention_mask=batch.mask, position_ids=positions,
                                 past_key_values=batch.cache, use_cache=True)
         batch.cache = out.past_key_values
-        self.steps += 1
+        self.passes += 1
         self.max_batch = max(self.max_batch, len(requests))
         batch.keep(self._choose(requests, out.logits[:, -1, :]))
 

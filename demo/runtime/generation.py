@@ -2,7 +2,7 @@
 
 Each generation is a request to its model's batched decode loop (:mod:`demo.runtime.batching`), which runs
 every visitor's generation together; closing the :func:`stream_generate` generator (a Stop, a closed
-tab, a cancelled API call) takes its row out of the batch at the next step. The final update
+tab, a cancelled API call) takes its row out of the batch at the next forward pass. The final update
 carries every drawn token with its probability and alternatives; :func:`generation_record` turns
 that into plain data for the probability-coloured view, and :func:`branch_prompt` continues a
 finished generation from another token.
@@ -105,7 +105,7 @@ class _Follower:
         return came
 
     def stop(self) -> None:
-        """End here with the tokens taken in so far (a Stop): the model drops the row at its next step."""
+        """End here with the tokens taken in so far (a Stop): the model drops the row at its next forward pass."""
         if self.end is None:
             self.ticket.cancel()
             self.end = Event(reason="stopped")
@@ -176,7 +176,7 @@ def stream_generate(loaded: LoadedModel, request: GenerationRequest, poll_s: flo
                     stop: Callable[[], bool] | None = None) -> Generator[GenerationUpdate, None, None]:
     """Stream a generation as growing text, decoded in the model's batched decode loop together with
     every other generation on that model (:mod:`demo.runtime.batching`). Close the generator to stop the
-    model: its row leaves the batch at the next step. ``stop`` (see :class:`StopRequests`) ends it
+    model: its row leaves the batch at the next forward pass. ``stop`` (see :class:`StopRequests`) ends it
     the same way, with a last update that keeps what was generated (``stop_reason`` 'stopped')."""
     with contextlib.closing(stream_samples(loaded, [request], poll_s, stop)) as stream:
         for updates in stream:
@@ -187,7 +187,7 @@ def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_
                    stop: Callable[[], bool] | None = None) -> Generator[list[GenerationUpdate], None, None]:
     """Stream several generations at once (each with its own settings and seed, all in the same
     batched decode loop): each update is the list of their updates, in order; the last has every one
-    done. Close the generator, or make ``stop()`` true, to stop them all at the next step (``stop``
+    done. Close the generator, or make ``stop()`` true, to stop them all at the next forward pass (``stop``
     is checked at least every ``poll_s``; the last update then has the unfinished ones 'stopped')."""
     t0 = time.perf_counter()
     followers: list[_Follower] = []
@@ -218,7 +218,7 @@ def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_
         yield [f.update() for f in followers]
     finally:
         for f in followers:
-            f.ticket.cancel()  # also reached on GeneratorExit: a closed stream stops the model at the next step
+            f.ticket.cancel()  # also reached on GeneratorExit: a closed stream stops the model at the next forward pass
 
 
 def generate_alone(loaded: LoadedModel, request: GenerationRequest) -> list[ChosenToken]:

@@ -1,5 +1,5 @@
-"""The Next-token tab: probability bars before and after the sampling settings, step-through
-generation, token look-up, the logit lens, and the /next_token and /logit_lens API.
+"""The Next-token tab: probability bars before and after the sampling settings, buttons that
+append one token at a time, token look-up, the logit lens, and the /next_token and /logit_lens API.
 
 Handlers validate every input, call :mod:`demo.analysis.next_token` and format with
 :mod:`demo.plots.next_token`. The tab has its own set of the sampling sliders, next to the bars, so
@@ -32,7 +32,7 @@ DEFAULT_TEXT = "It was a dark and stormy night, and"
 MAX_BARS = 50
 MAX_HISTORY = 200
 
-INTRO = """At every step a GPT gives **every token of its vocabulary** a probability of coming next.
+INTRO = """Each time a GPT writes a token, it gives **every token of its vocabulary** a probability of coming next.
 The light bars are the model's own probabilities; the dark bars are what is left after the sampling
 settings (temperature, top-k, top-p, min-p, penalties): the sampler draws the next token from the dark
 bars. Struck-through, grey tokens have been filtered out and can no longer be drawn. Drive the model
@@ -44,7 +44,7 @@ final layer norm and output matrix, as if the model stopped there. Bottom row: o
 embeddings; top row: the model's real prediction. Each cell is the most likely next token at that depth,
 darker = more confident; hover for the runners-up. Watch where the final answer first appears."""
 
-LOCAL_LABELS = {"do_sample": "Sample (off = greedy)", "seed": "Seed for sampled steps"}  # unlike the Generate tab's
+LOCAL_LABELS = {"do_sample": "Sample (off = greedy)", "seed": "Seed for sampled tokens"}  # unlike the Generate tab's
 # /next_token's parameters: the text, the sampling settings but the seed (no draw happens), the bars.
 API_SETTINGS = [n for n in NAMES if n != "seed"]
 
@@ -64,7 +64,7 @@ class UndoEntry(TypedDict):
 
 
 class NextTokenState(TypedDict):
-    """What the tab keeps per visitor (a gr.State): the text shown, its exact token ids (a step appends
+    """What the tab keeps per visitor (a gr.State): the text shown, its exact token ids (a button appends
     exactly one token even where the text would re-tokenize differently) and the undo history."""
 
     model: str
@@ -84,7 +84,7 @@ class NextTokenView(NamedTuple):
     table: object
     choose: object
     lookup: object
-    step: object
+    appended: object  # what the last button appended (or a note)
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -104,7 +104,7 @@ def appended_text(loaded: LoadedModel, text: str, ids: list[int], token_id: int)
 
 class NextTokenHandlers:
     """The tab's server functions. ``state`` is a per-session dict: the text shown, its token ids
-    (kept so a step appends exactly one token even when the text would re-tokenize differently) and
+    (kept so a button appends exactly one token even when the text would re-tokenize differently) and
     the undo history."""
 
     def __init__(self, manager: ModelManager, cache: ModelCache | None = None, gpu: Callable = lambda fn, **kw: fn):
@@ -171,7 +171,7 @@ class NextTokenHandlers:
     @user_errors
     def refresh(self, text, state, top_n, query, *settings) -> NextTokenView:
         data, state, found = self.analyse(text, state, top_n, list(settings), query)
-        return NextTokenView(text=gr.skip(), state=state, step=gr.skip(), **self.view(data, found))
+        return NextTokenView(text=gr.skip(), state=state, appended=gr.skip(), **self.view(data, found))
 
     def first_show(self, text, state, top_n, query, *settings) -> NextTokenView:
         """When the tab is opened: draw the bars once (later visits keep what is there)."""
@@ -180,9 +180,9 @@ class NextTokenHandlers:
         return self.refresh(text, state, top_n, query, *settings)
 
     @user_errors
-    def step(self, mode: str, text, state, top_n, query, chosen, *settings) -> NextTokenView:
+    def append(self, mode: str, text, state, top_n, query, chosen, *settings) -> NextTokenView:
         loaded = self.manager.require(current_session())
-        mode = check_choice("step", mode, list(nt.STEP_MODES))
+        mode = check_choice("append mode", mode, list(nt.APPEND_MODES))
         text = check_text("text", text)
         params = _settings(list(settings))
         ids = self._ids(loaded, text, state)
@@ -191,7 +191,7 @@ class NextTokenHandlers:
             if chosen is None or chosen == "":
                 raise ValidationError("choose a token from the list first (or look one up)")
             token_id = check_index("token id", chosen, loaded.vocab_size)
-        s = nt.next_step(loaded, ids, params, mode, token_id, self.cache, self._forward)
+        s = nt.append_token(loaded, ids, params, mode, token_id, self.cache, self._forward)
         new_ids = ids + [s.token_id]
         # an undo entry is the text and how many tokens it had: its ids are a prefix of the new ones
         history = (list(state.get("history", [])) if isinstance(state, dict) else []) + [{"text": text, "n": len(ids)}]
@@ -199,7 +199,7 @@ class NextTokenHandlers:
         new_state = self._state(loaded, new_text, new_ids, None, history)
         label = display_token(loaded.tokenizer, s.token_id)
         how = {"most likely": "the most likely token", "chosen": "your token",
-               "sampled": f"a sampled token (seed {s.seed}, step {s.step})"}[s.mode]
+               "sampled": f"a sampled token (seed {s.seed}, position {s.position})"}[s.mode]
         msg = (f"Appended {how}: {code_label(label)} — it had {plots.fmt_prob(s.raw_prob)} for the model and "
                f"{plots.fmt_prob(s.prob)} after the settings.")
         if mode == "sampled" and s.mode == "most likely":
@@ -207,16 +207,16 @@ class NextTokenHandlers:
         if s.prob == 0:
             msg += " The settings had filtered it out: the sampler could never have drawn it."
         data, new_state, found = self.analyse(new_text, new_state, top_n, list(settings), query)
-        return NextTokenView(text=new_text, state=new_state, step=msg, **self.view(data, found))
+        return NextTokenView(text=new_text, state=new_state, appended=msg, **self.view(data, found))
 
-    def step_most_likely(self, text, state, top_n, query, chosen, *settings) -> NextTokenView:
-        return self.step("most likely", text, state, top_n, query, chosen, *settings)
+    def append_most_likely(self, text, state, top_n, query, chosen, *settings) -> NextTokenView:
+        return self.append("most likely", text, state, top_n, query, chosen, *settings)
 
-    def step_sampled(self, text, state, top_n, query, chosen, *settings) -> NextTokenView:
-        return self.step("sampled", text, state, top_n, query, chosen, *settings)
+    def append_sampled(self, text, state, top_n, query, chosen, *settings) -> NextTokenView:
+        return self.append("sampled", text, state, top_n, query, chosen, *settings)
 
-    def step_chosen(self, text, state, top_n, query, chosen, *settings) -> NextTokenView:
-        return self.step("chosen", text, state, top_n, query, chosen, *settings)
+    def append_chosen(self, text, state, top_n, query, chosen, *settings) -> NextTokenView:
+        return self.append("chosen", text, state, top_n, query, chosen, *settings)
 
     @user_errors
     def undo(self, text, state, top_n, query, *settings) -> NextTokenView:
@@ -230,7 +230,7 @@ class NextTokenHandlers:
             ids = list(encode_text(loaded.tokenizer, prev["text"]).ids)  # the text was edited in between
         restored = {"model": loaded.name, "text": prev["text"], "ids": ids, "history": history}
         data, new_state, found = self.analyse(prev["text"], restored, top_n, list(settings), query)
-        return NextTokenView(text=prev["text"], state=new_state, step="Undone: back to the previous text.",
+        return NextTokenView(text=prev["text"], state=new_state, appended="Undone: back to the previous text.",
                              **self.view(data, found))
 
     @user_errors
@@ -303,7 +303,7 @@ class NextTokenLayout(NamedTuple):
     undo: gr.Button
     choose: gr.Dropdown
     append_chosen: gr.Button
-    step: gr.Markdown
+    appended: gr.Markdown
     summary: gr.Markdown
     plot: gr.Plot
     preset: gr.Radio
@@ -349,7 +349,7 @@ def layout() -> NextTokenLayout:
                 choose = gr.Dropdown(choices=[], value=None, label="…or choose any token from the list",
                                      scale=4, allow_custom_value=False)
                 append_chosen = gr.Button("+ Append chosen", scale=1)
-            step = gr.Markdown("")
+            appended = gr.Markdown("")
             summary = gr.Markdown("")
             plot = gr.Plot(plots.empty_figure("Press “Show the next token”"), show_label=False)
         with gr.Column(scale=2):
@@ -376,7 +376,7 @@ def layout() -> NextTokenLayout:
         lens_note = gr.Markdown(LENS_NOTE)
         lens_plot = gr.Plot(show_label=False)
     return NextTokenLayout(text=text, state=state, show=show, most_likely=most_likely, sampled=sampled, undo=undo,
-                           choose=choose, append_chosen=append_chosen, step=step, summary=summary, plot=plot,
+                           choose=choose, append_chosen=append_chosen, appended=appended, summary=summary, plot=plot,
                            preset=preset, settings={n: settings[n] for n in NAMES}, from_generate=from_generate,
                            to_generate=to_generate, top_n=top_n, query=query, look_up=look_up, lookup=lookup,
                            note=note, table=table, lens_positions=lens_positions, lens_run=lens_run,
@@ -422,7 +422,7 @@ class NextTokenPage:
         choose = view.choose
         if any(value == drawn.get("id") for _, value in choose.choices or []):
             choose = gr.Dropdown(choices=choose.choices, value=drawn.get("id"))
-        return self._page(values, view._replace(text=text, step=note, choose=choose))
+        return self._page(values, view._replace(text=text, appended=note, choose=choose))
 
     def restore(self, link, top_n, query, *gen_values):
         """What a link names, if it names this tab: its text under the Generate tab's settings (which the
@@ -452,17 +452,17 @@ def wire(tab: gr.Tab, ui: NextTokenLayout, h: NextTokenHandlers, page: NextToken
     redraw = dict(fn=h.refresh, inputs=ui.view_inputs, outputs=ui.view_outputs, **common)
     for event in (ui.show.click, ui.text.submit, ui.look_up.click, ui.query.submit):
         event(**redraw)
-    for name, comp in ui.settings.items():  # the seed only matters to sampled steps
+    for name, comp in ui.settings.items():  # the seed only matters to sampled tokens
         if name != "seed":
             comp.input(trigger_mode="always_last", **redraw)
     ui.top_n.input(trigger_mode="always_last", **redraw)
     preset_targets = [ui.settings[n] for n in PRESET_TARGETS]
     ui.preset.input(preset_values, ui.preset, preset_targets, **PRIVATE).then(**redraw)
 
-    step_inputs = [ui.text, ui.state, ui.top_n, ui.query, ui.choose, *ui.settings.values()]
-    ui.most_likely.click(h.step_most_likely, step_inputs, ui.view_outputs, **common)
-    ui.sampled.click(h.step_sampled, step_inputs, ui.view_outputs, **common)
-    ui.append_chosen.click(h.step_chosen, step_inputs, ui.view_outputs, **common)
+    append_inputs = [ui.text, ui.state, ui.top_n, ui.query, ui.choose, *ui.settings.values()]
+    ui.most_likely.click(h.append_most_likely, append_inputs, ui.view_outputs, **common)
+    ui.sampled.click(h.append_sampled, append_inputs, ui.view_outputs, **common)
+    ui.append_chosen.click(h.append_chosen, append_inputs, ui.view_outputs, **common)
     ui.undo.click(h.undo, ui.view_inputs, ui.view_outputs, **common)
     ui.lens_run.click(h.lens, [ui.text, ui.state, ui.lens_positions], [ui.lens_plot, ui.lens_note], **common)
 

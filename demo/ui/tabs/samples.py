@@ -111,7 +111,7 @@ class SamplesHandlers:
                     data = results(samples, updates)
                     yield samples_html(data), data
             finally:
-                stream.close()  # Stop, a closed tab: every sample leaves the batch at the next step
+                stream.close()  # Stop, a closed tab: every sample leaves the batch at the next forward pass
 
     @staticmethod
     def rerun_values(data, index) -> dict:

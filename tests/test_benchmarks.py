@@ -1,0 +1,30 @@
+"""The benchmark scripts still run against the code they measure (with the smallest arguments: this
+checks that they work and what they count, not how fast anything is)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(name: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_the_attention_benchmark_runs_and_its_switches_run_no_forward_pass():
+    out = run_script("bench_attention.py", "--models", "bundled", "--lengths", "32", "--repeats", "1",
+                     "--switches", "2", "--threads", "1")
+    assert "| bundled " in out
+    assert "Switches ran no forward pass: True" in out
+
+
+def test_the_next_token_benchmark_runs_and_a_slider_change_runs_no_forward_pass():
+    out = run_script("bench_next_token.py", "--repeats", "2", "--appends", "2", "--no-client")
+    assert out.count("model_forwards_during_slider_refreshes 0") == 2  # the short text and the full window
+    assert out.count("model_forwards_per_most_likely_append 1.0") == 2
