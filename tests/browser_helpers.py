@@ -265,3 +265,38 @@ def scroll_to(page, selector: str, margin: int = 90) -> None:
 def tokens_generated(stats: str) -> int | None:
     m = re.search(r"(\d+) tokens generated", stats)
     return int(m.group(1)) if m else None
+
+
+def heatmap_extremes(page, selector: str) -> dict:
+    """Where the single heatmap inside ``selector`` has its largest and smallest finite value:
+    {'max': (row, col, z), 'min': (row, col, z)}."""
+    return page.evaluate("""s => { const z = document.querySelector(s + ' .js-plotly-plot').calcdata[0][0].z;
+        let hi = null, lo = null;  // calcdata: the values as plotly.js draws them, [row][column]
+        Array.from(z).forEach((row, r) => Array.from(row).forEach((v, c) => { if (typeof v !== 'number' || !isFinite(v)) return;
+            if (!hi || v > hi[2]) hi = [r, c, v]; if (!lo || v < lo[2]) lo = [r, c, v]; }));
+        return {max: hi, min: lo}; }""", selector)
+
+
+def drawn_cell_colour(page, selector: str, row: int, col: int) -> tuple[int, int, int]:
+    """The colour the browser drew for cell (row, col) of the single heatmap inside ``selector``: one
+    pixel of a screenshot, taken between the cell's centre and its edge (clear of any text written on the
+    cell and of the gaps between cells)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    x, y = page.evaluate("""([s, r, c]) => { const gd = document.querySelector(s + ' .js-plotly-plot');
+        gd.scrollIntoView({block: 'center'});
+        const fl = gd._fullLayout, xa = fl.xaxis, ya = fl.yaxis, box = gd.getBoundingClientRect();
+        const w = Math.abs(xa.l2p(c + 1) - xa.l2p(c)), h = Math.abs(ya.l2p(r + 1) - ya.l2p(r));
+        return [box.left + fl._size.l + xa.l2p(c) + 0.3 * w, box.top + fl._size.t + ya.l2p(r) + 0.3 * h]; }""",
+                         [selector, row, col])
+    png = page.screenshot(clip={"x": x, "y": y, "width": 1, "height": 1})
+    with Image.open(BytesIO(png)) as im:
+        return im.convert("RGB").getpixel((0, 0))
+
+
+def luminance(rgb: tuple[int, int, int]) -> float:
+    """Relative brightness, 0 (black) to 1 (white)."""
+    r, g, b = (v / 255 for v in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b

@@ -10,7 +10,10 @@ import re
 
 import pytest
 from browser_helpers import (
+    drawn_cell_colour,
     generate,
+    heatmap_extremes,
+    luminance,
     open_tab,
     screenshot,
     scroll_to,
@@ -203,6 +206,31 @@ def test_the_cost_of_8_bits_compares_the_two_precisions(page, live_app):
     assert page.console.errors == []
 
 
+# ----------------------------------------------------------------------------- colours read the way the notes say
+
+
+def assert_darker_means_more(page, selector: str) -> None:
+    """The heatmap's largest value is drawn darker than its smallest, as every note says ("darker = more")."""
+    ext = heatmap_extremes(page, selector)
+    (hr, hc, hz), (lr, lc, lz) = ext["max"], ext["min"]
+    assert hz - lz > 0.3, f"too little contrast in the data to judge the colours: {ext}"
+    high, low = drawn_cell_colour(page, selector, hr, hc), drawn_cell_colour(page, selector, lr, lc)
+    assert luminance(high) < luminance(low) - 0.3, f"{selector}: {hz:.3f} drawn {high}, {lz:.3f} drawn {low}"
+
+
+def test_heatmaps_draw_high_values_dark_and_low_values_light(page, live_app):
+    open_tab(page, "Attention")
+    wait_for_plot_with_data(page, "#attention-plot")
+    assert_darker_means_more(page, "#attention-plot")
+    open_tab(page, "Next token")
+    page.get_by_text("Logit lens: how the prediction forms through the layers").click()
+    page.get_by_role("button", name="Run the logit lens").click()
+    wait_for_plot_with_data(page, "#lens-plot")
+    assert "darker = more confident" in page.locator("[role=tabpanel]").filter(visible=True).inner_text()
+    assert_darker_means_more(page, "#lens-plot")
+    assert page.console.errors == []
+
+
 # ----------------------------------------------------------------------------- a link that restores the lesson
 
 
@@ -259,6 +287,34 @@ def test_a_copied_link_restores_the_text_settings_and_view_in_a_fresh_browser(pa
         assert other.get_by_label("Seed", exact=True).input_value() == "42"
         assert number_value(other, "Temperature") == 1.3 and number_value(other, "Max new tokens") == 14
         assert generate(other) == text, "the same model, settings and seed give the same text"
+        assert console.errors == []
+    finally:
+        fresh.close()
+
+
+def test_a_link_after_a_random_seed_shows_the_text_and_makes_it_again(page, browser, live_app):
+    """The default seed is random (-1): a link made after the generation carries the seed that was drawn,
+    and the text itself, so a class sees the teacher's text and Generate makes it again."""
+    from browser_helpers import open_app, output_text
+
+    set_prompt(page, PROMPT)
+    set_slider(page, "Max new tokens", 12)
+    set_seed(page, -1)
+    text = generate(page)
+    seed = int(re.search(r"seed (\d+)", stats_text(page)).group(1))
+    link = copy_link(page)
+    assert f"seed={seed}" in link and "output=" in link
+
+    fresh = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        other = fresh.new_page()
+        other.set_default_timeout(60_000)
+        console = open_app(other, link)
+        other.wait_for_function("t => document.querySelector('#output textarea').value === t", arg=text)
+        notice = other.locator("#link-notice").inner_text()
+        assert "the one the link was made from" in notice and f"({seed})" in notice, notice
+        assert other.get_by_label("Seed", exact=True).input_value() == str(seed)
+        assert generate(other) == text == output_text(other), "the link's seed makes the same text again"
         assert console.errors == []
     finally:
         fresh.close()

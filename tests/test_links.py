@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from demo.core.links import MAX_LINK_CHARS, make_link, read_link
+from demo.core.links import MAX_LINK_CHARS, link_request, make_link, read_link, reproducing
 from demo.core.settings import PRECISIONS
 
 MODELS = ["gutenberg-gpt", "gpt2"]
@@ -85,3 +85,37 @@ def test_what_a_link_held_is_shown_as_plain_text_in_the_notice():
     notice = describe({"tab": None, "problems": state.problems})
     assert "](" not in notice.replace("\\](", "").replace("\\]\\(", "") and "\\[Sign in again\\]" in notice
     assert "\\!\\[\\]" in notice
+
+
+RECORD = {"model": "gutenberg-gpt", "precision": "fp32", "prompt": "Once", "text": " upon a time",
+          "settings": {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 0.9, "min_p": 0.0,
+                       "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "seed": 977, "max_new_tokens": 40},
+          "tokens": [{"id": 1}, {"id": 2}, {"id": 3}]}
+
+
+def test_a_link_after_a_generation_carries_its_seed_and_its_text():
+    settings, text = reproducing(RECORD, "gutenberg-gpt", "fp32", "Once")
+    assert settings["seed"] == 977 and text == " upon a time"
+    assert settings["max_new_tokens"] == 3, "a text cut short is made again to the same length"
+    fragment, _ = make_link("gutenberg-gpt", "fp32", "generate", "Once", {"seed": None, **settings}, output=text)
+    state = read(fragment)
+    assert state.problems == [] and state.output == " upon a time" and state.settings["seed"] == 977
+    request = link_request(state, "generate")
+    assert request["output"] and request["seed"] == 977
+    # another prompt, model or precision than the generation's: the page's own settings
+    assert reproducing(RECORD, "gutenberg-gpt", "fp32", "Twice") is None
+    assert reproducing(RECORD, "gpt2", "fp32", "Once") is None
+    assert reproducing(RECORD, "gutenberg-gpt", "int8", "Once") is None
+    assert reproducing(None, "gutenberg-gpt", "fp32", "Once") is None
+    assert reproducing({**RECORD, "tokens": []}, "gutenberg-gpt", "fp32", "Once")[0]["max_new_tokens"] == 40
+
+
+def test_the_notice_says_whether_generate_gives_the_same_text():
+    from demo.ui.share import describe
+
+    made = describe({"tab": "generate", "output": True, "seed": 977, "problems": []})
+    assert "the one the link was made from" in made and "(977)" in made
+    fixed = describe({"tab": "generate", "output": False, "seed": 5, "problems": []})
+    assert "give the same text" in fixed and "(5)" in fixed
+    random = describe({"tab": "generate", "output": False, "seed": None, "problems": []})
+    assert "random" in random and "same text" not in random

@@ -39,12 +39,14 @@ class LinkState:
     prompt: str | None = None
     settings: dict = field(default_factory=dict)  # name -> value, of GENERATION
     text: str | None = None  # the analysis tab's text
+    output: str | None = None  # the generated text the link was made from (shown as text, never run)
     attention: dict = field(default_factory=dict)  # name -> value, of ATTENTION
     problems: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.model or self.tab or self.prompt or self.settings or self.text or self.attention)
+        return not (self.model or self.tab or self.prompt or self.settings or self.text or self.output
+                    or self.attention)
 
 
 
@@ -57,12 +59,33 @@ class LinkRequest(TypedDict):
     attention: dict
     model: str | None
     precision: str | None
+    output: bool  # the link carries the text it was made from
+    seed: int | None  # the seed it sets (None: random, or none given)
     problems: list[str]
 
 
 def link_request(state: LinkState, tab: str | None) -> LinkRequest:
     return LinkRequest(tab=tab, text=state.text, attention=dict(state.attention), model=state.model,
-                       precision=state.precision, problems=list(state.problems))
+                       precision=state.precision, output=state.output is not None,
+                       seed=state.settings.get("seed"), problems=list(state.problems))
+
+
+def reproducing(record, model: str, precision: str, prompt: str) -> tuple[dict, str] | None:
+    """(the settings that make this generation again, its text) when ``record`` (the page's last
+    generation) is a text of this model and precision from this prompt, else None. The settings are
+    the ones it was made with and the seed it was drawn with (not -1, "random"); a text cut short
+    (Stop, the end-of-text token) sets Max new tokens to the tokens it has, so the same link makes the
+    same text and no more."""
+    if not isinstance(record, dict) or record.get("model") != model or record.get("precision") != precision:
+        return None
+    if record.get("prompt") != prompt or not isinstance(record.get("settings"), dict):
+        return None
+    settings = {name: record["settings"][name] for name in GENERATION if name in record["settings"]}
+    n = len(record.get("tokens") or [])
+    if n >= 1 and isinstance(settings.get(MAX_NEW_TOKENS.name), int):
+        settings[MAX_NEW_TOKENS.name] = min(n, settings[MAX_NEW_TOKENS.name])
+    text = record.get("text")
+    return settings, text if isinstance(text, str) else ""
 
 
 def _check_setting(name: str, value: str):
@@ -100,7 +123,7 @@ def read_link(fragment, models: list[str], precisions: list[str]) -> LinkState:
                 state.precision = check_choice("precision", value, precisions, exact=True)
             elif key == "tab":
                 state.tab = check_choice("tab", value, list(TABS), exact=True)
-            elif key in ("prompt", "text"):
+            elif key in ("prompt", "text", "output"):
                 setattr(state, key, check_text(key, value, min(MAX_LINK_TEXT, MAX_TEXT_CHARS)))
             elif key in GENERATION:
                 state.settings[key] = _check_setting(key, value)
@@ -134,12 +157,13 @@ def _fit(text: str, budget: int) -> str:
 
 
 def make_link(model: str, precision: str, tab: str, prompt: str, settings: dict, text: str | None = None,
-              attention: dict | None = None) -> tuple[str, list[str]]:
+              attention: dict | None = None, output: str | None = None) -> tuple[str, list[str]]:
     """(the fragment, without '#', of a link to this state; what had to be shortened). The values are the
-    page's, already valid; the prompt and text are kept whole when the link can hold them, else their
-    ends are kept (a link stays under MAX_LINK_CHARS, or it would not be read back)."""
+    page's, already valid; the prompt, text and generated output are kept whole when the link can hold
+    them, else their ends are kept (a link stays under MAX_LINK_CHARS, or it would not be read back)."""
     values: list[tuple[str, object]] = [("model", model), ("precision", precision), ("tab", tab)]
-    texts = {k: v for k, v in (("prompt", prompt), ("text", text)) if isinstance(v, str) and v.strip()}
+    texts = {k: v for k, v in (("prompt", prompt), ("text", text), ("output", output))
+             if isinstance(v, str) and v.strip()}
     for name in GENERATION:
         value = settings.get(name)
         if name == "seed" and value is None:

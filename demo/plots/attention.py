@@ -32,11 +32,11 @@ from demo.analysis.attention import (
     view_matrix,
 )
 from demo.core.tokens import plot_escape, shorten
-from demo.plots.style import FONT
+from demo.plots.style import FONT, SEQUENTIAL
 
 FULL_CAP = 256  # tokens shown one by one in a big heatmap; more are grouped in blocks
 GRID_CAP = 96  # blocks per side in each small multiple of the all-heads view
-COLORSCALE = "Blues"
+COLORSCALE = SEQUENTIAL
 EMPTY_COLOR = "#d4d4d4"  # the causal triangle (nothing there) shows the plot background
 X_TITLE = "token looked at (key)"
 Y_TITLE = "token doing the looking (query)"

@@ -9,6 +9,7 @@ import html
 import plotly.graph_objects as go
 
 from demo.core.tokens import plot_escape, shorten
+from demo.plots.style import SEQUENTIAL
 
 RAW_COLOR = "#9ecae1"  # the model's own probability
 RAW_FILTERED_COLOR = "#d9d9d9"
@@ -175,7 +176,7 @@ def lens_figure(data: dict) -> go.Figure:
         custom.append(row)
     trace = dict(
         type="heatmap", z=data["top_probs"], x=x, y=layers, text=text, texttemplate="%{text}",
-        textfont=dict(family=MONO, size=11), zmin=0, zmax=1, colorscale="Blues", customdata=custom, xgap=1, ygap=1,
+        textfont=dict(family=MONO, size=11), zmin=0, zmax=1, colorscale=SEQUENTIAL, customdata=custom, xgap=1, ygap=1,
         colorbar=dict(title=dict(text="probability<br>of the top<br>token", side="top"), tickformat=".0%", len=0.9),
         hovertemplate=("%{customdata[0]}, after <b>%{customdata[1]}</b><br>top predictions:<br>%{customdata[2]}"
                        "<br>%{customdata[3]}<br>final layer's top token here: %{customdata[4]}<extra></extra>"),

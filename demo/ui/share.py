@@ -13,7 +13,7 @@ from typing import NamedTuple
 import gradio as gr
 
 from demo.core.errors import ExplorerError
-from demo.core.links import ATTENTION, GENERATION, TABS, link_request, make_link, read_link
+from demo.core.links import ATTENTION, GENERATION, TABS, link_request, make_link, read_link, reproducing
 from demo.core.settings import PRECISIONS
 from demo.runtime.pool import ModelManager
 from demo.ui.common import PRIVATE, current_session, user_errors
@@ -48,8 +48,18 @@ def describe(link: Mapping | None) -> str:
     lines = []
     if link.get("tab"):
         where = TAB_NAMES.get(link["tab"], "Generate")
-        lines.append(f"**Opened from a shared link** on the *{where}* tab. The same model, settings and seed give "
-                     "the same text: press **Generate** to see it.")
+        seed = link.get("seed")
+        if link.get("output"):
+            again = (f"the same model, settings and seed ({seed}) make it again: press **Generate** to watch it "
+                     "being written" if seed is not None else "its seed was random, so **Generate** writes a new one")
+            lines.append(f"**Opened from a shared link** on the *{where}* tab. The generated text is the one the "
+                         f"link was made from; {again}.")
+        elif seed is not None:
+            lines.append(f"**Opened from a shared link** on the *{where}* tab. The same model, settings and seed "
+                         f"({seed}) give the same text: press **Generate** to see it.")
+        else:
+            lines.append(f"**Opened from a shared link** on the *{where}* tab. Its seed is random (-1), so "
+                         "**Generate** gives a new text each time; set a seed for a text everyone can repeat.")
     problems = link.get("problems") or []
     if problems:
         shown = "; ".join(plain(p) for p in problems[:6])
@@ -67,6 +77,7 @@ class LinkTargets(NamedTuple):
     """What restoring a link may set: the page's components, by what they hold."""
 
     prompt: gr.Textbox
+    output: gr.Textbox  # the Generate tab's generated text
     generation: dict  # name in GENERATION -> the Generate tab's input
     tab: gr.State  # the tab the page shows (for the next link)
     attention_text: gr.Textbox
@@ -76,8 +87,8 @@ class LinkTargets(NamedTuple):
     link: gr.State  # the link's request, for the steps that follow (see :func:`connect`)
 
     def components(self) -> list:
-        return [self.prompt, *self.generation.values(), self.tab, self.attention_text, *self.attention.values(),
-                self.next_token_text, self.notice, self.link]
+        return [self.prompt, self.output, *self.generation.values(), self.tab, self.attention_text,
+                *self.attention.values(), self.next_token_text, self.notice, self.link]
 
 
 class ShareHandlers:
@@ -96,6 +107,8 @@ class ShareHandlers:
         out: dict = {t.notice: notice_of(link), t.link: link}
         if state.prompt is not None:
             out[t.prompt] = state.prompt
+        if state.output is not None:
+            out[t.output] = state.output
         out.update({t.generation[name]: value for name, value in state.settings.items() if name in t.generation})
         if tab:
             out[t.tab] = tab
@@ -141,8 +154,10 @@ class ShareHandlers:
         return gr.Tabs(selected=link["tab"]) if isinstance(link, dict) and link.get("tab") else gr.skip()
 
     @user_errors
-    def link(self, tab, prompt, *values) -> str:
-        """The fragment of a link to what this page shows (its values pass the page's own checks)."""
+    def link(self, tab, prompt, record, *values) -> str:
+        """The fragment of a link to what this page shows (its values pass the page's own checks). After
+        a generation from this prompt, the link carries the settings and seed that made it, and on the
+        Generate tab the text itself."""
         loaded = self.manager.require(current_session())
         n_gen = len(GENERATION)
         settings = dict(zip(GENERATION, values[:n_gen]))
@@ -150,7 +165,13 @@ class ShareHandlers:
         tab = tab if tab in TABS else "generate"
         text = attention_text if tab == "attention" else next_text if tab == "next_token" else None
         view = dict(zip(ATTENTION, attention)) if tab == "attention" else None
-        fragment, shortened = make_link(loaded.name, loaded.precision, tab, prompt or "", settings, text, view)
+        output = None
+        made = reproducing(record, loaded.name, loaded.precision, prompt or "")
+        if made:
+            settings.update(made[0])
+            output = made[1] if tab == "generate" else None
+        fragment, shortened = make_link(loaded.name, loaded.precision, tab, prompt or "", settings, text, view,
+                                        output)
         if shortened:
             gr.Info("The link is too short for all of it: it keeps " + " and ".join(shortened) + ".")
         return fragment
@@ -181,8 +202,8 @@ def connect(demo: gr.Blocks, row: ShareRow, manager: ModelManager, tabs: gr.Tabs
     fragment = gr.Textbox(visible=False)
     for tab_id, tab in tab_ids.items():
         tab.select(lambda t=tab_id: t, None, current_tab, queue=False, **PRIVATE)
-    targets = LinkTargets(prompt=gen.prompt, generation={n: gen.controls[n] for n in GENERATION}, tab=current_tab,
-                          attention_text=att.text, attention=att.controls, next_token_text=nxt.text,
+    targets = LinkTargets(prompt=gen.prompt, output=gen.output, generation={n: gen.controls[n] for n in GENERATION},
+                          tab=current_tab, attention_text=att.text, attention=att.controls, next_token_text=nxt.text,
                           notice=row.notice, link=restored)
     h = ShareHandlers(manager, targets)
     outputs = targets.components()
@@ -193,7 +214,7 @@ def connect(demo: gr.Blocks, row: ShareRow, manager: ModelManager, tabs: gr.Tabs
         show_progress_on=[model_status], concurrency_id="load", concurrency_limit=1, **PRIVATE).then(
         status_fn, None, model_status, **PRIVATE).then(
         **att.restore(restored)).then(**nxt.restore(restored)).then(h.open_tab, [restored], tabs, **PRIVATE)
-    link_inputs = [current_tab, gen.prompt, *targets.generation.values(), att.text,
+    link_inputs = [current_tab, gen.prompt, gen.last_generation, *targets.generation.values(), att.text,
                    *[att.controls[n] for n in ATTENTION], nxt.text]
     row.button.click(h.link, link_inputs, row.link, **PRIVATE).success(None, row.link, row.link, js=SHOW_LINK_JS,
                                                                        **PRIVATE)

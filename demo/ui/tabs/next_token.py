@@ -374,7 +374,7 @@ def layout() -> NextTokenLayout:
                                        label="Positions to show (the last ones)", scale=3)
             lens_run = gr.Button("Run the logit lens", scale=1)
         lens_note = gr.Markdown(LENS_NOTE)
-        lens_plot = gr.Plot(show_label=False)
+        lens_plot = gr.Plot(show_label=False, elem_id="lens-plot")
     return NextTokenLayout(text=text, state=state, show=show, most_likely=most_likely, sampled=sampled, undo=undo,
                            choose=choose, append_chosen=append_chosen, appended=appended, summary=summary, plot=plot,
                            preset=preset, settings={n: settings[n] for n in NAMES}, from_generate=from_generate,
