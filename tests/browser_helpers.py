@@ -272,8 +272,10 @@ def heatmap_extremes(page, selector: str) -> dict:
     {'max': (row, col, z), 'min': (row, col, z)}."""
     return page.evaluate("""s => { const z = document.querySelector(s + ' .js-plotly-plot').calcdata[0][0].z;
         let hi = null, lo = null;  // calcdata: the values as plotly.js draws them, [row][column]
-        Array.from(z).forEach((row, r) => Array.from(row).forEach((v, c) => { if (typeof v !== 'number' || !isFinite(v)) return;
-            if (!hi || v > hi[2]) hi = [r, c, v]; if (!lo || v < lo[2]) lo = [r, c, v]; }));
+        Array.from(z).forEach((row, r) => Array.from(row).forEach((v, c) => {
+            if (typeof v !== 'number' || !isFinite(v)) return;
+            if (!hi || v > hi[2]) hi = [r, c, v];
+            if (!lo || v < lo[2]) lo = [r, c, v]; }));
         return {max: hi, min: lo}; }""", selector)
 
 

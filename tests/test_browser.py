@@ -78,6 +78,9 @@ def test_page_loads_without_console_errors_and_shows_its_controls(page, live_app
     for label in GEN_SLIDERS:
         assert float(number_input(page, label).input_value()) == pytest.approx(float(expected[label])), label
     assert page.get_by_label("Balanced", exact=True).filter(visible=True).first.is_checked()
+    # Max new tokens follows the model: the bundled model's 512-token window leaves room for 511 at most
+    page.wait_for_function("() => [...document.querySelectorAll('input[type=range]')].some(r => "
+                           "(r.getAttribute('aria-label') || '').includes('Max new tokens') && r.max === '511')")
     time.sleep(1.0)  # late errors (fonts, heartbeat, lazy components)
     screenshot(page, "page-loaded")
     assert page.console.errors == []

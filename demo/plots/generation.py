@@ -24,8 +24,9 @@ def format_stats(u: GenerationUpdate) -> str:
                       "stopped": f"stopped after {u.n_tokens} tokens"}.get(u.stop_reason or "", u.stop_reason or ""))
     line = " · ".join(parts)
     if u.truncated_tokens:
-        line += (f"\n\n⚠️ The prompt was longer than the model's context window: the first {u.truncated_tokens} "
-                 f"tokens were dropped and the model saw the last {u.prompt_tokens}.")
+        line += (f"\n\n⚠️ The model's context window holds the prompt and the new tokens together, and they did "
+                 f"not fit: the first {u.truncated_tokens} tokens of the prompt were dropped and the model read the "
+                 f"last {u.prompt_tokens}. Lower *Max new tokens* to keep more of the prompt.")
     return line
 
 

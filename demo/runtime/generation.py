@@ -62,7 +62,8 @@ def prepare_prompt(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> tup
     context window. Returns (ids, number of tokens dropped from the start)."""
     ctx = loaded.context_length
     if max_new_tokens >= ctx:
-        raise ValidationError(f"max_new_tokens must be below this model's context window of {ctx} tokens")
+        raise ValidationError(f"max_new_tokens ({max_new_tokens}) must be below this model's context window of "
+                              f"{ctx} tokens, which holds the prompt and the new tokens together: at most {ctx - 1}")
     enc = encode_text(loaded.tokenizer, prompt, name="prompt", limit=ctx - max_new_tokens, keep="last")
     return list(enc.ids), enc.dropped
 

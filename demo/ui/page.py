@@ -9,6 +9,7 @@ import gradio as gr
 
 from demo.core.errors import ExplorerError
 from demo.core.exports import EXPORT_KEEP_S
+from demo.core.sampling import MAX_NEW_TOKENS
 from demo.core.settings import PRECISIONS
 from demo.runtime.pool import ModelManager
 from demo.ui import share
@@ -43,7 +44,8 @@ def format_model_status(manager: ModelManager, session: str | None = None) -> st
     others = [m for m in manager.loaded() if m is not cur]
     if others:
         listed = ", ".join(f"{html.escape(m.name)} ({m.precision})" for m in others)
-        status += f"  \nAlso loaded on this server (for other visitors): {listed}. Your choice changes only your page."
+        status += (f"  \nAlso in the server's memory (other visitors' models, or the other precision of a "
+                   f"comparison): {listed}. Your choice changes only your page.")
     if manager.notice and (cur.name, cur.precision) == manager.default:
         status += f"\n\nℹ️ {html.escape(manager.notice)}"
     return status
@@ -70,9 +72,26 @@ class ModelHandlers:
     def status(self) -> str:
         return format_model_status(self.manager, current_session())
 
+    def length_limit(self, max_new_tokens):
+        """Max new tokens, ranged to the model this visitor uses: the prompt and the new tokens share its
+        context window, and the prompt needs at least one token."""
+        try:
+            ctx = self.manager.require(current_session()).context_length
+        except ExplorerError:
+            return gr.skip()
+        top = max_new_tokens_limit(ctx)
+        value = max_new_tokens if isinstance(max_new_tokens, (int, float)) else MAX_NEW_TOKENS.default
+        return gr.Slider(maximum=top, value=min(int(value), top))
+
     def forget(self) -> None:
         """The visitor closed the page: forget their choice."""
         self.manager.forget(current_session())
+
+
+def max_new_tokens_limit(context_length: int) -> int:
+    """The top of the Max new tokens slider for a model with this context window."""
+    slider_top = MAX_NEW_TOKENS.slider[1] if MAX_NEW_TOKENS.slider else MAX_NEW_TOKENS.hi
+    return int(max(1, min(slider_top, context_length - 1)))
 
 
 def _join(prompt: str, output: str) -> str:
@@ -135,6 +154,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         rerun_targets = {"prompt": gen.prompt, **gen.controls}
         smp.view.rerun(smp.handlers.rerun_event(rerun_targets), [smp.data], list(rerun_targets.values()),
                        **PRIVATE).success(_opener("generate"), None, tabs, **PRIVATE)
-        demo.load(models.status, None, model_status, **PRIVATE)
+        # the length slider follows the context window of the visitor's model: when the page opens, and
+        # whenever their model changes (the menu, a link: both rewrite the status)
+        max_new = gen.controls["max_new_tokens"]
+        demo.load(models.status, None, model_status, **PRIVATE).then(models.length_limit, max_new, max_new, **PRIVATE)
+        model_status.change(models.length_limit, max_new, max_new, **PRIVATE)
         demo.unload(models.forget)
     return demo

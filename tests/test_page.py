@@ -1,0 +1,31 @@
+"""The page shell's own handlers (no server): the header's model status and the ranges that follow
+the visitor's model."""
+
+from __future__ import annotations
+
+from demo.runtime.pool import ModelManager
+from demo.ui.page import ModelHandlers, format_model_status, max_new_tokens_limit
+
+
+def test_max_new_tokens_leaves_the_prompt_room_in_the_context_window():
+    assert max_new_tokens_limit(512) == 511  # the bundled model: 512 would leave no room for the prompt
+    assert max_new_tokens_limit(1024) == 512  # the slider's own top
+    assert max_new_tokens_limit(128) == 127
+    assert max_new_tokens_limit(1) == 1
+
+
+def test_the_length_slider_follows_the_visitors_model(tiny_spec, tiny_loaded):
+    manager = ModelManager([tiny_spec], device="cpu")
+    manager.add(tiny_loaded)  # a 128-token context window
+    update = ModelHandlers(manager).length_limit(400)
+    assert update.maximum == 127 and update.value == 127
+    assert ModelHandlers(manager).length_limit(30).value == 30
+
+
+def test_the_status_names_the_model_and_does_not_blame_other_visitors(tiny_spec, tiny_loaded, tiny_loaded_int8):
+    manager = ModelManager([tiny_spec], device="cpu")
+    manager.add(tiny_loaded_int8)
+    manager.add(tiny_loaded)
+    status = format_model_status(manager)
+    assert "**tiny**" in status and "context 128 tokens" in status
+    assert "or the other precision of a comparison" in status
