@@ -25,6 +25,19 @@ def test_generate_endpoint_streams_growing_text(client):
     assert "seed 7" in updates[-1][1]
 
 
+def test_the_readmes_streaming_pattern_raises_the_servers_message(client):
+    """README: iterate the job for the streamed updates, then job.result() for the last one, which raises
+    the server's message when a value was refused (the loop alone would just run zero times)."""
+    job = client.submit(**{**GOOD, "temperature": 9}, api_name="/generate")
+    assert list(job) == []
+    with pytest.raises(AppError, match=r"temperature must be in \[0.05, 2\]"):
+        job.result()
+    job = client.submit(**{**GOOD, "max_new_tokens": 6}, api_name="/generate")
+    streamed = [text for text, _ in job]
+    text, stats = job.result()
+    assert streamed and text == streamed[-1] and "6 tokens generated" in stats
+
+
 def test_endpoint_parameters_are_named_like_transformers(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/generate"]
     names = [p["parameter_name"] for p in api["parameters"]]

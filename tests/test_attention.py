@@ -7,6 +7,7 @@ import math
 import socket
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -154,6 +155,16 @@ def test_switching_layer_head_view_runs_the_model_once(tiny_loaded, handlers, ca
         hook.remove()
     assert len(calls) == 1
     assert cache.misses == 1 and cache.hits >= 10
+
+
+def test_a_previous_texts_token_sent_with_a_quick_click_fails_only_the_view_that_uses_it(handlers):
+    """After Show attention on a shorter text, the page may send the old text's token (30) before the new
+    choices reach it: the views that do not use a token draw; the one-token view names the problem."""
+    out = handlers.analyse("The cat sat.", None, "head", 0, 0, "mean-heads", None, "layer")
+    for kind in ("head", "heads", "aggregate"):
+        assert handlers.switch(out.analysed, "The cat sat.", kind, 0, 0, "mean-heads", 30, "layer").plot is not None
+    with pytest.raises(gr.Error, match="token"):
+        handlers.switch(out.analysed, "The cat sat.", "token", 0, 0, "mean-heads", 30, "layer")
 
 
 def test_one_view_matrix_feeds_the_figure_the_payload_and_the_export(tiny_loaded, handlers):

@@ -256,7 +256,9 @@ def test_a_copied_link_restores_the_text_settings_and_view_in_a_fresh_browser(pa
     attention_text = "The cat sat on the mat. The cat sat on the"
     page.locator("#attention-text textarea").fill(attention_text)
     page.get_by_role("button", name="Show attention").click()
-    wait_for_plot_with_data(page, "#attention-plot")
+    # the figure of the new text, not the one the tab drew on its first visit
+    page.wait_for_function("() => { const g = document.querySelector('#attention-plot .js-plotly-plot'); "
+                           "return g && g.data && g.data.length && String(g.data[0].x).includes('mat'); }")
     page.locator("#attention-view").get_by_label("All heads of a layer").check()
     # the view switch re-renders the sliders: let it finish (the grid of heads is drawn) before moving one
     page.wait_for_function("() => { const g = document.querySelector('#attention-plot .js-plotly-plot'); "

@@ -27,6 +27,7 @@ left-padded and concatenated), the 2-D attention mask and each row's position id
 from __future__ import annotations
 
 import atexit
+import inspect
 import itertools
 import logging
 import queue
@@ -48,6 +49,19 @@ THREAD_PREFIX = "gpt-explorer-generate"  # the decode loops' threads (see genera
 MAX_ROWS = 32  # generations in one batch; more wait for a free row
 PREFILL_TOKENS = 2048  # padded prompt tokens read in one forward pass (eager attention's memory grows with its square)
 _ids = itertools.count(1)
+
+
+def cache_kwarg(model, cache) -> dict:
+    """The key-value cache as the model's forward takes it: ``cache`` in the transformers releases that
+    renamed it (``past_key_values`` there is deprecated and warns on every call), else ``past_key_values``."""
+    forward_args = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in forward_args else {"past_key_values": cache}
+
+
+def cache_of(out):
+    """The updated cache from a forward's output, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 @dataclass
@@ -278,11 +292,11 @@ class BatchScheduler:
             ids[i, width - r.length:] = r.history[0, :r.length]
             mask[i, width - r.length:] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=DynamicCache(config=model.config), use_cache=True)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    **cache_kwarg(model, DynamicCache(config=model.config)))
         keep = self._choose(requests, out.logits[:, -1, :])
         if keep:
-            cache = out.past_key_values
+            cache = cache_of(out)
             if len(keep) < len(requests):
                 cache.batch_select_indices(torch.tensor(keep, device=device))
             batch.add([requests[i] for i in keep], cache, mask[keep])
@@ -294,9 +308,9 @@ class BatchScheduler:
         last = torch.cat([r.history[:, r.length - 1:r.length] for r in requests])
         positions = batch.mask.sum(dim=1, keepdim=True)
         batch.mask = torch.cat([batch.mask, torch.ones((len(requests), 1), dtype=torch.long, device=device)], dim=1)
-        out = self.loaded.model(input_ids=last, attention_mask=batch.mask, position_ids=positions,
-                                past_key_values=batch.cache, use_cache=True)
-        batch.cache = out.past_key_values
+        out = self.loaded.model(input_ids=last, attention_mask=batch.mask, position_ids=positions, use_cache=True,
+                                **cache_kwarg(self.loaded.model, batch.cache))
+        batch.cache = cache_of(out)
         self.passes += 1
         self.max_batch = max(self.max_batch, len(requests))
         batch.keep(self._choose(requests, out.logits[:, -1, :]))

@@ -32,7 +32,7 @@ from demo.analysis.attention import export_tables as attention_tables
 from demo.core.cache import ModelCache
 from demo.core.errors import ValidationError
 from demo.core.exports import ExportFolder
-from demo.core.validation import check_text
+from demo.core.validation import check_choice, check_text
 from demo.plots import attention as P
 from demo.runtime.loading import LoadedModel
 from demo.runtime.pool import ModelManager
@@ -150,6 +150,14 @@ def _clamp(value, hi: int, default: int = 0) -> int:
     return min(max(v, 0), hi)
 
 
+def page_view(result: AttentionResult, view, layer, head, aggregate, token, scope) -> AttentionView:
+    """The view the page's controls ask for. The token choice counts only in the one-token view: a page
+    may still send the previous text's token while the new text's choices reach it (a quick click after
+    Show attention), and that value must not fail a view that does not use it."""
+    kind = check_choice("view", view, VIEWS, default="head")
+    return AttentionView.parse(result, kind, layer, head, aggregate, token if kind == "token" else None, scope)
+
+
 # ----------------------------------------------------------------------------- handlers
 
 
@@ -200,7 +208,7 @@ class AttentionHandlers:
         fresh = self.cache.peek("attention", self.manager.require(current_session()), source) is None
         result, _ = self.fetch(source)
         try:
-            v = AttentionView.parse(result, view, layer, head, aggregate, token, scope)
+            v = page_view(result, view, layer, head, aggregate, token, scope)
         except ValidationError as exc:
             if fresh:  # another model was loaded since the controls were set
                 raise ValidationError(f"{exc}. The model changed: press Show attention to analyse the "
@@ -212,7 +220,7 @@ class AttentionHandlers:
     def export(self, analysed, text, view, layer, head, aggregate, token, scope) -> list[str]:
         """CSV + JSON of the matrix the view shows (exact values, not the blocks of a long text)."""
         result, _ = self.fetch(analysed or text)
-        v = AttentionView.parse(result, view, layer, head, aggregate, token, scope)
+        v = page_view(result, view, layer, head, aggregate, token, scope)
         stem, csv_text, data = attention_tables(result, v, EXPORT_MAX_NUMBERS)
         return self.exports.write(stem, {"csv": csv_text, "json": json.dumps(data, ensure_ascii=False)})
 
@@ -341,8 +349,10 @@ def layout(n_layers: int, n_heads: int) -> AttentionLayout:
                           elem_id="attention-layer")
         head = gr.Slider(0, max(1, n_heads - 1), value=0, step=1, label="Head", elem_id="attention-head")
         aggregate = gr.Dropdown(AGG_CHOICES, value="mean-heads", label="Combine", visible=False)
+        # the server checks the token itself (page_view): a value from the previous text's choices, sent
+        # before the new choices arrive, must not be refused by Gradio before the handler sees it
         token = gr.Dropdown([], value=None, label="Token doing the looking", visible=False,
-                            elem_id="attention-token")
+                            elem_id="attention-token", allow_custom_value=True)
         scope = gr.Radio(SCOPE_CHOICES, value="layer", label="Show", visible=False)
         open_head = gr.Button("Open this head", visible=False, size="sm")
     notice = gr.Markdown("Press **Show attention**.", elem_id="attention-notice")
