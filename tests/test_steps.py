@@ -142,3 +142,13 @@ def test_a_cached_result_of_other_tokens_for_the_same_text_is_replaced(tiny_load
     result = steps.generation_attention(tiny_loaded, record, cache)
     assert list(result.token_ids) == record["prompt_ids"] + [t["id"] for t in record["tokens"]]
     assert cache.peek("attention", tiny_loaded, text) is result
+
+
+def test_a_token_drawn_at_100_percent_reads_plainly(manager, tiny_loaded):
+    """top-k 1 leaves one token: no 0 % alternatives to branch to, no "-0.00 bits", no "1 tokens"."""
+    record = record_of(tiny_loaded, {"do_sample": True, "top_k": 1, "seed": 3}, n=3)
+    tok = record["tokens"][1]
+    assert tok["prob"] == pytest.approx(1.0) and [a["id"] for a in tok["alternatives"]] == [tok["id"]]
+    summary = StepHandlers(manager, ModelCache()).inspect(record, 1)[0]
+    assert "**Surprisal** 0.00 bits" in summary and "-0.00" not in summary
+    assert "the only token the settings left" in summary and "≈ 1 token)" in summary

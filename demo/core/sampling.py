@@ -141,7 +141,7 @@ def row_entropy_bits(probs: torch.Tensor) -> list[float]:
 class ChosenToken:
     token_id: int
     prob: float  # probability the token had in the distribution it was drawn from (after the filters)
-    alternatives: list[tuple[int, float]] = field(default_factory=list)  # top (id, prob) of that distribution
+    alternatives: list[tuple[int, float]] = field(default_factory=list)  # top (id, prob > 0) of that distribution
     entropy_bits: float = 0.0  # entropy of that distribution: how uncertain the pick was
 
     @property
@@ -200,7 +200,8 @@ def choose_tokens(scores: torch.Tensor, choosers: list[TokenChooser]) -> list[Ch
     out = []
     for i, c in enumerate(choosers):
         chosen = ChosenToken(token_id=ids[i], prob=picked[i], entropy_bits=entropies[i],
-                             alternatives=list(zip(top_ids[i][:c.top_n], top_probs[i][:c.top_n])))
+                             alternatives=[(t, q) for t, q in zip(top_ids[i][:c.top_n], top_probs[i][:c.top_n])
+                                           if q > 0])  # the tokens the settings left (none more at 100 %)
         c.chosen.append(chosen)
         out.append(chosen)
     return out

@@ -268,7 +268,7 @@ def caption(view: AttentionView, result: AttentionResult | None = None) -> str:
     return (f"### Where one token looks{who}\nOne token, every head at once: {rows}; each **column** is a token "
             "it can look at (the earlier tokens and itself). Dark squares show what that head pays attention "
             "to when the model is at this token, i.e. when it predicts the *next* token. Each row adds up "
-            "to 1.\n\nChoose the token in **Token**, or click it in the text under the plot.")
+            "to 1.\n\nChoose the token in **Token doing the looking**, or click it in the text under the plot.")
 
 
 def pooling_notice(result: AttentionResult, view: AttentionView) -> str | None:

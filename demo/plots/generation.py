@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from demo.analysis import token_step as steps
 from demo.analysis.attention import AttentionResult
-from demo.plots.next_token import code_label, fmt_prob
+from demo.plots.next_token import code_label, fmt_bits, fmt_count, fmt_prob
 from demo.runtime.generation import GenerationRecord, GenerationUpdate
 
 
@@ -35,15 +35,16 @@ def format_step(data: dict, record: GenerationRecord, attention: AttentionResult
     came from, and which token's attention row shows where the model looked."""
     k, d = data["step"], data["drawn"]
     eb, ea = data["entropy_before_bits"], data["entropy_after_bits"]
-    kept = (f"rank {d['rank_after']} of the {data['survivors']:,} tokens the settings left" if d["kept"]
+    kept = ("the only token the settings left" if d["kept"] and data["survivors"] == 1
+            else f"rank {d['rank_after']} of the {data['survivors']:,} tokens the settings left" if d["kept"]
             else "**filtered out** by the settings")
     lines = [
         f"**Token #{k + 1}** {code_label(d['token'])} was drawn with probability **{fmt_prob(d['prob'])}** after the "
         f"sampling settings ({kept}); the model alone gave it {fmt_prob(d['raw_prob'])} (rank {d['rank']:,} of "
         f"{data['vocab_size']:,}).",
-        f"**Surprisal** {data['surprisal_bits']:.2f} bits · **entropy** of the distribution it came from "
-        f"{ea:.2f} bits after the settings, {eb:.2f} bits for the model alone (as uncertain as a fair pick among "
-        f"≈ {2 ** ea:,.0f} tokens).",
+        f"**Surprisal** {fmt_bits(data['surprisal_bits'])} bits · **entropy** of the distribution it came from "
+        f"{fmt_bits(ea)} bits after the settings, {fmt_bits(eb)} bits for the model alone (as uncertain as a fair "
+        f"pick among ≈ {fmt_count(2 ** ea)}).",
     ]
     if attention is not None:
         q = steps.step_query(record, k)

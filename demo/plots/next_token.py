@@ -29,6 +29,18 @@ PROB_BINS = [
 ]
 
 
+def fmt_bits(bits: float) -> str:
+    """0.42 · 0.00 (never "-0.00": a probability of 1 is no surprise at all)."""
+    value = float(bits)
+    return f"{value if value > 0 else 0.0:.2f}"
+
+
+def fmt_count(n: float, word: str = "token") -> str:
+    """'1 token' · '≈ 3 tokens' style counts: the word agrees with the number shown."""
+    shown = f"{n:,.0f}"
+    return f"{shown} {word}" if shown == "1" else f"{shown} {word}s"
+
+
 def fmt_prob(p: float | None) -> str:
     """12.3% · 0.42% · 0.0031% · 0 — enough digits to tell small probabilities apart."""
     if p is None:
@@ -297,7 +309,8 @@ def format_summary(data: dict, context_length: int) -> str:
         f"**{'Greedy picks' if data['greedy'] else 'Most likely'}:** {code_label(ml['token'])} — "
         f"{fmt_prob(ml['raw_prob'])} for the model, {fmt_prob(ml['prob'])} after the settings.",
         f"**{data['survivors']:,} of {data['vocab_size']:,} tokens** can still be drawn · **entropy** "
-        f"{eb:.2f} → {ea:.2f} bits (as uncertain as a fair pick among ≈ {2 ** eb:,.0f} → {2 ** ea:,.0f} tokens)",
+        f"{fmt_bits(eb)} → {fmt_bits(ea)} bits (as uncertain as a fair pick among ≈ {2 ** eb:,.0f} → "
+        f"{fmt_count(2 ** ea)})",
     ]
     if data["truncated_tokens"]:
         lines.append(f"⚠️ The text is longer than the model's context window ({context_length} tokens): the model "

@@ -359,7 +359,9 @@ def layout() -> NextTokenLayout:
                 with gr.Row():
                     from_generate = gr.Button("⇐ Copy from the Generate tab", size="sm")
                     to_generate = gr.Button("Send to the Generate tab ⇒", size="sm")
-            top_n = gr.Slider(5, MAX_BARS, value=20, step=1, label="Bars to show")
+            top_n = gr.Slider(5, MAX_BARS, value=20, step=1, label="Bars to show",
+                              info="The model's N most likely tokens, plus any the settings move into their top N "
+                                   "(a repetition penalty can)")
             query = gr.Textbox(label="Look up a token or word", placeholder="e.g. night — ␣ = space, ↵ = newline",
                                max_lines=1)
             look_up = gr.Button("Look up", size="sm")
