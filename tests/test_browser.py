@@ -248,6 +248,22 @@ def test_attention_tab_draws_heatmaps(page, live_app):
     assert page.console.errors == []
 
 
+def test_layer_and_head_follow_the_arrow_keys_and_a_typed_number(page, live_app):
+    """The plot follows every way of moving a slider, not only a drag: the arrow keys on the slider, and a
+    number typed in its box (before the box loses focus)."""
+    open_tab(page, "Attention")
+    wait_for_plot_with_data(page, "#attention-plot")
+    note = "() => document.querySelector('#attention-note').innerText"
+    page.wait_for_function(f"() => ({note})().includes('layer 0, head 0')")
+    page.locator('input[aria-label="range slider for Layer (0 = first)"]').focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"() => ({note})().includes('layer 1, head 0')")
+    head_box = page.locator('input[aria-label="number input for Head"]')
+    head_box.fill("2")  # typed; the box keeps the focus
+    page.wait_for_function(f"() => ({note})().includes('layer 1, head 2')")
+    assert page.console.errors == []
+
+
 def test_next_token_tab_draws_bars_and_appends_tokens(page, live_app):
     need_plot(live_app, "Next token")
     open_tab(page, "Next token")

@@ -404,7 +404,9 @@ def wire(tab: gr.Tab, ui: AttentionLayout, h: AttentionHandlers, ctx: AppContext
     c = ui.controls
     ui.view.input(**for_view).then(**switch)
     for slider in (c.layer, c.head):
-        slider.release(**switch)
+        # every change a visitor makes: a drag (only its latest value is drawn), the arrow keys, typing a
+        # number (each keystroke; Gradio's "release" comes only on pointer-up or when the box loses focus)
+        slider.input(**switch, trigger_mode="always_last")
     for choice in (c.aggregate, c.token, c.scope):
         choice.input(**switch)
     c.open_head.click(lambda: "head", None, ui.view, queue=False, **PRIVATE).then(**for_view).then(**switch)
