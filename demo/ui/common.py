@@ -24,7 +24,7 @@ from demo.runtime.zerogpu import ANALYSIS_S, gpu_task
 
 PRIVATE: dict[str, Any] = dict(api_visibility="private")
 # Generations wait on their model's batched decode loop (one thread per model, one forward pass per
-# step for all of them): their events share the "generate" group, as many at once as the loop has rows.
+# token for all of them): their events share the "generate" group, as many at once as the loop has rows.
 GENERATE_QUEUE_ID = "generate"
 # Every other event that runs a model (analysis) shares the "model" group and its limit
 # (GPT_EXPLORER_CONCURRENCY); tests/test_structure.py checks that no such event is left outside.

@@ -157,7 +157,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         # the length slider follows the context window of the visitor's model: when the page opens, and
         # whenever their model changes (the menu, a link: both rewrite the status)
         max_new = gen.controls["max_new_tokens"]
-        demo.load(models.status, None, model_status, **PRIVATE).then(models.length_limit, max_new, max_new, **PRIVATE)
+        # in the "load" group (one at a time, first come first served): a Load model clicked right after the
+        # page opened runs after this and its message is not overwritten
+        demo.load(models.status, None, model_status, concurrency_id="load", concurrency_limit=1, **PRIVATE).then(
+            models.length_limit, max_new, max_new, **PRIVATE)
         model_status.change(models.length_limit, max_new, max_new, **PRIVATE)
         demo.unload(models.forget)
     return demo

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import gradio as gr
@@ -92,8 +92,9 @@ class LinkTargets(NamedTuple):
 
 
 class ShareHandlers:
-    def __init__(self, manager: ModelManager, targets: LinkTargets | None = None):
-        self.manager, self.targets = manager, targets
+    def __init__(self, manager: ModelManager, targets: LinkTargets | None = None,
+                 status: Callable[[], str] | None = None):
+        self.manager, self.targets, self.status = manager, targets, status
 
     def restore(self, fragment) -> dict:
         """The link's first step (see :func:`connect`), from the page's fragment: quick, no model runs or
@@ -128,8 +129,9 @@ class ShareHandlers:
         return out
 
     def load_linked_model(self, link, progress=gr.Progress()):
-        """(model menu, precision menu, notice, link): the model a link names, loaded for this visitor (the
-        operator's limit applies); a failure joins the notice and the page keeps its model."""
+        """(model menu, precision menu, notice, link, model status): the model a link names, loaded for this
+        visitor (the operator's limit applies); a failure joins the notice and the page keeps its model. The
+        status is written here, in the same one-at-a-time step as the load, and only when a model was loaded."""
         if not isinstance(link, dict) or not (link.get("model") or link.get("precision")):
             return gr.skip()  # every output as it is
         session = current_session()
@@ -144,8 +146,8 @@ class ShareHandlers:
                                        progress=lambda frac, msg: progress(frac, desc=msg))
         except ExplorerError as exc:
             link = {**link, "problems": [*link.get("problems", []), str(exc)]}
-            return gr.skip(), gr.skip(), notice_of(link), link
-        return loaded.name, loaded.precision, gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), notice_of(link), link, gr.skip()
+        return loaded.name, loaded.precision, gr.skip(), gr.skip(), self.status() if self.status else gr.skip()
 
     @staticmethod
     def open_tab(link):
@@ -205,14 +207,13 @@ def connect(demo: gr.Blocks, row: ShareRow, manager: ModelManager, tabs: gr.Tabs
     targets = LinkTargets(prompt=gen.prompt, output=gen.output, generation={n: gen.controls[n] for n in GENERATION},
                           tab=current_tab, attention_text=att.text, attention=att.controls, next_token_text=nxt.text,
                           notice=row.notice, link=restored)
-    h = ShareHandlers(manager, targets)
+    h = ShareHandlers(manager, targets, status_fn)
     outputs = targets.components()
     # Read the link (quick), load its model (in the one-at-a-time "load" group, only if it names one),
     # draw the tab it names, and open that tab last.
     demo.load(h.restore, [fragment], outputs, js=READ_FRAGMENT_JS, queue=False, **PRIVATE).then(
-        h.load_linked_model, [restored], [model_dd, precision_dd, row.notice, restored],
+        h.load_linked_model, [restored], [model_dd, precision_dd, row.notice, restored, model_status],
         show_progress_on=[model_status], concurrency_id="load", concurrency_limit=1, **PRIVATE).then(
-        status_fn, None, model_status, **PRIVATE).then(
         **att.restore(restored)).then(**nxt.restore(restored)).then(h.open_tab, [restored], tabs, **PRIVATE)
     link_inputs = [current_tab, gen.prompt, gen.last_generation, *targets.generation.values(), att.text,
                    *[att.controls[n] for n in ATTENTION], nxt.text]
