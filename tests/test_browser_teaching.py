@@ -128,6 +128,9 @@ def test_a_generated_token_opens_its_step_and_the_timeline_has_a_point_per_token
     page.get_by_text("Opened token #3 of the generation").wait_for()
     chosen = page.get_by_label("…or choose any token from the list").input_value()
     assert chosen.split(". ", 1)[1].startswith(tooltip_label_2 + " "), "the drawn token is ready in the list"
+    bars = page.evaluate("() => [...document.querySelectorAll('[role=tabpanel] .js-plotly-plot')]"
+                         ".filter(g => g.offsetParent !== null).flatMap(g => (g.data || []).flatMap(t => t.y || []))")
+    assert any("drawn" in str(y) for y in bars), "the drawn token is among the bars, marked"
     open_tab(page, "Generate")
     page.get_by_role("button", name="Open this step in the Attention tab").click()
     page.wait_for_function("p => { const el = document.querySelector('#attention-text textarea'); "

@@ -415,16 +415,18 @@ class NextTokenPage:
         ids = steps.step_context(record, k)
         text = loaded.decode(ids)
         values = copy_settings(*[(record.get("settings") or {}).get(n, SETTING[n].default) for n in NAMES])
+        # the distribution it was drawn from, the drawn token among the bars (marked) even when it was not
+        # among the most likely
+        data = steps.step_distribution(loaded, record, k, _top_n(top_n), self.h.cache, self.h._forward)
+        data["repeated_tokens"] = len(set(nt.model_window(loaded, ids)[0]))
         state = NextTokenState(model=loaded.name, text=text, ids=ids, history=[])
-        view = self.h.refresh(text, state, top_n, query, *values)
+        view = self.h.view(data, [])
         drawn = record["tokens"][k]
         note = (f"Opened token #{k + 1} of the generation: here the model drew {code_label(drawn.get('label', ''))} "
-                f"(it had {plots.fmt_prob(float(drawn.get('prob', 0.0)))} after the settings). The bars are the "
-                "distribution it was drawn from; the buttons take another path from here.")
-        choose = view.choose
-        if any(value == drawn.get("id") for _, value in choose.choices or []):
-            choose = gr.Dropdown(choices=choose.choices, value=drawn.get("id"))
-        return self._page(values, view._replace(text=text, appended=note, choose=choose))
+                f"(it had {plots.fmt_prob(float(drawn.get('prob', 0.0)))} after the settings; its bar is marked "
+                "“drawn”). The bars are the distribution it was drawn from; the buttons take another path from here.")
+        view["choose"] = gr.Dropdown(choices=view["choose"].choices, value=drawn.get("id"))
+        return self._page(values, NextTokenView(text=text, state=state, appended=note, **view))
 
     def restore(self, link, top_n, query, *gen_values):
         """What a link names, if it names this tab: its text under the Generate tab's settings (which the
