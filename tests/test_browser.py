@@ -344,14 +344,18 @@ def test_probability_view_and_branching_by_clicking(page):
 
 
 def test_switching_to_an_unavailable_model_shows_a_clear_error_and_keeps_serving(page, live_app):
-    page.get_by_label("Model", exact=True).first.click()
-    page.get_by_role("option", name="gpt2", exact=True).click()
+    menu = page.get_by_label("Model", exact=True).first
+    menu.click()
+    # the menu marks what this server does not let visitors load (a Hub model, downloads off)
+    page.get_by_role("option", name="gpt2 (not available to visitors here)", exact=True).click()
     page.get_by_role("button", name="Load model").click()
     status = page.locator(STATUS)
     page.wait_for_function("s => document.querySelector(s).innerText.includes('lets visitors choose only')",
                            arg=STATUS, timeout=60_000)
     text = status.inner_text()
     assert "❌" in text and "gpt2" in text and text.startswith("gutenberg-gpt"), text
+    # and after the refusal it shows the model that serves this page
+    page.wait_for_function("el => el.value === 'gutenberg-gpt'", arg=menu.element_handle())
     assert live_app[0].manager.require().name == "gutenberg-gpt"
     screenshot(page, "model-error")
     set_prompt(page, PROMPT)

@@ -3,8 +3,9 @@ the visitor's model."""
 
 from __future__ import annotations
 
+from demo.runtime.catalog import ModelSpec
 from demo.runtime.pool import ModelManager
-from demo.ui.page import ModelHandlers, format_model_status, max_new_tokens_limit
+from demo.ui.page import UNAVAILABLE, ModelHandlers, format_model_status, max_new_tokens_limit, model_choices
 
 
 def test_max_new_tokens_leaves_the_prompt_room_in_the_context_window():
@@ -29,3 +30,14 @@ def test_the_status_names_the_model_and_does_not_blame_other_visitors(tiny_spec,
     status = format_model_status(manager)
     assert "**tiny**" in status and "context 128 tokens" in status
     assert "or the other precision of a comparison" in status
+
+
+def test_the_model_menu_marks_what_a_visitor_cannot_load(tiny_spec, tiny_loaded):
+    hub = ModelSpec("gpt2", "openai-community/gpt2", "a Hub model")
+    manager = ModelManager([tiny_spec, hub], device="cpu", visitor_models="local")
+    manager.add(tiny_loaded)
+    assert model_choices(manager) == [("tiny", "tiny"), (f"gpt2 ({UNAVAILABLE})", "gpt2")]
+    menu, precision = ModelHandlers(manager).menu()
+    assert menu.value == "tiny" and precision == "fp32"
+    everyone = ModelManager([tiny_spec, hub], device="cpu", visitor_models="all")
+    assert [label for label, _ in model_choices(everyone)] == ["tiny", "gpt2"]

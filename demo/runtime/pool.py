@@ -157,6 +157,13 @@ class ModelManager:
         raise ValidationError(f"This server lets visitors choose only {allowed}; {key[0]} ({key[1]}) is not one "
                               f"of them. Loaded now: {loaded}.")
 
+    def visitor_may_choose(self, name: str) -> bool:
+        """Whether a visitor can switch to ``name`` in some precision: it is loaded, or the operator's
+        setting lets visitors load it."""
+        if self.visitor_models == "all" or any(n == name for n, _ in self._models):
+            return True
+        return self.visitor_models == "local" and find_spec(self.catalog, name).local_path is not None
+
     def load(self, name, precision="auto", progress: ProgressFn | None = None, session: str | None = None,
              visitor: bool = False) -> LoadedModel:
         """Load a catalogue model (once: a model already loaded, or being loaded for someone else, is

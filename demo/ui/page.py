@@ -72,6 +72,15 @@ class ModelHandlers:
     def status(self) -> str:
         return format_model_status(self.manager, current_session())
 
+    def menu(self):
+        """(model menu, precision menu): the models this visitor can switch to, the others marked, both
+        showing the model that serves this visitor (after a refused load too)."""
+        try:
+            cur = self.manager.require(current_session())
+        except ExplorerError:
+            return gr.skip(), gr.skip()
+        return gr.Dropdown(choices=model_choices(self.manager), value=cur.name), cur.precision
+
     def length_limit(self, max_new_tokens):
         """Max new tokens, ranged to the model this visitor uses: the prompt and the new tokens share its
         context window, and the prompt needs at least one token."""
@@ -86,6 +95,14 @@ class ModelHandlers:
     def forget(self) -> None:
         """The visitor closed the page: forget their choice."""
         self.manager.forget(current_session())
+
+
+UNAVAILABLE = "not available to visitors here"
+
+
+def model_choices(manager: ModelManager) -> list[tuple[str, str]]:
+    """The model menu: every catalogue model, those a visitor cannot switch to marked as such."""
+    return [(name if manager.visitor_may_choose(name) else f"{name} ({UNAVAILABLE})", name) for name in manager.names]
 
 
 def max_new_tokens_limit(context_length: int) -> int:
@@ -112,7 +129,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\nTry a GPT language model and see inside it: generate text, watch where each "
                     "attention head looks, and see the probability of every possible next token.")
         with gr.Row(equal_height=True):
-            model_dd = ChoiceDropdown(manager.names, value=manager.current.name if manager.current else None,
+            model_dd = ChoiceDropdown(model_choices(manager), value=manager.current.name if manager.current else None,
                                       label="Model", scale=2)
             precision_dd = ChoiceDropdown(list(PRECISIONS),
                                           value=manager.current.precision if manager.current else "auto",
@@ -139,7 +156,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                       models.status)
 
         load_btn.click(models.load_model, [model_dd, precision_dd], model_status, api_name="load_model",
-                       concurrency_limit=1, concurrency_id="load")
+                       concurrency_limit=1, concurrency_id="load").then(
+            models.menu, None, [model_dd, precision_dd], **PRIVATE)  # the menu shows what serves, refusal or not
         # The Generate tab's links: its prompt and output go to an analysis tab, which opens and analyses them.
         for button, target, tab_id in ((gen.to_attention, att, "attention"), (gen.to_next_token, nxt, "next_token")):
             button.click(_join, [gen.prompt, gen.output], target.text, **PRIVATE).then(
