@@ -160,7 +160,10 @@ def test_samples_stream_side_by_side_and_each_equals_a_generation_alone(page):
     seed_box = page.get_by_label("Seed of the first sample", exact=True)
     seed_box.fill("21")
     seed_box.press("Tab")
+    row_b = "() => document.querySelector('input[aria-label=\"range slider for Temperature (row B)\"]').disabled"
+    assert page.evaluate(row_b), "row B's sliders take no input while the second row is off"
     page.get_by_label("Second row: the same seeds under another temperature and top-p").check()
+    page.wait_for_function(f"() => !({row_b})()")
     page.get_by_role("button", name="Generate samples").click()
     page.wait_for_function("() => { const c = document.querySelectorAll('#samples .card'); return c.length === 6 && "
                            "[...c].every(x => x.querySelector('.head').textContent.includes('done')); }",

@@ -20,7 +20,9 @@ def test_the_length_slider_follows_the_visitors_model(tiny_spec, tiny_loaded):
     manager.add(tiny_loaded)  # a 128-token context window
     update = ModelHandlers(manager).length_limit(400)
     assert update.maximum == 127 and update.value == 127
-    assert ModelHandlers(manager).length_limit(30).value == 30
+    # a value that fits is left to the page (a link may have set a newer one meanwhile)
+    update = ModelHandlers(manager).length_limit(30)
+    assert update.constructor_args == {"maximum": 127}
 
 
 def test_the_status_names_the_model_and_does_not_blame_other_visitors(tiny_spec, tiny_loaded, tiny_loaded_int8):

@@ -89,8 +89,11 @@ class ModelHandlers:
         except ExplorerError:
             return gr.skip()
         top = max_new_tokens_limit(ctx)
-        value = max_new_tokens if isinstance(max_new_tokens, (int, float)) else MAX_NEW_TOKENS.default
-        return gr.Slider(maximum=top, value=min(int(value), top))
+        # the range only: the value is left to the page (a link restored meanwhile may have set it, and the
+        # value read here can be older), unless it no longer fits
+        if isinstance(max_new_tokens, (int, float)) and max_new_tokens > top:
+            return gr.Slider(maximum=top, value=top)
+        return gr.Slider(maximum=top)
 
     def forget(self) -> None:
         """The visitor closed the page: forget their choice."""

@@ -177,8 +177,10 @@ def layout() -> SamplesLayout:
             settings["seed"].visible = False  # each sample has its own seed (above)
             with gr.Group():
                 compare = gr.Checkbox(False, label="Second row: the same seeds under another temperature and top-p")
-                temperature_b = setting_input(SETTING["temperature"], value=1.2, label="Temperature (row B)")
-                top_p_b = setting_input(SETTING["top_p"], value=1.0, label="Top-p (row B)")
+                # row B's sliders are active only while the second row is on
+                temperature_b = setting_input(SETTING["temperature"], value=1.2, label="Temperature (row B)",
+                                              interactive=False)
+                top_p_b = setting_input(SETTING["top_p"], value=1.0, label="Top-p (row B)", interactive=False)
     view = gr.HTML(samples_html(None), css_template=SAMPLES_CSS, js_on_load=SAMPLES_JS, elem_id="samples")
     data = gr.JSON(visible=False, label="samples")
     return SamplesLayout(prompt, n, first_seed, max_new_tokens, generate, stop, preset, settings, compare,
@@ -196,7 +198,14 @@ def wire(ui: SamplesLayout, h: SamplesHandlers, ctx: AppContext) -> SamplesTab:
                       **ctx.samples_queue)
     ui.stop.click(h.stop, None, None, **PRIVATE, **ctx.stop_queue)  # the samples end themselves, text kept
     ui.preset.input(preset_values, ui.preset, [ui.settings[k] for k in PRESET_TARGETS], **PRIVATE)
+    ui.compare.change(row_b_controls, ui.compare, [ui.temperature_b, ui.top_p_b], queue=False, **PRIVATE)
     return SamplesTab(ui.view, ui.data, h)
+
+
+def row_b_controls(compare: bool):
+    """Row B's sliders follow the Second row box: they take input only while it is ticked."""
+    on = bool(compare)
+    return gr.Slider(interactive=on), gr.Slider(interactive=on)
 
 
 def build(tab: gr.Tab, ctx: AppContext) -> SamplesTab:
