@@ -324,7 +324,8 @@ def test_a_hub_model_is_refused_to_visitors_by_default(class_app):
 # Stop only notes the request).
 MODEL_FREE = {"stop", "preset_values", "copy_settings", "_join", "open_tab", "view_controls", "pick_token", "<lambda>",
               "on_generation", "select", "clicked", "branch", "status", "forget", "load_model",
-              "load_example", "restore", "link", "rerun", "export", "load_linked_model", "length_limit", "menu"}
+              "load_example", "restore", "link", "rerun", "export", "load_linked_model", "length_limit", "menu",
+              "row_b_controls"}
 
 
 def test_every_event_that_runs_a_model_is_inside_a_model_concurrency_limit(class_app):
