@@ -175,11 +175,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         rerun_targets = {"prompt": gen.prompt, **gen.controls}
         smp.view.rerun(smp.handlers.rerun_event(rerun_targets), [smp.data], list(rerun_targets.values()),
                        **PRIVATE).success(_opener("generate"), None, tabs, **PRIVATE)
-        # the length slider follows the context window of the visitor's model: when the page opens, and
-        # whenever their model changes (the menu, a link: both rewrite the status)
+        # The page's first status runs in the "load" group (one at a time, first come first served), so a Load
+        # model clicked right after the page opened runs after it and its message is not overwritten. The length
+        # slider follows the context window of the visitor's model: when the page opens, and whenever their
+        # model changes (the menu, a link: both rewrite the status).
         max_new = gen.controls["max_new_tokens"]
-        # in the "load" group (one at a time, first come first served): a Load model clicked right after the
-        # page opened runs after this and its message is not overwritten
         demo.load(models.status, None, model_status, concurrency_id="load", concurrency_limit=1, **PRIVATE).then(
             models.length_limit, max_new, max_new, **PRIVATE)
         model_status.change(models.length_limit, max_new, max_new, **PRIVATE)
