@@ -5,10 +5,12 @@
     python -m demo.deploy USER/SPACE --hardware zero-a10g   # ZeroGPU
     python -m demo.deploy USER/SPACE --dry-run              # only list what would be uploaded
 
-It uploads the files git tracks (the app, the bundled model, the README whose front matter
-configures the Space) except the tests, benchmarks and CI scripts, as one commit through
-``huggingface_hub``, with a ``.gitattributes`` that puts large binary files in Git LFS (the Hub
-refuses files over 10 MB outside LFS). Pushing this repository's history instead would be refused:
+It uploads the files of the last commit, as they are in the working tree (the app, the bundled
+model, the README whose front matter configures the Space) except the tests, benchmarks and CI
+scripts, as one commit through ``huggingface_hub``. It refuses files named like secrets and links
+that lead out of the repository, and a file only staged is not uploaded. It adds a
+``.gitattributes`` that puts large binary files in Git LFS (the Hub refuses files over 10 MB
+outside LFS). Pushing this repository's history instead would be refused:
 old commits hold larger model shards as plain blobs. On ZeroGPU hardware ``requirements.txt`` is
 uploaded with torch limited to the versions ZeroGPU supports.
 
@@ -38,6 +40,9 @@ ZERO_GPU = "zero-a10g"
 # ZeroGPU runs only some torch releases; on that hardware the Space gets this torch requirement.
 ZERO_GPU_TORCH = "torch>=2.4,<2.13"
 TORCH_LINE = re.compile(r"(?m)^torch(?=\s*(?:[<>=!~;\[#]|$))[^\n#]*")  # torch's own line, not torchvision's
+# Never uploaded, even when committed: the names of keys, tokens and credentials.
+SECRET_NAMES = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", "id_ecdsa*", ".netrc", ".pypirc",
+                "credentials*", ".git-credentials")
 SPACE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
 
@@ -56,11 +61,33 @@ class Upload:
 
 
 def tracked_files(root: Path = REPO) -> list[str]:
+    """The files of the last commit. A file only staged (``git add``-ed, not committed), such as a ``.env``
+    added by mistake, is not among them."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+        out = subprocess.run(["git", "ls-tree", "-r", "-z", "--name-only", "HEAD"], cwd=root, capture_output=True,
+                             check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise DeployError(f"{root} is not a git checkout (the upload is the files git tracks): {exc}") from None
+        raise DeployError(f"{root} is not a git checkout with a commit (the upload is the files of the last "
+                          f"commit): {exc}") from None
     return [p for p in out.decode("utf-8").split("\0") if p]
+
+
+def looks_secret(path: str) -> bool:
+    name = Path(path).name.lower()
+    return any(fnmatch.fnmatch(name, pattern) for pattern in SECRET_NAMES)
+
+
+def check_safe(root: Path, path: str) -> None:
+    """Refuse a file that looks like a secret, and a link that leads out of the repository."""
+    if looks_secret(path):
+        raise DeployError(f"{path} looks like a secret ({', '.join(SECRET_NAMES)}): it is not uploaded to a Space. "
+                          "Remove it from git (git rm --cached) and deploy again.")
+    file = root / path
+    if file.is_symlink():
+        target = file.resolve()
+        if not target.is_relative_to(root.resolve()):
+            raise DeployError(f"{path} is a link to {target}, outside the repository: a deployment uploads only "
+                              "the repository's own files. Replace the link with the file, or remove it.")
 
 
 def needs_lfs(path: str) -> bool:
@@ -73,6 +100,7 @@ def plan_upload(root: Path = REPO, hardware: str = "cpu-basic") -> Upload:
     files = [p for p in tracked_files(root) if not p.startswith(EXCLUDED) and (root / p).is_file()
              and p != ".gitattributes"]
     for p in files:
+        check_safe(root, p)
         size = (root / p).stat().st_size
         if size > MAX_PLAIN_BYTES and not needs_lfs(p):
             raise DeployError(f"{p} is {size / 1e6:.1f} MB: the Hub refuses files over 10 MB outside Git LFS, and "

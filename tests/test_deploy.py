@@ -90,3 +90,43 @@ def test_dry_run_lists_the_files(capsys):
     assert deploy.main(["someone/gpt-explorer", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "app.py" in out and "tests/" not in out
+
+
+def git_repo(root: Path) -> None:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / "app.py").write_text("print('app')\n")
+    (root / "requirements.txt").write_text("gradio\n")
+    subprocess.run([*git, "add", "app.py", "requirements.txt"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "app"], cwd=root, check=True)
+
+
+def test_a_file_only_staged_is_not_uploaded(tmp_path):
+    git_repo(tmp_path)
+    (tmp_path / "notes.txt").write_text("draft\n")
+    subprocess.run(["git", "add", "notes.txt"], cwd=tmp_path, check=True)
+    assert deploy.plan_upload(tmp_path).files == ("app.py", "requirements.txt")
+
+
+@pytest.mark.parametrize("name", [".env", "server.pem", "id_rsa", "deploy.key", ".netrc"])
+def test_a_committed_file_named_like_a_secret_is_refused(tmp_path, name):
+    git_repo(tmp_path)
+    (tmp_path / name).write_text("HF_TOKEN=hf_secret\n")
+    subprocess.run(["git", "add", name], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "oops"],
+                   cwd=tmp_path, check=True)
+    with pytest.raises(deploy.DeployError, match="looks like a secret"):
+        deploy.plan_upload(tmp_path)
+
+
+def test_a_link_out_of_the_repository_is_refused(tmp_path):
+    repo, outside = tmp_path / "repo", tmp_path / "outside.txt"
+    repo.mkdir()
+    git_repo(repo)
+    outside.write_text("not the project's\n")
+    (repo / "data.txt").symlink_to(outside)
+    subprocess.run(["git", "add", "data.txt"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "link"],
+                   cwd=repo, check=True)
+    with pytest.raises(deploy.DeployError, match="outside the repository"):
+        deploy.plan_upload(repo)
