@@ -3,6 +3,7 @@
     python app.py                                  # the bundled model, http://127.0.0.1:7860
     python app.py --model gpt2 --precision int8    # another catalogue model
     python app.py --add-model mine=/path/to/checkpoint --model mine
+    python app.py --host 0.0.0.0                   # reachable from the classroom's network
 
 The environment settings (every GPT_EXPLORER_* variable, and SPACES_ZERO_GPU) are read once, here,
 by demo.core.settings.Settings, whose fields name each one; the flags below override some of them.
@@ -29,6 +30,8 @@ def parse_args(argv=None, settings: Settings | None = None):
                    help="add a local folder or hub id to the catalogue (repeatable)")
     p.add_argument("--host", default=None, help="default 127.0.0.1 (GRADIO_SERVER_NAME on Spaces)")
     p.add_argument("--port", type=int, default=None, help="default 7860 (GRADIO_SERVER_PORT)")
+    p.add_argument("--share", action="store_true",
+                   help="also serve the page at a temporary public *.gradio.live address (needs internet)")
     return p.parse_args(argv)
 
 
@@ -41,7 +44,7 @@ def main(argv=None):
     args = parse_args(argv, settings)
     demo, launch_kwargs = create_app(settings, model=args.model, precision=args.precision,
                                      extra_models=args.add_model)
-    demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, **launch_kwargs)
 
 
 if __name__ == "__main__":

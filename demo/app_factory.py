@@ -6,10 +6,12 @@ import logging
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from demo.core.cache import ModelCache
 from demo.core.errors import ExplorerError
 from demo.core.settings import Settings
+from demo.http_limits import BodyLimit
 from demo.runtime import zerogpu
 from demo.runtime.catalog import load_catalog
 from demo.runtime.pool import ModelManager
@@ -69,7 +71,10 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
         start_model(manager, start_candidates(settings, manager.device, manager.names))
     ctx = AppContext(manager=manager, cache=ModelCache(), settings=settings)
     demo = build_app(ctx)
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=ctx.concurrency)
+    # api_open=False: an event reached by a direct POST (/gradio_api/run/…, /gradio_api/api/…) is refused,
+    # so every request waits its turn in the queue and its concurrency group. Gradio closes that route
+    # by itself only on a Space; a classroom server on --host 0.0.0.0 needs it closed as much.
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=ctx.concurrency, api_open=False)
     # Gradio's queue loop wakes every 1 ms while it waits for work, and each wake takes the GIL from the
     # thread that runs the model. Waking every 5 ms adds at most 5 ms before a request starts and gave
     # about 10 % more streamed tokens/s on CPU (benchmarks/bench_generate.py). Private attribute: if a
@@ -83,5 +88,6 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     # Bounded per-visitor memory and disk: Gradio keeps a little of each session (at most this many
     # sessions, each without its page copy: forget_page_copies), the app takes no uploads, and
     # Gradio's own file cache is cleaned (build_app).
+    # and a bounded request body on every route (a 100 MB prompt is refused before it is read)
     return demo, {"theme": gr.themes.Soft(), "css": CSS, "state_session_capacity": settings.sessions,
-                  "max_file_size": MAX_UPLOAD_BYTES}
+                  "max_file_size": MAX_UPLOAD_BYTES, "app_kwargs": {"middleware": [Middleware(BodyLimit)]}}

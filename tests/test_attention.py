@@ -230,6 +230,16 @@ def test_head_figure_is_readable():
     json.loads(fig.to_json())
 
 
+@pytest.mark.parametrize("t", [31, 60, 120])
+def test_a_heatmap_of_up_to_120_tokens_labels_every_token_on_rows_tall_enough_for_its_labels(t):
+    """Readable on a projector: every token labelled (the axis draws every category), 12 px labels, and
+    rows at least 12 px tall once the title, the column labels and the margins (~260 px) are set aside."""
+    fig = P.figure(fake_result(t=t), view(kind="head", layer=0, head=0))
+    for axis in (fig.layout.xaxis, fig.layout.yaxis):
+        assert axis.dtick == 1 and axis.type == "category" and axis.tickfont.size >= 12
+    assert (fig.layout.height - 260) / t >= 12
+
+
 def test_token_text_is_escaped_in_every_plot():
     import dataclasses
 
@@ -370,3 +380,12 @@ def test_attention_endpoint_through_gradio_client(app_url, tiny_path):
         client.predict("  ", 0, 0, "head", "mean-heads", -1, "layer", api_name="/attention")
     with pytest.raises(Exception, match="head must be"):
         client.predict(TEXT, 0, "two", "head", "mean-heads", -1, "layer", api_name="/attention")
+
+
+def test_the_notice_does_not_tell_whether_the_text_was_in_the_shared_cache(handlers):
+    """The cache is shared by every visitor: a notice that said "from the cache" would tell a visitor that
+    somebody else had analysed this text."""
+    text = "A text nobody analysed before this test."
+    first = handlers.analyse(text, None, "head", 0, 0, "mean-heads", None, "layer").notice
+    again = handlers.analyse(text, None, "head", 0, 0, "mean-heads", None, "layer").notice
+    assert first == again and "computed in" in first and "cache" not in first.lower()

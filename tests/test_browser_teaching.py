@@ -5,12 +5,14 @@ conftest.py; the helpers find elements by label, text or the ``elem_id`` the app
 
 from __future__ import annotations
 
+import io
 import math
 import re
 
 import pytest
 from browser_helpers import (
     drawn_cell_colour,
+    finished_generations,
     generate,
     heatmap_extremes,
     luminance,
@@ -23,6 +25,7 @@ from browser_helpers import (
     stats_text,
     tokens_generated,
     wait_for_plot_with_data,
+    wait_generation_done,
 )
 
 pytestmark = pytest.mark.browser
@@ -132,12 +135,15 @@ def test_a_generated_token_opens_its_step_and_the_timeline_has_a_point_per_token
                          ".filter(g => g.offsetParent !== null).flatMap(g => (g.data || []).flatMap(t => t.y || []))")
     assert any("drawn" in str(y) for y in bars), "the drawn token is among the bars, marked"
     open_tab(page, "Generate")
+    misses = live_app[0].cache.misses
     page.get_by_role("button", name="Open this step in the Attention tab").click()
     page.wait_for_function("p => { const el = document.querySelector('#attention-text textarea'); "
                            "return el && el.value.startsWith(p) && el.value.length > p.length; }", arg=PROMPT)
     wait_for_plot_with_data(page, "#attention-plot")
     assert page.locator("#attention-view input[value=token]").is_checked()
-    assert "from the cache" in page.locator("#attention-notice").inner_text()
+    assert live_app[0].cache.misses == misses, "the step's forward pass came from the cache"
+    # the page does not say so: whether a text was cached tells which texts other visitors analysed
+    assert "computed in" in page.locator("#attention-notice").inner_text()
     assert page.console.errors == []
 
 
@@ -176,16 +182,19 @@ def test_samples_stream_side_by_side_and_each_equals_a_generation_alone(page):
     scroll_to(page, "#samples", 160)
     screenshot(page, "samples", docs_name="samples")
 
-    # Re-run the first and the last sample alone in the Generate tab: the same seed gives the same text.
+    # Re-run the first and the last sample: the Generate tab generates it alone, and the same seed gives
+    # the same text
     for index in (0, 5):
+        before = finished_generations(page)
         page.locator(f'#samples button[data-sample="{index}"]').click()
         page.wait_for_function("n => [...document.querySelectorAll('[role=tab]')].some(t => t.textContent.trim() "
                                "=== n && t.getAttribute('aria-selected') === 'true')", arg="Generate")
         seed = cards[index][0]
-        page.wait_for_function("s => document.querySelector('input[aria-label=\"Seed\"]')?.value === String(s)",
-                               arg=seed)
+        assert wait_generation_done(page, before) == cards[index][1], f"sample {index} (seed {seed}) alone"
+        assert page.evaluate("() => document.querySelector('input[aria-label=\"Seed\"]').value") == str(seed)
         assert page.get_by_label("Prompt", exact=True).input_value() == PROMPT
-        assert generate(page) == cards[index][1], f"sample {index} (seed {seed}) alone"
+        page.wait_for_function("n => document.querySelectorAll('#token-view .tok').length === n",
+                               arg=tokens_generated(stats_text(page)))  # its coloured tokens too
         open_tab(page, "Samples")
     assert page.console.errors == []
 
@@ -328,6 +337,32 @@ def test_a_link_after_a_random_seed_shows_the_text_and_makes_it_again(page, brow
         fresh.close()
 
 
+def read_qr(png: bytes) -> list[str]:
+    """The texts of the QR codes in a screenshot (zxing-cpp, as a phone's camera would read them)."""
+    import zxingcpp
+    from PIL import Image
+
+    return [r.text for r in zxingcpp.read_barcodes(Image.open(io.BytesIO(png)))]
+
+
+def test_the_qr_codes_read_back_as_the_link_and_the_page_address(page, live_app):
+    set_prompt(page, PROMPT)
+    set_seed(page, 7)
+    page.get_by_role("button", name="QR code for the class").click()
+    page.wait_for_function("() => document.querySelectorAll('#share-qr svg').length === 2", timeout=60_000)
+    link = page.locator("#share-link textarea, #share-link input").first.input_value()
+    assert link.startswith(live_app[1]) and "#" in link and "seed=7" in link
+    codes = page.locator("#share-qr figure.qr")
+    assert read_qr(codes.nth(0).locator("svg").screenshot()) == [link]
+    assert read_qr(codes.nth(1).locator("svg").screenshot()) == [link.split("#")[0]]
+    box = codes.nth(0).locator("svg").bounding_box()
+    assert box["width"] >= 200 and box["height"] >= 200, "large enough to scan from the back of a room"
+    # the test server listens on 127.0.0.1: the page says the students cannot reach that address
+    assert "only on this computer" in page.locator("#share-qr").inner_text()
+    screenshot(page, "qr-codes", docs_name="qr-codes")
+    assert page.console.errors == []
+
+
 def number_value(page, label: str) -> float:
     return float(page.locator(f'input[aria-label="number input for {label}"]:visible').first.input_value())
 
@@ -340,6 +375,8 @@ TAMPERED = {
                              "%22window.__pwned%3D2%22%3E&seed=abc&nonsense=1",
                              ["seed must be", "'nonsense' is not something a link can set"]),
     "a-1-mb-prompt": ("#prompt=" + "a" * 1_000_000, ["the link is too long"]),
+    "a-bare-address": ("#https://1249763399/reset-password=1&admin@evil.example=2",
+                       ["https://1249763399/reset-password", "is not something a link can set"]),
 }
 
 
@@ -359,6 +396,7 @@ def test_a_tampered_link_opens_the_page_with_a_notice(page, live_app, name):
     if name == "script-in-the-prompt":
         assert page.get_by_label("Prompt", exact=True).input_value().startswith("<script>window.__pwned=1")
     assert injected_elements(page) == {"pwned": None, "imgs": 0, "scripts": 0, "handlers": 0, "iframes": 0}
+    assert page.locator("#link-notice a").count() == 0, "what a link held is never made a link"
     if "tab=attention" in fragment:  # the link's tab opens once its view is drawn
         page.wait_for_function("() => [...document.querySelectorAll('[role=tab]')].some(t => t.textContent.trim() "
                                "=== 'Attention' && t.getAttribute('aria-selected') === 'true')", timeout=60_000)
@@ -367,3 +405,98 @@ def test_a_tampered_link_opens_the_page_with_a_notice(page, live_app, name):
     assert generate(page).strip(), "the page works after a bad link"
     assert live_app[0].manager.require().name == "gutenberg-gpt"
     assert console.errors == []
+
+
+# ----------------------------------------------------------------------------- projector mode
+
+
+def inside_viewport(page, selector: str) -> dict:
+    """The element's box, after the page is scrolled to its top; asserts it lies inside the viewport."""
+    page.evaluate("window.scrollTo(0, 0)")
+    box = page.locator(selector).first.bounding_box()
+    size = page.viewport_size
+    assert box is not None, f"{selector} is not on the page"
+    assert box["y"] >= 0 and box["x"] >= 0, (selector, box)
+    assert box["y"] + box["height"] <= size["height"] + 1 and box["x"] + box["width"] <= size["width"] + 1, \
+        f"{selector} reaches past the {size['width']}x{size['height']} screen: {box}"
+    return box
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)], ids=["1280x800", "1920x1080"])
+def test_projector_mode_shows_each_tabs_main_figure_without_scrolling(browser, live_app, size):
+    from browser_helpers import open_app
+
+    context = browser.new_context(viewport={"width": size[0], "height": size[1]})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(90_000)
+        console = open_app(page, live_app[1])
+        page.get_by_label("Projector mode").check()
+        page.wait_for_function("() => document.body.classList.contains('projector')")
+        # Generate: the probability-coloured tokens of a 60-token text (the default length)
+        generate(page)
+        page.wait_for_function("n => document.querySelectorAll('#token-view .tok').length === n",
+                               arg=tokens_generated(stats_text(page)))
+        inside_viewport(page, "#token-view")
+        # Samples: the cards
+        open_tab(page, "Samples")
+        page.get_by_role("button", name="Generate samples").click()
+        page.wait_for_function("() => { const c = document.querySelectorAll('#samples .card'); return c.length && "
+                               "[...c].every(x => x.querySelector('.head').textContent.includes('done')); }",
+                               timeout=120_000)
+        inside_viewport(page, "#samples .card")
+        # Attention: the heatmap, drawn on the tab's first visit
+        open_tab(page, "Attention")
+        wait_for_plot_with_data(page, "#attention-plot")
+        inside_viewport(page, "#attention-plot .js-plotly-plot")
+        if size == (1920, 1080):
+            screenshot(page, "projector-attention-1920", docs_name="projector")
+        # Next token: the bars
+        open_tab(page, "Next token")
+        page.get_by_role("button", name="Show the next token").click()
+        wait_for_plot_with_data(page, "#next-token-plot")
+        inside_viewport(page, "#next-token-plot .js-plotly-plot")
+        # 8-bit vs full: the comparison
+        open_tab(page, "8-bit vs full")
+        page.get_by_role("button", name="Compare 8-bit with full precision").click()
+        wait_for_plot_with_data(page, "#precision-plot", timeout_s=180)
+        inside_viewport(page, "#precision-plot .js-plotly-plot")
+        # and back: the normal page again
+        page.get_by_label("Projector mode").uncheck()
+        page.wait_for_function("() => !document.body.classList.contains('projector')")
+        assert page.locator("#model-row").is_visible()
+        assert console.errors == []
+    finally:
+        context.close()
+
+
+def test_a_120_token_heatmap_labels_every_token_in_readable_text_at_1920_wide(browser, live_app):
+    from browser_helpers import open_app
+
+    context = browser.new_context(viewport={"width": 1920, "height": 1080})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(90_000)
+        console = open_app(page, live_app[1])
+        open_tab(page, "Attention")
+        text = " ".join(["The old sea captain looked at the boy and said, come with me."] * 9)
+        page.locator("#attention-text textarea").fill(text)
+        page.get_by_role("button", name="Show attention").click()
+        page.wait_for_function("() => { const g = document.querySelector('#attention-plot .js-plotly-plot'); "
+                               "return g && g.data && g.data.length && g.data[0].x.length >= 100; }")
+        n = page.evaluate("() => document.querySelector('#attention-plot .js-plotly-plot').data[0].x.length")
+        assert 100 <= n <= 128, n
+        drawn = page.evaluate("""() => {
+          const g = document.querySelector('#attention-plot .js-plotly-plot');
+          const labels = ax => [...g.querySelectorAll('.' + ax + 'tick text')].filter(t => t.textContent.trim());
+          const px = ax => Math.min(...labels(ax).map(t => parseFloat(getComputedStyle(t).fontSize)));
+          const xa = g._fullLayout.xaxis, ya = g._fullLayout.yaxis;
+          return {x: labels('x').length, y: labels('y').length, xpx: px('x'), ypx: px('y'),
+                  cellw: xa._length / g.data[0].x.length, cellh: ya._length / g.data[0].y.length};
+        }""")
+        assert drawn["x"] == n and drawn["y"] == n, drawn  # every token labelled on both axes
+        assert drawn["xpx"] >= 12 and drawn["ypx"] >= 12, drawn
+        assert drawn["cellw"] >= 8 and drawn["cellh"] >= 8, drawn
+        assert console.errors == []
+    finally:
+        context.close()

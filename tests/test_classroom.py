@@ -292,6 +292,63 @@ def class_app(tiny_path):
     demo.close()
 
 
+def test_the_direct_route_around_the_queue_is_closed(class_app):
+    """POST /gradio_api/run/<name> (or with any event's fn_index) would run an event outside the queue and
+    its concurrency limits: refused, whatever the host."""
+    import httpx
+
+    demo, url = class_app
+    generate = next(i for i, fn in demo.fns.items() if fn.api_name == "generate")
+    for path, body in (("gradio_api/run/predict", {"data": ["Once upon", 4], "fn_index": generate}),
+                       ("gradio_api/api/generate", {"data": ["Once upon", 4]}),
+                       ("gradio_api/run/generate", {"data": ["Once upon", 4]})):
+        r = httpx.post(url + path, json=body, timeout=60)
+        assert r.status_code == 404 and "join the queue" in r.text, (path, r.status_code, r.text[:200])
+    assert not demo.api_open
+
+
+def test_a_huge_request_body_is_refused_before_it_is_read(class_app):
+    import httpx
+
+    from demo.http_limits import MAX_BODY_BYTES
+
+    url = class_app[1]
+    big = '{"data": ["' + "a" * (MAX_BODY_BYTES + 10) + '", 4]}'
+    r = httpx.post(url + "gradio_api/call/generate", content=big, headers={"content-type": "application/json"},
+                   timeout=60)
+    assert r.status_code == 413 and "too large" in r.text
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"data": ["'
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b"a" * 65536
+        yield b'", 4]}'
+
+    r = httpx.post(url + "gradio_api/call/generate", content=chunks(), headers={"content-type": "application/json"},
+                   timeout=60)
+    assert 400 <= r.status_code < 500, r.status_code  # FastAPI answers 400: the body could not be read
+    ok = httpx.post(url + "gradio_api/call/generate", json={"data": ["Once upon", 4]}, timeout=60)
+    assert ok.status_code == 200 and "event_id" in ok.json()
+
+
+def test_a_request_without_a_session_cannot_choose_a_model(class_app):
+    """A bare /gradio_api/call/load_model names no session: Gradio gives it its event id as one, so the
+    choice would be kept for nobody (and fill the visitors' table); it is refused in the status."""
+    import json
+
+    import httpx
+
+    demo, url = class_app
+    remembered = len(demo.manager._sessions)
+    r = httpx.post(url + "gradio_api/call/load_model", json={"data": ["tiny", "fp32"]}, timeout=60)
+    event_id = r.json()["event_id"]
+    with httpx.stream("GET", f"{url}gradio_api/call/load_model/{event_id}", timeout=120) as s:
+        lines = [line for line in s.iter_lines() if line.startswith("data:")]
+    status = json.loads(lines[-1][5:])[0]
+    assert "without a session cannot choose a model" in status
+    assert len(demo.manager._sessions) == remembered
+
+
 def test_a_visitors_model_switch_does_not_change_another_visitors_model(class_app):
     from gradio_client import Client
 
@@ -325,7 +382,7 @@ def test_a_hub_model_is_refused_to_visitors_by_default(class_app):
 MODEL_FREE = {"stop", "preset_values", "copy_settings", "_join", "open_tab", "view_controls", "pick_token", "<lambda>",
               "on_generation", "select", "clicked", "branch", "status", "forget", "load_model",
               "load_example", "restore", "link", "rerun", "export", "load_linked_model", "length_limit", "menu",
-              "row_b_controls"}
+              "row_b_controls", "qr_codes"}
 
 
 def test_every_event_that_runs_a_model_is_inside_a_model_concurrency_limit(class_app):

@@ -259,3 +259,63 @@ def test_trust_remote_code_is_never_enabled():
     for config in (REPO / "models").glob("*/config.json"):
         assert "auto_map" not in json.loads(config.read_text()), config
         assert not list(config.parent.glob("*.py")), config.parent
+
+
+GOOD_SAMPLE = {"settings": {"do_sample": True, "temperature": 0.8, "top_k": 0, "top_p": 0.95, "min_p": 0.0,
+                            "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "seed": 21}}
+
+
+@pytest.mark.parametrize(("data", "index"), [
+    (None, 0), ([], 0), ({"samples": "x"}, 0), ({"samples": [GOOD_SAMPLE]}, True), ({"samples": [GOOD_SAMPLE]}, 5),
+    ({"samples": [GOOD_SAMPLE]}, "0"), ({"samples": [None], "prompt": TEXT, "max_new_tokens": 8}, 0),
+    ({"samples": [{"settings": "x"}], "prompt": TEXT, "max_new_tokens": 8}, 0),
+    ({"samples": [{"settings": {**GOOD_SAMPLE["settings"], "temperature": NAN}}], "prompt": TEXT,
+      "max_new_tokens": 8}, 0),
+    ({"samples": [GOOD_SAMPLE], "prompt": {"a": 1}, "max_new_tokens": 8}, 0),
+    ({"samples": [GOOD_SAMPLE], "prompt": TEXT, "max_new_tokens": 10**9}, 0),
+], ids=lambda v: repr(v)[:30])
+def test_a_rerun_of_hostile_samples_data_gets_a_sentence(data, index):
+    """The samples' data comes back from the page (any client can send its own): every malformed part is
+    named, never Gradio's bare "Error"."""
+    import gradio as gr
+
+    from demo.ui.tabs.samples import SamplesHandlers
+
+    handler = SamplesHandlers(manager=None).rerun_event({"prompt": "p", "max_new_tokens": "m", **{
+        n: n for n in GOOD_SAMPLE["settings"]}})
+    with pytest.raises(gr.Error) as caught:
+        handler(data, gr.EventData(None, {"index": index}))
+    assert len(str(caught.value.message)) > 20 and "Traceback" not in str(caught.value.message)
+
+
+def test_a_rerun_of_good_samples_data_sets_the_generate_tab():
+    from demo.ui.tabs.samples import SamplesHandlers
+
+    values = SamplesHandlers.rerun_values({"samples": [GOOD_SAMPLE], "prompt": TEXT, "max_new_tokens": 8}, 0)
+    assert values["prompt"] == TEXT and values["max_new_tokens"] == 8 and values["seed"] == 21
+    assert values["temperature"] == 0.8 and values["do_sample"] is True
+
+
+@pytest.mark.parametrize("value", ["abc", None, [], {"a": 1}, NAN, INF, "1e999"])
+def test_a_plain_slider_names_itself_in_its_error(value):
+    """Layer, Head, Bars to show, Positions: a private event reached with such a value gets a sentence,
+    not Gradio's bare "Error" (its own check fails on the comparison)."""
+    import gradio as gr
+
+    from demo.ui.inputs import NumberSlider
+
+    with pytest.raises(gr.Error, match="Head must be a (finite )?number"):
+        NumberSlider(0, 3, step=1, label="Head").preprocess(value)
+    assert NumberSlider(0, 3, step=1, label="Head").preprocess("2") == 2
+
+
+@pytest.mark.parametrize(("prompt", "output"), [(None, "x"), ("x", 5), ("a" * 40_000, "b" * 20_000), ("", " ")])
+def test_the_join_into_an_analysis_tab_checks_its_text(prompt, output):
+    """The private event behind "See its attention" / "Explore the next token": any client can send it."""
+    import gradio as gr
+
+    from demo.ui.page import _join
+
+    with pytest.raises(gr.Error):
+        _join(prompt, output)
+    assert _join("Once upon", " a time") == "Once upon a time"

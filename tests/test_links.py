@@ -1,12 +1,14 @@
 """Links that restore a lesson (demo.core.links): what a link may set, how each value is checked, and that
-a link the page makes reads back to the same state."""
+a link the page makes reads back to the same state; and the QR codes of a link (demo.plots.qr)."""
 
 from __future__ import annotations
 
 import pytest
 
+from demo.core.errors import ValidationError
 from demo.core.links import MAX_LINK_CHARS, link_request, make_link, read_link, reproducing
 from demo.core.settings import PRECISIONS
+from demo.plots.qr import MAX_QR_BYTES, qr_codes_html
 
 MODELS = ["gutenberg-gpt", "gpt2"]
 
@@ -87,6 +89,15 @@ def test_what_a_link_held_is_shown_as_plain_text_in_the_notice():
     assert "\\!\\[\\]" in notice
 
 
+def test_a_bare_address_or_email_in_a_link_is_not_turned_into_a_link():
+    from demo.ui.share import describe
+
+    state = read("https://1249763399/reset-password=1&admin@evil.example=2")
+    notice = describe({"tab": None, "problems": state.problems})
+    assert "https\\://1249763399" in notice and "admin\\@evil" in notice
+    assert "https://" not in notice and "admin@" not in notice
+
+
 RECORD = {"model": "gutenberg-gpt", "precision": "fp32", "prompt": "Once", "text": " upon a time",
           "settings": {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 0.9, "min_p": 0.0,
                        "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "seed": 977, "max_new_tokens": 40},
@@ -119,3 +130,49 @@ def test_the_notice_says_whether_generate_gives_the_same_text():
     assert "give the same text" in fixed and "(5)" in fixed
     random = describe({"tab": "generate", "output": False, "seed": None, "problems": []})
     assert "random" in random and "same text" not in random
+
+
+# ----------------------------------------------------------------------------- QR codes for a class
+
+
+def test_qr_codes_of_a_link_and_of_the_page_with_the_addresses_escaped():
+    url = "https://example.org/app/?x=<b>#m=gutenberg-gpt&p=The%20cat"
+    out = qr_codes_html(url)
+    assert out.count("<svg") == 2 and "This view (the link)" in out and "The page" in out
+    assert "&lt;b&gt;" in out and "<b>#" not in out  # the addresses are text, not HTML
+    assert "only on this computer" not in out
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0", "[::1]", "127.0.1.1"])
+def test_an_address_only_this_computer_reaches_is_named(host):
+    assert "only on this computer" in qr_codes_html(f"http://{host}:7860/#m=x")
+
+
+@pytest.mark.parametrize("host", ["192.168.1.20", "example.hf.space", "10.0.0.5"])
+def test_a_network_address_gets_no_warning(host):
+    assert "only on this computer" not in qr_codes_html(f"http://{host}:7860/#m=x")
+
+
+def test_a_link_too_long_to_scan_gets_only_the_page_code():
+    url = "https://example.org/#p=" + "a" * (MAX_QR_BYTES + 10)
+    out = qr_codes_html(url)
+    assert out.count("<svg") == 1 and "too long to scan" in out
+
+
+@pytest.mark.parametrize("bad", [None, 12, "", "   ", "javascript:alert(1)", "file:///etc/passwd", "ftp://x.org/",
+                                 "http://", "https://x.org/#" + "a" * 50_000])
+def test_anything_but_an_http_address_is_refused_with_a_message(bad):
+    with pytest.raises(ValidationError):
+        qr_codes_html(bad)
+
+
+def test_a_lone_surrogate_in_a_link_becomes_a_question_mark_and_the_answer_is_valid_utf8():
+    import json
+
+    from demo.ui.share import describe
+
+    state = read("\ud800=1&prompt=a\udc00b&seed=%ED%A0%80")
+    assert state.prompt == "a?b"
+    notice = describe({"tab": "generate", "problems": state.problems})
+    json.dumps([notice, state.prompt], ensure_ascii=False).encode("utf-8")  # what Gradio sends back
+    assert "is not something a link can set" in notice and "seed must be" in notice

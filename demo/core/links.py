@@ -105,6 +105,9 @@ def read_link(fragment, models: list[str], precisions: list[str]) -> LinkState:
         state.problems.append(f"the link is too long ({len(fragment):,} characters; at most {MAX_LINK_CHARS:,}), "
                               "so none of it was used")
         return state
+    # a lone surrogate (sent through the API; a browser encodes one as U+FFFD) becomes '?': no value or
+    # message with one could be sent back as UTF-8
+    fragment = fragment.encode("utf-8", errors="replace").decode("utf-8")
     try:
         pairs = parse_qsl(fragment.lstrip("#"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
     except ValueError:

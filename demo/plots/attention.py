@@ -35,6 +35,11 @@ from demo.core.tokens import plot_escape, shorten
 from demo.plots.style import FONT, SEQUENTIAL
 
 FULL_CAP = 256  # tokens shown one by one in a big heatmap; more are grouped in blocks
+# Readable from the back of a classroom: every token of a text up to this long has its label, in TICK_PX
+# text on a row at least ROW_PX tall (a 120-token text: a figure ~1,800 px tall, scrolled like a page).
+LABEL_EVERY_UP_TO = 128
+TICK_PX = 12
+ROW_PX = 13
 GRID_CAP = 96  # blocks per side in each small multiple of the all-heads view
 COLORSCALE = SEQUENTIAL
 EMPTY_COLOR = "#d4d4d4"  # the causal triangle (nothing there) shows the plot background
@@ -100,17 +105,15 @@ def _hover(block: int, what: str = "weight") -> str:
             ", summed over the block's keys and averaged over its queries: %{z:.4f}<extra></extra>")
 
 
-def _tick_font(n: int) -> int:
-    return 11 if n <= 48 else 10 if n <= 96 else 9
-
-
 def _axes(fig: go.Figure, n: int, row=None, col=None, show_labels: bool = True, titles: bool = True):
-    every = n <= 64
+    every = n <= LABEL_EVERY_UP_TO
     common = dict(type="category", showgrid=False, zeroline=False, showticklabels=show_labels,
-                  tickfont=dict(size=_tick_font(n)), ticks="", automargin=True)
+                  tickfont=dict(size=TICK_PX), ticks="", automargin=True)
     if every:
         common["dtick"] = 1
-    fig.update_xaxes(title_text=X_TITLE if titles else None, tickangle=-60, side="bottom", row=row, col=col, **common)
+    # upright labels take the least width per column once columns get narrow
+    fig.update_xaxes(title_text=X_TITLE if titles else None, tickangle=-60 if n <= 48 else -90, side="bottom",
+                     row=row, col=col, **common)
     fig.update_yaxes(title_text=Y_TITLE if titles else None, autorange="reversed", row=row, col=col, **common)
 
 
@@ -127,7 +130,11 @@ def _colorbar(zmax: float) -> dict:
 
 
 def _height(n: int) -> int:
-    return int(min(900, max(560, 360 + 12 * n)))
+    """A row per token at least ROW_PX tall while every token is labelled (the labels must not overlap),
+    the rest for the title, the column labels and the margins."""
+    if n <= LABEL_EVERY_UP_TO:
+        return int(max(560, 260 + ROW_PX * n))
+    return 900
 
 
 def _square_heatmap(z, labels, block, title, hover_what="weight") -> go.Figure:

@@ -100,7 +100,7 @@ def figure(data: dict) -> go.Figure:
     fig.update_layout(
         title=dict(text=plot_escape(f"{data['model']}: {other} vs {ref}, token by token"), x=0.01,
                    xanchor="left", y=0.99, yref="container", yanchor="top", font=dict(size=15)),
-        height=760 if labelled else 660, margin=dict(l=10, r=10, t=130, b=10), font=FONT,
+        height=680 if labelled else 600, margin=dict(l=10, r=10, t=130, b=10), font=FONT,
         barmode="group", bargap=0.3, plot_bgcolor="white", paper_bgcolor="white",
         legend=dict(orientation="h", yanchor="bottom", y=1.06, xanchor="left", x=0),
         hoverlabel=dict(font=dict(family=MONO, size=12)),

@@ -7,6 +7,7 @@ import functools
 import inspect
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,18 +37,34 @@ MAX_SAMPLE_ROWS = 16  # 8 seeds x 2 settings (demo.analysis.side_by_side)
 STOP_QUEUE_ID = "stop"
 
 
+ANONYMOUS = "anonymous"  # outside any event (a script, a test): one session of its own
+
+
 def current_session() -> str:
     """The session (a browser tab, or one API client) of the event being handled in this thread.
     Gradio keeps the event's request in a context variable while a handler (or each step of a
-    generator handler) runs; outside an event, and for a request without one, "anonymous"."""
+    generator handler) runs. A request that names no session (a bare ``/gradio_api/call/…``) is a
+    session of its own, "anonymous:<event id>": session-less clients never share a model choice or a
+    Stop. Outside an event: :data:`ANONYMOUS`."""
     try:
         from gradio.context import LocalContext
 
         request = LocalContext.request.get(None)
+        event_id = LocalContext.event_id.get(None)
     except (ImportError, AttributeError):  # pragma: no cover - a Gradio without it: one shared session
-        request = None
+        request = event_id = None
     session = getattr(request, "session_hash", None)
-    return session if isinstance(session, str) and session else "anonymous"
+    if request is None:
+        return ANONYMOUS
+    # Gradio's queue gives a request without a session its event id as session
+    if isinstance(session, str) and session and session != event_id:
+        return session
+    return f"{ANONYMOUS}:{event_id or uuid.uuid4().hex}"
+
+
+def is_sessionless(session: str) -> bool:
+    """A request that named no session (see :func:`current_session`)."""
+    return session.startswith(ANONYMOUS + ":")
 
 
 def event_time() -> float:

@@ -11,7 +11,7 @@ import gradio as gr
 
 from demo.core.errors import ValidationError
 from demo.core.sampling import DEFAULT_PRESET, PRESETS, SETTINGS, SamplingParams
-from demo.core.validation import Setting, check_choice
+from demo.core.validation import Setting, check_choice, check_number
 from demo.ui.common import to_gr_error
 
 
@@ -42,6 +42,21 @@ class CheckedSlider(gr.Slider):
 
     def preprocess(self, payload):
         return _checked(lambda v: self.setting.check(v, slider=True), payload)
+
+
+class NumberSlider(gr.Slider):
+    """A plain slider (a layer, a head, a count) whose server-side check names it: a value that is not a
+    finite number gets a sentence, where Gradio's own check fails on a comparison and shows a bare
+    "Error". The range is Gradio's check; the handler checks what the value means."""
+
+    is_template = True
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.Slider)
+
+    def preprocess(self, payload):
+        name = self.label or "the slider"
+        return super().preprocess(_checked(lambda v: check_number(name, v, float("-inf"), float("inf")), payload))
 
 
 class SeedNumber(gr.Number):

@@ -7,13 +7,14 @@ import html
 
 import gradio as gr
 
-from demo.core.errors import ExplorerError
+from demo.core.errors import ExplorerError, ValidationError
 from demo.core.exports import EXPORT_KEEP_S
 from demo.core.sampling import MAX_NEW_TOKENS
 from demo.core.settings import PRECISIONS
+from demo.core.validation import check_text
 from demo.runtime.pool import ModelManager
 from demo.ui import share
-from demo.ui.common import PRIVATE, AppContext, current_session, user_errors
+from demo.ui.common import PRIVATE, AppContext, current_session, is_sessionless, user_errors
 from demo.ui.inputs import ChoiceDropdown
 from demo.ui.tabs import about as about_tab
 from demo.ui.tabs import attention as attention_tab
@@ -23,12 +24,52 @@ from demo.ui.tabs import precision as precision_tab
 from demo.ui.tabs import samples as samples_tab
 
 TITLE = "GPT Explorer"
+# Projector mode (a class on the page's body, set by the "Projector mode" box: no server round trip):
+# larger text, no header or introductions, the sampling settings hidden and the notes under the
+# figures, so that each tab's main figure is on screen at 1280x800 and 1920x1080.
+PROJECTOR_CSS = """
+body.projector {
+  --text-sm: 16px; --text-md: 19px; --text-lg: 21px; --text-xl: 24px;
+  --body-text-size: 19px; --prose-text-size: 19px; --input-text-size: 19px; --block-label-text-size: 16px;
+  --block-title-text-size: 16px; --block-info-text-size: 15px; --checkbox-label-text-size: 17px;
+  --section-header-text-size: 17px; --button-large-text-size: 19px; --button-medium-text-size: 17px;
+  --button-small-text-size: 16px;
+}
+body.projector .gradio-container { max-width: 100% !important; padding-top: 4px !important; }
+body.projector #page-head, body.projector #model-row, body.projector .model-status, body.projector .tab-intro,
+body.projector #generate-examples, body.projector #attention-examples, body.projector .settings-col,
+body.projector #link-notice { display: none !important; }
+body.projector .figure-row { flex-wrap: wrap !important; }
+body.projector .figure-row > .note-col { flex: 1 1 100% !important; min-width: 100% !important; }
+body.projector .stack-unless-projector { flex-direction: row !important; flex-wrap: nowrap !important; }
+body.projector .stack-unless-projector > .controls-col { flex: 0 0 min(380px, 30%) !important; min-width: 0 !important;
+}
+body.projector .stack-unless-projector > .figure-col { flex: 1 1 0 !important; min-width: 0 !important; }
+body.projector #projector-toggle .info, body.projector #projector-toggle [data-testid="block-info"] { display: none; }
+body.projector #output textarea { max-height: 18vh; }
+body.projector #prompt textarea, body.projector #samples-prompt textarea { max-height: 11vh; }
+body.projector .tokview { font-size: 1.3rem; }
+"""
+# the figures follow their new widths (plotly redraws on a window resize)
+PROJECTOR_JS = ("(on) => { document.body.classList.toggle('projector', !!on); "
+                "window.dispatchEvent(new Event('resize')); return []; }")
 CACHE_CLEAN_EVERY_S = 300
 CSS = """
 .stats { font-size: 0.9em; opacity: 0.85; }
 .model-status { font-size: 0.95em; }
 footer { display: none !important; }
-"""
+.qr-codes { display: flex; flex-wrap: wrap; gap: 2rem; align-items: flex-start; }
+.qr-codes figure { margin: 0; max-width: min(320px, 45vh); }
+.qr-codes svg { display: block; width: min(320px, 45vh); height: auto; }
+.qr-codes figcaption { margin-top: 0.4rem; }
+.qr-address { font-size: 0.8em; word-break: break-all; opacity: 0.8; }
+/* controls above the figure (beside it in projector mode). Every rule that the two modes set differently
+   starts at body: Gradio also adds each rule prefixed with its container's classes, and a prefixed normal
+   rule would outrank the projector one; a rule that starts at body has no prefixed copy that matches. */
+body:not(.projector) .stack-unless-projector { flex-direction: column !important; }
+body:not(.projector) .stack-unless-projector > .controls-col,
+body:not(.projector) .stack-unless-projector > .figure-col { width: 100% !important; }
+""" + PROJECTOR_CSS
 
 
 def format_model_status(manager: ModelManager, session: str | None = None) -> str:
@@ -61,6 +102,9 @@ class ModelHandlers:
         failure the visitor's previous model stays and the error is shown."""
         session = current_session()
         try:
+            if is_sessionless(session):
+                raise ValidationError("a request without a session cannot choose a model (the choice would be "
+                                      "forgotten at once): use gradio_client, which keeps a session, or the page")
             progress(0.0, desc=f"Loading {name}…")
             self.manager.load(name, precision, progress=lambda frac, msg: progress(frac, desc=msg), session=session,
                               visitor=True)
@@ -114,8 +158,12 @@ def max_new_tokens_limit(context_length: int) -> int:
     return int(max(1, min(slider_top, context_length - 1)))
 
 
-def _join(prompt: str, output: str) -> str:
-    return prompt + output
+@user_errors
+def _join(prompt, output) -> str:
+    """The prompt and its generated text, for an analysis tab (checked: any client can send this event)."""
+    if not isinstance(prompt, str) or not isinstance(output, str):
+        raise ValidationError("the prompt and the generated text must be text")
+    return check_text("the prompt and its generated text", prompt + output)
 
 
 def _opener(tab_id: str):
@@ -130,8 +178,8 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     # Gradio copies every file it serves into its cache: delete copies older than the exports' lifetime.
     with gr.Blocks(title=TITLE, delete_cache=(CACHE_CLEAN_EVERY_S, EXPORT_KEEP_S)) as demo:
         gr.Markdown(f"# {TITLE}\nTry a GPT language model and see inside it: generate text, watch where each "
-                    "attention head looks, and see the probability of every possible next token.")
-        with gr.Row(equal_height=True):
+                    "attention head looks, and see the probability of every possible next token.", elem_id="page-head")
+        with gr.Row(equal_height=True, elem_id="model-row"):
             model_dd = ChoiceDropdown(model_choices(manager), value=manager.current.name if manager.current else None,
                                       label="Model", scale=2)
             precision_dd = ChoiceDropdown(list(PRECISIONS),
@@ -154,6 +202,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 precision_tab.build(tab, ctx)
             with gr.Tab("About", id="about") as tab:
                 about_tab.build(tab)
+        link_row.projector.change(None, link_row.projector, None, js=PROJECTOR_JS, **PRIVATE)
         tab_ids = {str(t.id): t for t in tabs.children if isinstance(t, gr.Tab)}
         share.connect(demo, link_row, manager, tabs, tab_ids, model_dd, precision_dd, model_status, gen, att, nxt,
                       models.status)
@@ -171,10 +220,12 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                                        (gen.step_to_next_token, nxt, "next_token")):
             # the step first, then the tab: its first-visit drawing then finds the step there and keeps it
             button.click(**target.open_step(step)).success(_opener(tab_id), None, tabs, **PRIVATE)
-        # A sample re-run alone: its prompt, length, settings and seed in the Generate tab.
+        # A sample re-run alone: its prompt, length, settings and seed in the Generate tab, which then
+        # generates it (Stop stops it there).
         rerun_targets = {"prompt": gen.prompt, **gen.controls}
         smp.view.rerun(smp.handlers.rerun_event(rerun_targets), [smp.data], list(rerun_targets.values()),
-                       **PRIVATE).success(_opener("generate"), None, tabs, **PRIVATE)
+                       **PRIVATE).success(_opener("generate"), None, tabs, **PRIVATE).then(**gen.run).then(
+            **gen.after_run)
         # The page's first status runs in the "load" group (one at a time, first come first served), so a Load
         # model clicked right after the page opened runs after it and its message is not overwritten. The length
         # slider follows the context window of the visitor's model: when the page opens, and whenever their

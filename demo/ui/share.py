@@ -1,5 +1,6 @@
 """A link that restores the lesson: the "Copy link" button writes what the page shows into a URL (its
-fragment: see :mod:`demo.core.links`), and a page opened from such a link is set from it — the model,
+fragment: see :mod:`demo.core.links`), the QR code button draws that link and the page's address for a
+class to scan (:mod:`demo.plots.qr`), and a page opened from such a link is set from it — the model,
 prompt, sampling settings, seed, tab, the analysed text and the attention view — then draws that tab.
 Every value is checked on the server; a bad link opens the page with a notice."""
 
@@ -15,6 +16,7 @@ import gradio as gr
 from demo.core.errors import ExplorerError
 from demo.core.links import ATTENTION, GENERATION, TABS, link_request, make_link, read_link, reproducing
 from demo.core.settings import PRECISIONS
+from demo.plots.qr import qr_codes_html
 from demo.runtime.pool import ModelManager
 from demo.ui.common import PRIVATE, current_session, user_errors
 from demo.ui.tabs.attention import AttentionTab, view_controls
@@ -37,8 +39,9 @@ SHOW_LINK_JS = """(fragment) => {
 
 def plain(text: str) -> str:
     """A message quoting what a link held, shown as plain text in Markdown: escaped as HTML, and every
-    Markdown mark backslashed (a link's key like '[Sign in](https://…)' must not become a link)."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>])", r"\\\1", html.escape(text, quote=False))
+    Markdown mark backslashed (a link's key like '[Sign in](https://…)' must not become a link). ':' and
+    '@' too: the renderer turns a bare 'https://1249763399/…' or 'name@host' into a link by itself."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>:@])", r"\\\1", html.escape(text, quote=False))
 
 
 def describe(link: Mapping | None) -> str:
@@ -181,18 +184,35 @@ class ShareHandlers:
 
 class ShareRow(NamedTuple):
     button: gr.Button
+    qr_button: gr.Button
     link: gr.Textbox
+    qr_box: gr.Accordion
+    qr: gr.HTML
     notice: gr.Markdown
+    projector: gr.Checkbox  # projector mode (see demo.ui.page.PROJECTOR_CSS)
 
 
 def share_row() -> ShareRow:
-    """The Copy link button, where the link appears, and the notice of a page opened from a link."""
+    """The Copy link and QR code buttons, where the link and its QR codes appear, and the notice of a page
+    opened from a link."""
     with gr.Row(equal_height=True):
         button = gr.Button("Copy a link to this view", size="sm", scale=1, min_width=200)
+        qr_button = gr.Button("QR code for the class", size="sm", scale=1, min_width=160)
         link = gr.Textbox(show_label=False, placeholder="A link to what this page shows: a teacher's slide, a "
                           "student's question…", interactive=False, buttons=["copy"], scale=4, elem_id="share-link",
                           max_lines=1)
-    return ShareRow(button, link, gr.Markdown("", visible=False, elem_id="link-notice"))
+        projector = gr.Checkbox(False, label="Projector mode", info="larger text, the figures first, settings hidden",
+                                scale=1, min_width=170, elem_id="projector-toggle")
+    with gr.Accordion("QR codes: point a phone's camera at them", open=True, visible=False) as qr_box:
+        qr = gr.HTML("", elem_id="share-qr")
+    return ShareRow(button, qr_button, link, qr_box, qr, gr.Markdown("", visible=False, elem_id="link-notice"),
+                    projector)
+
+
+@user_errors
+def qr_codes(url):
+    """(the QR codes, their box shown): the link the page shows, and the page's own address."""
+    return qr_codes_html(url), gr.Accordion(visible=True, open=True)
 
 
 def connect(demo: gr.Blocks, row: ShareRow, manager: ModelManager, tabs: gr.Tabs, tab_ids: dict[str, gr.Tab],
@@ -219,4 +239,8 @@ def connect(demo: gr.Blocks, row: ShareRow, manager: ModelManager, tabs: gr.Tabs
                    *[att.controls[n] for n in ATTENTION], nxt.text]
     row.button.click(h.link, link_inputs, row.link, **PRIVATE).success(None, row.link, row.link, js=SHOW_LINK_JS,
                                                                        **PRIVATE)
+    # the QR codes: the same link, then its codes drawn on the server from the address the browser shows
+    row.qr_button.click(h.link, link_inputs, row.link, **PRIVATE).success(
+        None, row.link, row.link, js=SHOW_LINK_JS, **PRIVATE).success(qr_codes, row.link, [row.qr, row.qr_box],
+                                                                      **PRIVATE)
 

@@ -37,6 +37,7 @@ from demo.plots import attention as P
 from demo.runtime.loading import LoadedModel
 from demo.runtime.pool import ModelManager
 from demo.ui.common import PRIVATE, AppContext, current_session, export_controls, unchanged, user_errors
+from demo.ui.inputs import NumberSlider
 
 DEFAULT_TEXT = ("It was a dark and stormy night, and the old captain sat by the fire. "
                 "It was a dark and stormy night, and the old captain")
@@ -100,11 +101,14 @@ class OpenedStep(NamedTuple):
 # ----------------------------------------------------------------------------- formatting (pure)
 
 
-def notice_text(result: AttentionResult, view: AttentionView, cached: bool | None = None) -> str:
+def notice_text(result: AttentionResult, view: AttentionView, timed: bool = False) -> str:
+    """The line above the figure. ``timed``: with the time of the forward pass behind it (the same whether
+    this visitor's request ran it or it was in the cache, which other visitors share: whether a text was
+    cached would tell a visitor which texts others analysed)."""
     parts = [f"**{result.n_tokens} tokens** · {result.n_layers} layers × {result.n_heads} heads · "
              f"model {result.model_name} ({result.precision})"]
-    if cached is not None:
-        parts[0] += f" · {'from the cache' if cached else f'computed in {result.seconds:.2f} s'}"
+    if timed:
+        parts[0] += f" · computed in {result.seconds:.2f} s"
     if result.truncated:
         parts.append(f"⚠️ {result.notice()}")
     pooled = P.pooling_notice(result, view)
@@ -132,9 +136,9 @@ def strip_label(result: AttentionResult, view: AttentionView) -> str:
             "Click any token to see where it looks.")
 
 
-def render(result: AttentionResult, view: AttentionView, cached: bool | None = None) -> Shown:
+def render(result: AttentionResult, view: AttentionView, timed: bool = False) -> Shown:
     strip = gr.HighlightedText(value=cast(Any, strip_value(result, view)), label=strip_label(result, view))
-    return Shown(P.figure(result, view), P.caption(view, result), notice_text(result, view, cached), strip)
+    return Shown(P.figure(result, view), P.caption(view, result), notice_text(result, view, timed), strip)
 
 
 def token_choices(result: AttentionResult) -> list[tuple[str, int]]:
@@ -189,12 +193,12 @@ class AttentionHandlers:
     def analyse(self, text, analysed, view, layer, head, aggregate, token, scope) -> Analysed:
         """Run (or reuse) the forward pass for `text` and show the chosen view; resets what no longer fits
         (a new text starts on its last token; another model may have fewer layers or heads)."""
-        result, hit = self.fetch(text)
+        result, _ = self.fetch(text)
         same_text = isinstance(analysed, str) and analysed == result.text
         v = AttentionView.parse(
             result, view, _clamp(layer, result.n_layers - 1), _clamp(head, result.n_heads - 1), aggregate,
             _clamp(token, result.n_tokens - 1) if same_text and token is not None else None, scope)
-        shown = render(result, v, cached=hit)
+        shown = render(result, v, timed=True)
         return Analysed(*shown,
                         gr.Slider(maximum=max(1, result.n_layers - 1), value=v.layer, interactive=result.n_layers > 1),
                         gr.Slider(maximum=max(1, result.n_heads - 1), value=v.head, interactive=result.n_heads > 1),
@@ -231,7 +235,6 @@ class AttentionHandlers:
         tab cached)."""
         loaded = self.manager.require(current_session())
         record, k = steps.check_step(loaded, record, position)
-        hit = self.cache.peek("attention", loaded, steps.generation_text(loaded, record)) is not None
         result = steps.generation_attention(loaded, record, self.cache, self._compute)
         v = steps.step_view(result, record, k)
         return OpenedStep(result.text, "token",
@@ -240,7 +243,7 @@ class AttentionHandlers:
                           gr.Dropdown(visible=False),
                           gr.Dropdown(choices=token_choices(result), value=v.token, visible=True),
                           gr.Radio(value=v.scope, visible=True), gr.Button(visible=False),
-                          *render(result, v, cached=hit), result.text)
+                          *render(result, v, timed=True), result.text)
 
     def first_visit(self, text, done, *settings) -> Analysed:
         """First opening of the tab: show the default text without a click (later visits keep the view)."""
@@ -336,31 +339,34 @@ class AttentionLayout(NamedTuple):
 
 
 def layout(n_layers: int, n_heads: int) -> AttentionLayout:
-    gr.Markdown(INTRO)
-    with gr.Row(equal_height=True):
-        text = gr.Textbox(label="Text to analyse", value=DEFAULT_TEXT, lines=3, max_lines=12, scale=5,
-                          placeholder="Type or paste a sentence…", elem_id="attention-text")
-        show = gr.Button("Show attention", variant="primary", scale=1, min_width=140)
-    gr.Examples(EXAMPLES, inputs=[text], label="Examples (the first and third repeat themselves: look for "
-                                               "induction-like stripes)")
-    view = gr.Radio(VIEW_CHOICES, value="head", label="View", elem_id="attention-view")
-    with gr.Row(equal_height=True):
-        layer = gr.Slider(0, max(1, n_layers - 1), value=0, step=1, label="Layer (0 = first)",
-                          elem_id="attention-layer")
-        head = gr.Slider(0, max(1, n_heads - 1), value=0, step=1, label="Head", elem_id="attention-head")
-        aggregate = gr.Dropdown(AGG_CHOICES, value="mean-heads", label="Combine", visible=False)
-        # the server checks the token itself (page_view): a value from the previous text's choices, sent
-        # before the new choices arrive, must not be refused by Gradio before the handler sees it
-        token = gr.Dropdown([], value=None, label="Token doing the looking", visible=False,
-                            elem_id="attention-token", allow_custom_value=True)
-        scope = gr.Radio(SCOPE_CHOICES, value="layer", label="Show", visible=False)
-        open_head = gr.Button("Open this head", visible=False, size="sm")
-    notice = gr.Markdown("Press **Show attention**.", elem_id="attention-notice")
-    with gr.Row():
-        with gr.Column(scale=3, min_width=480):
-            plot = gr.Plot(show_label=False, elem_id="attention-plot")
-        with gr.Column(scale=1, min_width=240):
-            note = gr.Markdown(P.caption(AttentionView()), elem_id="attention-note")
+    gr.Markdown(INTRO, elem_classes="tab-intro")
+    # the controls above the figure; beside it in projector mode (demo.ui.page.PROJECTOR_CSS)
+    with gr.Row(elem_classes="stack-unless-projector"):
+        with gr.Column(elem_classes="controls-col"):
+            with gr.Row(equal_height=True):
+                text = gr.Textbox(label="Text to analyse", value=DEFAULT_TEXT, lines=3, max_lines=12, scale=5,
+                                  placeholder="Type or paste a sentence…", elem_id="attention-text")
+                show = gr.Button("Show attention", variant="primary", scale=1, min_width=140)
+            gr.Examples(EXAMPLES, inputs=[text], label="Examples (the first and third repeat themselves: look for "
+                                                       "induction-like stripes)", elem_id="attention-examples")
+            view = gr.Radio(VIEW_CHOICES, value="head", label="View", elem_id="attention-view")
+            with gr.Row(equal_height=True):
+                layer = NumberSlider(0, max(1, n_layers - 1), value=0, step=1, label="Layer (0 = first)",
+                                     elem_id="attention-layer")
+                head = NumberSlider(0, max(1, n_heads - 1), value=0, step=1, label="Head", elem_id="attention-head")
+                aggregate = gr.Dropdown(AGG_CHOICES, value="mean-heads", label="Combine", visible=False)
+                # the server checks the token itself (page_view): a value from the previous text's choices,
+                # sent before the new choices arrive, must not be refused by Gradio before the handler sees it
+                token = gr.Dropdown([], value=None, label="Token doing the looking", visible=False,
+                                    elem_id="attention-token", allow_custom_value=True)
+                scope = gr.Radio(SCOPE_CHOICES, value="layer", label="Show", visible=False)
+                open_head = gr.Button("Open this head", visible=False, size="sm")
+            notice = gr.Markdown("Press **Show attention**.", elem_id="attention-notice")
+        with gr.Column(elem_classes="figure-col"), gr.Row(elem_classes="figure-row"):
+            with gr.Column(scale=3, min_width=480):
+                plot = gr.Plot(show_label=False, elem_id="attention-plot")
+            with gr.Column(scale=1, min_width=240, elem_classes="note-col"):
+                note = gr.Markdown(P.caption(AttentionView()), elem_id="attention-note")
     strip = gr.HighlightedText(label="The text as tokens — click a token to see where it looks",
                                show_legend=False, combine_adjacent=False, interactive=False,
                                elem_id="attention-strip")

@@ -135,7 +135,7 @@ def layout() -> GenerateLayout:
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=4, value=EXAMPLES[0], max_lines=20,
-                                placeholder="Type the beginning of a text…")
+                                placeholder="Type the beginning of a text…", elem_id="prompt")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
@@ -145,8 +145,8 @@ def layout() -> GenerateLayout:
             with gr.Row():
                 to_attention = gr.Button("See its attention →", size="sm")
                 to_next_token = gr.Button("Explore the next token →", size="sm")
-            gr.Examples(EXAMPLES, inputs=[prompt], label="Example prompts")
-        with gr.Column(scale=2), gr.Accordion("Sampling settings", open=True):
+            gr.Examples(EXAMPLES, inputs=[prompt], label="Example prompts", elem_id="generate-examples")
+        with gr.Column(scale=2, elem_classes="settings-col"), gr.Accordion("Sampling settings", open=True):
             preset = preset_radio()
             max_new_tokens = setting_input(MAX_NEW_TOKENS)
             settings = sampling_inputs()
@@ -167,6 +167,8 @@ class GenerateTab(NamedTuple):
     position: gr.Dropdown  # the selected generated token
     step_to_attention: gr.Button  # open the selected token's step in the other tabs
     step_to_next_token: gr.Button
+    run: dict  # ``.then(**run)``: generate from what the tab's inputs hold (as Generate does)
+    after_run: dict  # ``.then(**after_run)``: the coloured view of that generation
 
 
 def wire(ui: GenerateLayout, gen: GenerateHandlers, ctx: AppContext) -> GenerateTab:
@@ -177,8 +179,9 @@ def wire(ui: GenerateLayout, gen: GenerateHandlers, ctx: AppContext) -> Generate
     # preprocess=False: the handler checks the raw values itself (as the inputs' preprocess would),
     # which saves Gradio's preprocessing a thread hop per input on every request.
     limit = {**ctx.generate_queue, "preprocess": False}
+    run = dict(fn=generate, inputs=inputs, outputs=outputs, **PRIVATE, **limit)
     for event in (ui.generate.click(generate, inputs, outputs, api_name="generate", **limit),
-                  ui.prompt.submit(generate, inputs, outputs, **PRIVATE, **limit)):
+                  ui.prompt.submit(**run)):
         event.then(**on_generation)
     # Stop is a request the generation answers itself (a last update that keeps the text, the record for
     # the coloured view): no cancel of the event, whose race with the stream's end showed an error.
@@ -187,7 +190,7 @@ def wire(ui: GenerateLayout, gen: GenerateHandlers, ctx: AppContext) -> Generate
     tv = ui.token_view
     return GenerateTab(ui.prompt, ui.output, {**ui.settings, "preset": ui.preset, "max_new_tokens": ui.max_new_tokens},
                        ui.to_attention, ui.to_next_token, ui.last_generation, tv.position, tv.to_attention,
-                       tv.to_next_token)
+                       tv.to_next_token, run, on_generation)
 
 
 def build(tab: gr.Tab, ctx: AppContext) -> GenerateTab:

@@ -26,7 +26,7 @@ from demo.plots.next_token import choice_label, code_label, format_lookup, forma
 from demo.runtime.loading import LoadedModel
 from demo.runtime.pool import ModelManager
 from demo.ui.common import PRIVATE, AppContext, current_session, unchanged, user_errors, with_parameters
-from demo.ui.inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs
+from demo.ui.inputs import PRESET_TARGETS, NumberSlider, preset_radio, preset_values, sampling_inputs
 
 DEFAULT_TEXT = "It was a dark and stormy night, and"
 MAX_BARS = 50
@@ -334,32 +334,36 @@ class NextTokenLayout(NamedTuple):
 
 def layout() -> NextTokenLayout:
     """The tab's components, built in the current Gradio context."""
-    gr.Markdown(INTRO)
+    gr.Markdown(INTRO, elem_classes="tab-intro")
     state = gr.State(None)
     with gr.Row():
-        with gr.Column(scale=3):
-            text = gr.Textbox(label="Text", value=DEFAULT_TEXT, lines=3, max_lines=12,
-                              placeholder="Type a text: the bars show what could come next")
-            with gr.Row():
-                show = gr.Button("Show the next token", variant="primary")
-                most_likely = gr.Button("+ Most likely")
-                sampled = gr.Button("+ Sampled")
-                undo = gr.Button("↶ Undo")
-            with gr.Row(equal_height=True):
-                choose = gr.Dropdown(choices=[], value=None, label="…or choose any token from the list",
-                                     scale=4, allow_custom_value=False)
-                append_chosen = gr.Button("+ Append chosen", scale=1)
-            appended = gr.Markdown("")
-            summary = gr.Markdown("")
-            plot = gr.Plot(plots.empty_figure("Press “Show the next token”"), show_label=False)
-        with gr.Column(scale=2):
+        # the controls above the bars; beside them in projector mode (demo.ui.page.PROJECTOR_CSS)
+        with gr.Column(scale=3), gr.Row(elem_classes="stack-unless-projector"):
+            with gr.Column(elem_classes="controls-col"):
+                text = gr.Textbox(label="Text", value=DEFAULT_TEXT, lines=3, max_lines=12,
+                                  placeholder="Type a text: the bars show what could come next")
+                with gr.Row():
+                    show = gr.Button("Show the next token", variant="primary")
+                    most_likely = gr.Button("+ Most likely")
+                    sampled = gr.Button("+ Sampled")
+                    undo = gr.Button("↶ Undo")
+                with gr.Row(equal_height=True):
+                    choose = gr.Dropdown(choices=[], value=None, label="…or choose any token from the list",
+                                         scale=4, allow_custom_value=False)
+                    append_chosen = gr.Button("+ Append chosen", scale=1)
+                appended = gr.Markdown("")
+                summary = gr.Markdown("")
+            with gr.Column(elem_classes="figure-col"):
+                plot = gr.Plot(plots.empty_figure("Press “Show the next token”"), show_label=False,
+                               elem_id="next-token-plot")
+        with gr.Column(scale=2, elem_classes="settings-col"):
             with gr.Accordion("Sampling settings (this tab)", open=True):
                 preset = preset_radio()
                 settings = sampling_inputs(labels=LOCAL_LABELS)
                 with gr.Row():
                     from_generate = gr.Button("⇐ Copy from the Generate tab", size="sm")
                     to_generate = gr.Button("Send to the Generate tab ⇒", size="sm")
-            top_n = gr.Slider(5, MAX_BARS, value=20, step=1, label="Bars to show",
+            top_n = NumberSlider(5, MAX_BARS, value=20, step=1, label="Bars to show",
                               info="The model's N most likely tokens, plus any the settings move into their top N "
                                    "(a repetition penalty can)")
             query = gr.Textbox(label="Look up a token or word", placeholder="e.g. night — ␣ = space, ↵ = newline",
@@ -372,7 +376,7 @@ def layout() -> NextTokenLayout:
                              interactive=False, wrap=True)
     with gr.Accordion("Logit lens: how the prediction forms through the layers", open=False):
         with gr.Row():
-            lens_positions = gr.Slider(4, nt.LENS_MAX_POSITIONS, value=16, step=1,
+            lens_positions = NumberSlider(4, nt.LENS_MAX_POSITIONS, value=16, step=1,
                                        label="Positions to show (the last ones)", scale=3)
             lens_run = gr.Button("Run the logit lens", scale=1)
         lens_note = gr.Markdown(LENS_NOTE)

@@ -106,19 +106,22 @@ class PrecisionLayout(NamedTuple):
 
 
 def layout(reference: str, other: str) -> PrecisionLayout:
-    gr.Markdown(INTRO + f" On this server: **{other}** vs **{reference}**.")
-    with gr.Row(equal_height=True):
-        text = gr.Textbox(label="Text to compare", value=DEFAULT_TEXT, lines=3, max_lines=12, scale=5,
-                          elem_id="precision-text")
-        compare = gr.Button("Compare 8-bit with full precision", variant="primary", scale=1, min_width=160)
-    summary = gr.Markdown("Press **Compare**: the first time, the second precision is loaded (a few seconds).",
-                          elem_id="precision-summary")
-    with gr.Row():
-        with gr.Column(scale=3, min_width=480):
-            plot = gr.Plot(plots.empty_figure("Press “Compare”"), show_label=False, elem_id="precision-plot")
-        with gr.Column(scale=1, min_width=240):
-            gr.Markdown(NOTE)
-            memory = gr.Markdown("", elem_id="precision-memory")
+    gr.Markdown(INTRO + f" On this server: **{other}** vs **{reference}**.", elem_classes="tab-intro")
+    # the controls above the figure; beside it in projector mode (demo.ui.page.PROJECTOR_CSS)
+    with gr.Row(elem_classes="stack-unless-projector"):
+        with gr.Column(elem_classes="controls-col"):
+            with gr.Row(equal_height=True):
+                text = gr.Textbox(label="Text to compare", value=DEFAULT_TEXT, lines=3, max_lines=12, scale=5,
+                                  elem_id="precision-text")
+                compare = gr.Button("Compare 8-bit with full precision", variant="primary", scale=1, min_width=160)
+            summary = gr.Markdown("Press **Compare**: the first time, the second precision is loaded (a few "
+                                  "seconds).", elem_id="precision-summary")
+        with gr.Column(elem_classes="figure-col"), gr.Row(elem_classes="figure-row"):
+            with gr.Column(scale=3, min_width=480):
+                plot = gr.Plot(plots.empty_figure("Press “Compare”"), show_label=False, elem_id="precision-plot")
+            with gr.Column(scale=1, min_width=240, elem_classes="note-col"):
+                gr.Markdown(NOTE)
+                memory = gr.Markdown("", elem_id="precision-memory")
     export, files = export_controls("Save the numbers", "**Picture:** the camera icon on the plot downloads a "
                                     "PNG. **Numbers:** position by position (CSV) and everything (JSON).")
     return PrecisionLayout(text, compare, summary, plot, memory, export, files)

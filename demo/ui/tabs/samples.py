@@ -12,7 +12,8 @@ import gradio as gr
 
 from demo.analysis.side_by_side import FIRST_SEED, N_SAMPLES, SAMPLE_TOKENS, results, sample_set
 from demo.core.errors import ValidationError
-from demo.core.sampling import NAMES, SETTING, validate_sampling
+from demo.core.sampling import MAX_NEW_TOKENS, NAMES, SETTING, validate_sampling
+from demo.core.validation import check_text
 from demo.runtime.generation import StopRequests, stream_samples
 from demo.runtime.pool import ModelManager
 from demo.ui.common import PRIVATE, AppContext, current_session, event_time, stop_owner, user_errors, with_parameters
@@ -22,8 +23,8 @@ DEFAULT_PROMPT = "Once upon a time, in a kingdom by the sea,"
 INTRO = """**Sampling is a roll of the dice.** Here the model continues the same prompt several times at once,
 each sample with its own seed (the dice). What the samples share is what the model is sure of; where they part
 is where it was not. Tick **Second row** to run the *same seeds* under another temperature and top-p: only the
-settings differ, so you see what they do. Every sample shows its seed: **Re-run alone** sends it to the Generate
-tab, where the same seed and settings give the same text."""
+settings differ, so you see what they do. Every sample shows its seed: **Re-run alone** generates it again in the
+Generate tab, alone, with its seed and settings: the same text, now with its coloured tokens and steps."""
 LOCAL_LABELS = {"do_sample": "Sample (off = greedy: every sample the same)", "seed": "Seed (not used here)"}
 # /samples' parameters: the prompt, how many, the first seed, their length, the sampling settings
 # (but the seed), then the second row.
@@ -75,8 +76,8 @@ def samples_html(data: dict | None) -> str:
             f"<div class='card' data-index='{i}'><div class='head'><span>seed <b>{s['seed']}</b></span>"
             f"<span>{s['tokens']} tokens {state}</span></div>"
             f"<div class='text'><span class='prompt'>{prompt}</span>{html.escape(s['text'])}</div>"
-            f"<button class='rerun' data-sample='{i}' title='Open in the Generate tab with this seed and these "
-            f"settings'>↻ Re-run alone</button></div>")
+            f"<button class='rerun' data-sample='{i}' title='Generate it again alone in the Generate tab, with "
+            f"this seed and these settings'>↻ Re-run alone</button></div>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -116,16 +117,25 @@ class SamplesHandlers:
     @staticmethod
     def rerun_values(data, index) -> dict:
         """What re-running one sample alone sets in the Generate tab: its prompt, max new tokens, and its
-        settings and seed (by name)."""
+        settings and seed (by name), each checked (the samples' data comes back from the page)."""
         samples = data.get("samples") if isinstance(data, dict) else None
-        if not isinstance(samples, list) or not isinstance(index, int) or not 0 <= index < len(samples):
-            raise gr.Error("generate samples first, then choose one to re-run", print_exception=False)
-        s = samples[index]["settings"]
-        return {"prompt": data["prompt"], "max_new_tokens": data["max_new_tokens"], **{n: s[n] for n in NAMES}}
+        if not isinstance(samples, list) or isinstance(index, bool) or not isinstance(index, int) \
+                or not 0 <= index < len(samples):
+            raise ValidationError("generate samples first, then choose one to re-run")
+        sample = samples[index]
+        s = sample.get("settings") if isinstance(sample, dict) else None
+        if not isinstance(s, dict):
+            raise ValidationError("this sample has no settings to re-run: generate the samples again")
+        params = validate_sampling(**{n: s.get(n, SETTING[n].default) for n in NAMES})
+        values = {n: getattr(params, n) for n in NAMES}
+        values["seed"] = -1 if params.seed is None else params.seed  # the Seed box's "random"
+        return {"prompt": check_text("the samples' prompt", data.get("prompt")),
+                "max_new_tokens": MAX_NEW_TOKENS.check(data.get("max_new_tokens"), slider=True), **values}
 
     def rerun_event(self, targets: dict) -> Callable:
         """The handler of a card's Re-run button: {component: value} of ``targets`` (the Generate tab's
         inputs by the names of :meth:`rerun_values`)."""
+        @user_errors
         def rerun(data, evt: gr.EventData):
             index = getattr(evt, "index", None) if evt is not None else None
             return {targets[name]: value for name, value in self.rerun_values(data, index).items()}
@@ -159,7 +169,7 @@ class SamplesLayout(NamedTuple):
 
 
 def layout() -> SamplesLayout:
-    gr.Markdown(INTRO)
+    gr.Markdown(INTRO, elem_classes="tab-intro")
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt for the samples", value=DEFAULT_PROMPT, lines=2, max_lines=8,
@@ -171,7 +181,7 @@ def layout() -> SamplesLayout:
             with gr.Row():
                 generate = gr.Button("Generate samples", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
-        with gr.Column(scale=2), gr.Accordion("Sampling settings (row A)", open=True):
+        with gr.Column(scale=2, elem_classes="settings-col"), gr.Accordion("Sampling settings (row A)", open=True):
             preset = preset_radio()
             settings = sampling_inputs(labels=LOCAL_LABELS)
             settings["seed"].visible = False  # each sample has its own seed (above)

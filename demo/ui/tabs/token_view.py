@@ -210,10 +210,10 @@ def layout() -> TokenViewLayout:
     """The probability-coloured output under the generated text, its surprise timeline and the view of
     the selected token's step."""
     with gr.Accordion("How likely was each token? (probability-coloured output)", open=True):
-        gr.Markdown(VIEW_HELP)
+        gr.Markdown(VIEW_HELP, elem_classes="tab-intro")
         view = gr.HTML(token_view_html(None), css_template=TOKEN_VIEW_CSS, js_on_load=TOKEN_VIEW_JS,
                        elem_id="token-view")
-        gr.Markdown(TIMELINE_NOTE)
+        gr.Markdown(TIMELINE_NOTE, elem_classes="tab-intro")
         timeline = gr.Plot(timeline_figure(None), show_label=False, elem_id="surprise-timeline")
         with gr.Row(equal_height=True):
             position = gr.Dropdown(choices=[], value=None, label="Token to change", scale=2)
