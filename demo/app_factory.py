@@ -10,8 +10,8 @@ from starlette.middleware import Middleware
 
 from demo.core.cache import ModelCache
 from demo.core.errors import ExplorerError
+from demo.core.http_limits import BodyLimit
 from demo.core.settings import Settings
-from demo.http_limits import BodyLimit
 from demo.runtime import zerogpu
 from demo.runtime.catalog import load_catalog
 from demo.runtime.pool import ModelManager

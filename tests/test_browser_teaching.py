@@ -431,15 +431,20 @@ def test_projector_mode_shows_each_tabs_main_figure_without_scrolling(browser, l
         page = context.new_page()
         page.set_default_timeout(90_000)
         console = open_app(page, live_app[1])
+        set_seed(page, 3)  # a known text (the settings are hidden in projector mode)
         page.get_by_label("Projector mode").check()
         page.wait_for_function("() => document.body.classList.contains('projector')")
-        # Generate: the probability-coloured tokens of a 60-token text (the default length)
+        assert not page.locator("#model-row").is_visible() and not page.get_by_label("Temperature").first.is_visible()
+        # Generate: the probability-coloured tokens of a text of the default length
         generate(page)
         page.wait_for_function("n => document.querySelectorAll('#token-view .tok').length === n",
                                arg=tokens_generated(stats_text(page)))
         inside_viewport(page, "#token-view")
         # Samples: the cards
         open_tab(page, "Samples")
+        seed_box = page.get_by_label("Seed of the first sample", exact=True)
+        seed_box.fill("11")
+        seed_box.press("Tab")
         page.get_by_role("button", name="Generate samples").click()
         page.wait_for_function("() => { const c = document.querySelectorAll('#samples .card'); return c.length && "
                                "[...c].every(x => x.querySelector('.head').textContent.includes('done')); }",
@@ -479,7 +484,7 @@ def test_a_120_token_heatmap_labels_every_token_in_readable_text_at_1920_wide(br
         page.set_default_timeout(90_000)
         console = open_app(page, live_app[1])
         open_tab(page, "Attention")
-        text = " ".join(["The old sea captain looked at the boy and said, come with me."] * 9)
+        text = " ".join(["The old sea captain looked at the boy and said, come with me."] * 8)
         page.locator("#attention-text textarea").fill(text)
         page.get_by_role("button", name="Show attention").click()
         page.wait_for_function("() => { const g = document.querySelector('#attention-plot .js-plotly-plot'); "

@@ -310,7 +310,7 @@ def test_the_direct_route_around_the_queue_is_closed(class_app):
 def test_a_huge_request_body_is_refused_before_it_is_read(class_app):
     import httpx
 
-    from demo.http_limits import MAX_BODY_BYTES
+    from demo.core.http_limits import MAX_BODY_BYTES
 
     url = class_app[1]
     big = '{"data": ["' + "a" * (MAX_BODY_BYTES + 10) + '", 4]}'

@@ -133,7 +133,7 @@ def _height(n: int) -> int:
     """A row per token at least ROW_PX tall while every token is labelled (the labels must not overlap),
     the rest for the title, the column labels and the margins."""
     if n <= LABEL_EVERY_UP_TO:
-        return int(max(560, 260 + ROW_PX * n))
+        return int(max(560, 240 + ROW_PX * n))
     return 900
 
 

@@ -111,7 +111,7 @@ def bars_figure(data: dict) -> go.Figure:
     ]
     top = max(max(raw), max(after), 1e-9)
     layout = dict(
-        barmode="group", bargap=0.25, bargroupgap=0.05, height=max(320, 120 + 26 * len(rows)),
+        barmode="group", bargap=0.25, bargroupgap=0.05, height=max(320, 100 + 26 * len(rows)),
         margin=dict(l=10, r=30, t=60, b=50),
         legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0),
         xaxis=dict(title=dict(text="probability of being the next token"), range=[0, top * 1.25], tickformat=".0%",

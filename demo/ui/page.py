@@ -38,7 +38,8 @@ body.projector {
 body.projector .gradio-container { max-width: 100% !important; padding-top: 4px !important; }
 body.projector #page-head, body.projector #model-row, body.projector .model-status, body.projector .tab-intro,
 body.projector #generate-examples, body.projector #attention-examples, body.projector .settings-col,
-body.projector #link-notice { display: none !important; }
+body.projector #link-notice, body.projector #to-analysis, body.projector .info-text, body.projector .stats,
+body.projector #samples .prompt { display: none !important; }
 body.projector .figure-row { flex-wrap: wrap !important; }
 body.projector .figure-row > .note-col { flex: 1 1 100% !important; min-width: 100% !important; }
 body.projector .stack-unless-projector { flex-direction: row !important; flex-wrap: nowrap !important; }
@@ -46,9 +47,11 @@ body.projector .stack-unless-projector > .controls-col { flex: 0 0 min(380px, 30
 }
 body.projector .stack-unless-projector > .figure-col { flex: 1 1 0 !important; min-width: 0 !important; }
 body.projector #projector-toggle .info, body.projector #projector-toggle [data-testid="block-info"] { display: none; }
-body.projector #output textarea { max-height: 18vh; }
-body.projector #prompt textarea, body.projector #samples-prompt textarea { max-height: 11vh; }
-body.projector .tokview { font-size: 1.3rem; }
+body.projector #share-row { --button-small-text-size: 14px; --input-text-size: 15px; --checkbox-label-text-size: 15px; }
+body.projector #share-row button { white-space: nowrap; }
+body.projector #output textarea { max-height: 10vh; }
+body.projector #prompt textarea, body.projector #samples-prompt textarea { max-height: 8vh; }
+body.projector .tokview { font-size: 1.2rem; line-height: 1.6; }
 """
 # the figures follow their new widths (plotly redraws on a window resize)
 PROJECTOR_JS = ("(on) => { document.body.classList.toggle('projector', !!on); "

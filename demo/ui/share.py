@@ -195,7 +195,7 @@ class ShareRow(NamedTuple):
 def share_row() -> ShareRow:
     """The Copy link and QR code buttons, where the link and its QR codes appear, and the notice of a page
     opened from a link."""
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_id="share-row"):
         button = gr.Button("Copy a link to this view", size="sm", scale=1, min_width=200)
         qr_button = gr.Button("QR code for the class", size="sm", scale=1, min_width=160)
         link = gr.Textbox(show_label=False, placeholder="A link to what this page shows: a teacher's slide, a "

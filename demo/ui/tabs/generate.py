@@ -142,7 +142,7 @@ def layout() -> GenerateLayout:
             output = gr.Textbox(label="Generated text", lines=8, max_lines=30, interactive=False,
                                 buttons=["copy"], elem_id="output")
             stats = gr.Markdown("", elem_classes="stats")
-            with gr.Row():
+            with gr.Row(elem_id="to-analysis"):
                 to_attention = gr.Button("See its attention →", size="sm")
                 to_next_token = gr.Button("Explore the next token →", size="sm")
             gr.Examples(EXAMPLES, inputs=[prompt], label="Example prompts", elem_id="generate-examples")
