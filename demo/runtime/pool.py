@@ -144,12 +144,16 @@ class ModelManager:
 
     # ------------------------------------------------------------------------- loading
 
+    def _visitor_may_load(self, name: str, loaded: bool) -> bool:
+        """The operator's setting: a visitor may load what is loaded already (``loaded``), anything with
+        "all", and a local checkpoint with "local"."""
+        if loaded or self.visitor_models == "all":
+            return True
+        return self.visitor_models == "local" and find_spec(self.catalog, name).local_path is not None
+
     def check_visitor_may_load(self, key: ModelKey) -> None:
         """ValidationError when the operator's setting keeps visitors from loading this model."""
-        if key in self._models or self.visitor_models == "all":
-            return
-        spec = find_spec(self.catalog, key[0])
-        if self.visitor_models == "local" and spec.local_path is not None:
+        if self._visitor_may_load(key[0], key in self._models):
             return
         loaded = ", ".join(f"{n} ({p})" for n, p in self._models) or "none"
         allowed = "models already loaded" if self.visitor_models == "loaded" else \
@@ -160,9 +164,7 @@ class ModelManager:
     def visitor_may_choose(self, name: str) -> bool:
         """Whether a visitor can switch to ``name`` in some precision: it is loaded, or the operator's
         setting lets visitors load it."""
-        if self.visitor_models == "all" or any(n == name for n, _ in self._models):
-            return True
-        return self.visitor_models == "local" and find_spec(self.catalog, name).local_path is not None
+        return self._visitor_may_load(name, any(n == name for n, _ in self._models))
 
     def load(self, name, precision="auto", progress: ProgressFn | None = None, session: str | None = None,
              visitor: bool = False) -> LoadedModel:
