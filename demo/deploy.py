@@ -1,9 +1,14 @@
 """Deploy this working tree to a Hugging Face Space, without the git history.
 
-    python -m demo.deploy USER/SPACE                        # CPU basic (the free hardware)
-    python -m demo.deploy USER/SPACE --hardware t4-small    # a GPU Space
-    python -m demo.deploy USER/SPACE --hardware zero-a10g   # ZeroGPU
+    python -m demo.deploy USER/SPACE                        # CPU basic (2 vCPU, 16 GB)
+    python -m demo.deploy USER/SPACE --hardware t4-small    # a GPU Space (billed by the hour)
+    python -m demo.deploy USER/SPACE --hardware zero-a10g   # ZeroGPU (shared GPUs, daily quotas)
     python -m demo.deploy USER/SPACE --dry-run              # only list what would be uploaded
+
+Which hardware an account may use is the Hub's decision: paid hardware (every --hardware but cpu-basic
+and zero-a10g) needs billing set up; the Hub's ZeroGPU documentation lets a personal account in good
+standing host up to 2 ZeroGPU Spaces (PRO: 10); and the Hub may answer even cpu-basic with HTTP 402
+(payment required) for an account without a plan. A refusal is reported with the way out.
 
 It uploads the files of the last commit, as they are in the working tree (the app, the bundled
 model, the README whose front matter configures the Space) except the tests, benchmarks and CI
@@ -12,7 +17,7 @@ that lead out of the repository, and a file only staged is not uploaded. It adds
 ``.gitattributes`` that puts large binary files in Git LFS (the Hub refuses files over 10 MB
 outside LFS). Pushing this repository's history instead would be refused:
 old commits hold larger model shards as plain blobs. On ZeroGPU hardware ``requirements.txt`` is
-uploaded with torch limited to the versions ZeroGPU supports.
+uploaded with a torch release ZeroGPU's documentation lists, and the ``spaces`` package.
 
 It needs a Hugging Face token with write access (``hf auth login`` or HF_TOKEN) and network access
 to the Hub; without either it stops with a sentence saying which is missing.
@@ -37,8 +42,13 @@ SPACE_GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p
 HARDWARE = ("cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "a10g-small", "a10g-large", "a100-large",
             "zero-a10g")
 ZERO_GPU = "zero-a10g"
-# ZeroGPU runs only some torch releases; on that hardware the Space gets this torch requirement.
-ZERO_GPU_TORCH = "torch>=2.4,<2.13"
+# ZeroGPU runs only some torch releases (its documentation lists 2.8.0, 2.9.1, 2.10.0 and 2.11.0): on that
+# hardware the Space gets the newest listed one, and the spaces package the app was tested against.
+ZERO_GPU_TORCH = "torch==2.11.0"
+ZERO_GPU_SPACES = "spaces>=0.51,<0.52"
+PLAN_HELP = ("Choose other hardware with --hardware (cpu-basic; zero-a10g, which the Hub lets a personal account "
+             "in good standing use for up to 2 Spaces), or set up billing or a plan at "
+             "https://huggingface.co/settings/billing, then run this again.")
 TORCH_LINE = re.compile(r"(?m)^torch(?=\s*(?:[<>=!~;\[#]|$))[^\n#]*")  # torch's own line, not torchvision's
 # Never uploaded, even when committed: the names of keys, tokens and credentials.
 SECRET_NAMES = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", "id_ecdsa*", ".netrc", ".pypirc",
@@ -108,12 +118,13 @@ def plan_upload(root: Path = REPO, hardware: str = "cpu-basic") -> Upload:
     extra = {".gitattributes": SPACE_GITATTRIBUTES.encode()}
     if hardware == ZERO_GPU:
         reqs = (root / "requirements.txt").read_text(encoding="utf-8")
-        extra["requirements.txt"] = TORCH_LINE.sub(ZERO_GPU_TORCH, reqs).encode()
+        extra["requirements.txt"] = (TORCH_LINE.sub(ZERO_GPU_TORCH, reqs).rstrip("\n") +
+                                     f"\n# ZeroGPU's own package (demo.runtime.zerogpu)\n{ZERO_GPU_SPACES}\n").encode()
         files = [p for p in files if p != "requirements.txt"]
     return Upload(tuple(files), extra)
 
 
-def _hub_error(exc: Exception) -> DeployError:
+def _hub_error(exc: Exception, hardware: str = "cpu-basic") -> DeployError:
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
     if isinstance(exc, LocalTokenNotFoundError):
@@ -125,6 +136,9 @@ def _hub_error(exc: Exception) -> DeployError:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
             return DeployError(f"The Hub refused the token (HTTP {status}): it needs write access to the Space.")
+        if status == 402:
+            return DeployError(f"The Hub will not run a Space on {hardware} for this account (HTTP 402, payment "
+                               f"required): that hardware needs a plan or billing. {PLAN_HELP}")
         return DeployError(f"The Hub answered with an error: {str(exc).splitlines()[0][:200]}")
     return DeployError(f"Could not reach the Hugging Face Hub ({type(exc).__name__}: {str(exc)[:200]}). "
                        "Check the network, then try again.")
@@ -165,7 +179,7 @@ def deploy(space_id: str, hardware: str = "cpu-basic", private: bool = False, to
     except DeployError:
         raise
     except Exception as exc:
-        raise _hub_error(exc) from exc
+        raise _hub_error(exc, hardware) from exc
     log(f"Deployed: {url}")
     return str(url)
 
