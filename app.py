@@ -44,7 +44,25 @@ def main(argv=None):
     args = parse_args(argv, settings)
     demo, launch_kwargs = create_app(settings, model=args.model, precision=args.precision,
                                      extra_models=args.add_model)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, **launch_kwargs)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share or None,
+                prevent_thread_lock=True, **launch_kwargs)
+    serve(demo)
+
+
+def serve(demo) -> None:
+    """Keep the main thread until the server stops (Ctrl-C). On ZeroGPU the main thread is where the
+    spaces package emulates CUDA: it runs the model loads asked for after launch (demo.runtime.zerogpu)."""
+    home = getattr(demo, "home", None)
+    if home is None:
+        demo.block_thread()  # until Ctrl-C, then closes the server
+        return
+    try:
+        home.serve()
+    except KeyboardInterrupt:
+        print("Keyboard interruption in main thread... closing server.")
+    finally:
+        home.close()
+        demo.close()
 
 
 if __name__ == "__main__":

@@ -63,10 +63,14 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     settings = settings or Settings.from_env()
     settings = settings.replace(model=model, precision=precision,
                                 extra_models=(*settings.extra_models, *extra_models) if extra_models else None)
-    if settings.zero_gpu:
-        zerogpu.prepare_app()
+    home = zerogpu.prepare_app() if settings.zero_gpu else None
     manager = ModelManager(load_catalog(extra=list(settings.extra_models)), device=device,
                            memory_mb=settings.model_memory_mb, visitor_models=settings.visitor_models)
+    if home is not None:
+        manager.run_load = home.call  # loads run where the spaces package emulates CUDA (see zerogpu)
+    elif settings.zero_gpu:
+        log.error("%s", zerogpu.MISSING_SPACES)
+        manager.warning = zerogpu.MISSING_SPACES
     if load:
         start_model(manager, start_candidates(settings, manager.device, manager.names))
     ctx = AppContext(manager=manager, cache=ModelCache(), settings=settings)
@@ -85,6 +89,7 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     forget_page_copies(demo)
     handle: Any = demo  # what tests and benchmarks reach through the app
     handle.manager, handle.cache, handle.stops = manager, ctx.cache, ctx.stops
+    handle.home = home  # on ZeroGPU: the thread app.py keeps serving loads in after launch
     # Bounded per-visitor memory and disk: Gradio keeps a little of each session (at most this many
     # sessions, each without its page copy: forget_page_copies), the app takes no uploads, and
     # Gradio's own file cache is cleaned (build_app).

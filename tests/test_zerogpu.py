@@ -11,6 +11,7 @@ import gradio as gr
 import pytest
 import torch
 from conftest import BUNDLED, make_tiny_checkpoint
+from waiting import wait_until
 from zerogpu_emulator import FakeSpaces
 
 from demo.core.cache import ModelCache
@@ -43,6 +44,7 @@ def zero(monkeypatch, two_models):
     fake = FakeSpaces()
     monkeypatch.setitem(sys.modules, "spaces", fake)
     threads = torch.get_num_threads()
+    monkeypatch.setenv("HF_DEACTIVATE_ASYNC_LOAD", "1")  # prepare_app sets it: undone after the test
     zerogpu.prepare_app()  # as create_app does on ZeroGPU
     manager = ModelManager(two_models, device="cpu")
     manager.load("a", "fp32")
@@ -141,26 +143,58 @@ def test_a_stop_request_ends_a_sliced_generation_with_its_text(zero):
     assert len(last[2]["tokens"]) == 16  # the record of what was generated: the coloured view works
 
 
-def test_each_call_declares_a_duration_fitted_to_its_work(zero, monkeypatch):
+def test_each_call_books_a_duration_fitted_to_its_work_and_never_more_than_60_s(zero, monkeypatch):
     fake, ctx = zero
     attention = AttentionHandlers(ctx.manager, ctx.cache, ctx.gpu)
     attention.api_attention(TEXT, 0, 0, "head", "mean-heads", -1, "layer")
     attention.api_attention(TEXT + " two", 0, 0, "head", "mean-heads", -1, "layer")
-    assert fake.durations == [ANALYSIS_S + zerogpu.MODEL_LOAD_S, ANALYSIS_S]  # the first may load the model
-    sizes = []
-    real = zerogpu.slice_duration
-    monkeypatch.setattr("demo.ui.tabs.generate.slice_duration",
-                        lambda n, rate: sizes.append((n, rate)) or real(n, rate))
-    gen = GenerateHandlers(ctx.manager)
-    gen.run_slice = ctx.gpu(gen.slice, duration=lambda request, state, n: zerogpu.slice_duration(n, state.tokens_per_s))
+    # the first call forks a worker from the app, whose pool has the model: no load to book
+    assert fake.durations == [ANALYSIS_S, ANALYSIS_S]
+    gen = sliced_generate(ctx)
     list(gen.generate(*generate_args(60, seed=4)))
     slices = fake.durations[2:]
-    assert len(slices) >= 2 and slices[0] == real(zerogpu.FIRST_SLICE_TOKENS, None) + zerogpu.MODEL_LOAD_S
-    assert all(d == real(zerogpu.FIRST_SLICE_TOKENS, None) or d <= zerogpu.SLICE_OVERHEAD_S + 4 for d in slices[1:])
-    ctx.manager.load("b", "fp32")
+    assert len(slices) >= 2 and slices[0] == slice_duration(zerogpu.FIRST_SLICE_TOKENS, None)
+    assert all(d <= zerogpu.SLICE_OVERHEAD_S + 4 for d in slices)
+    ctx.manager.load("b", "fp32")  # after the workers were forked: a warm one lacks it
+    b_bytes = ctx.manager.require().memory_bytes
     attention.api_attention(TEXT, 0, 0, "head", "mean-heads", -1, "layer")
-    assert fake.durations[-1] == ANALYSIS_S + zerogpu.MODEL_LOAD_S  # a switch books the worker's load
+    assert fake.durations[-1] == ANALYSIS_S + zerogpu.load_allowance(b_bytes)  # sized to the model
+    attention.api_attention(TEXT + " three", 0, 0, "head", "mean-heads", -1, "layer")
+    assert fake.durations[-1] == ANALYSIS_S  # that worker said it holds 'b' now
+    assert max(fake.durations) <= zerogpu.MAX_BOOKING_S
+    huge = zerogpu.WorkerModel("huge", "fp32", 200 * 2**30)  # a load that could never fit: capped
+    task = zerogpu.gpu_task(lambda loaded: None, ctx.manager, ANALYSIS_S, fake)
+    task(ctx.manager.require())  # a worker of this task exists from now on, without 'huge'
+    with pytest.raises(gr.Error):  # not a catalogue model: the worker cannot load it
+        task(huge)
+    assert zerogpu.load_allowance(huge.nbytes) > zerogpu.MAX_BOOKING_S and fake.durations[-1] == zerogpu.MAX_BOOKING_S
     assert zerogpu.slice_tokens(100.0, 1000) == 100 and zerogpu.slice_tokens(None, 5) == 5
+
+
+def test_a_call_while_another_runs_gets_a_worker_of_its_own(zero):
+    """As the package does when the scheduler reports the GPU busy: concurrent calls, separate workers."""
+    fake, ctx = zero
+    gate = ctx.manager
+    import multiprocessing
+
+    # the first call waits in its worker on a pipe the test controls
+    parent, child = multiprocessing.get_context("fork").Pipe()
+
+    def slow(loaded, wait):
+        if wait:
+            child.recv()  # until the test sends
+        return loaded.name
+
+    task = ctx.gpu(slow)
+    first = []
+    t = threading.Thread(target=lambda: first.append(task(gate.require(), True)))
+    t.start()
+    assert wait_until(lambda: len(fake.durations) == 1)  # the first call is booked and running
+    assert task(gate.require(), False) == "a"  # answered while the first still waits
+    parent.send(True)
+    t.join(timeout=60)
+    assert first == ["a"] and len(set(fake.pids)) == 2
+    assert task(gate.require(), False) == "a" and fake.pids[-1] in fake.pids[:2]  # a warm one, reused
 
 
 def test_the_worker_runs_one_torch_thread_and_the_model_it_is_told(zero):
@@ -204,19 +238,80 @@ def test_without_the_spaces_package_functions_run_here(monkeypatch, tiny_spec):
     assert ctx.gpu(fn) is fn
 
 
-def test_views_that_need_the_model_in_this_process_say_so_on_zerogpu():
-    """Samples side by side and the 8-bit comparison run the model outside a GPU task: on ZeroGPU
-    hardware they answer with a clear message instead of failing obscurely."""
-    import gradio as gr
-
-    from demo.core.cache import ModelCache
-    from demo.core.exports import ExportFolder
+def test_samples_say_they_need_the_model_in_this_process_on_zerogpu():
+    """Samples side by side run the batched decode loop in the app's process: on ZeroGPU hardware they
+    answer with a clear message instead of failing obscurely."""
     from demo.runtime.pool import ModelManager
-    from demo.ui.tabs.precision import PrecisionHandlers
     from demo.ui.tabs.samples import SamplesHandlers
 
     manager = ModelManager([], device="cpu")
     with pytest.raises(gr.Error, match="ZeroGPU"):
         next(SamplesHandlers(manager, zero_gpu=True).generate("Hi", 2, 1, 4, *[None] * 10))
-    with pytest.raises(gr.Error, match="ZeroGPU"):
-        PrecisionHandlers(manager, ModelCache(), ExportFolder(), zero_gpu=True).api_compare("Hi")
+
+
+def test_the_8_bit_comparison_runs_both_precisions_in_one_gpu_call(zero):
+    from demo.core.exports import ExportFolder
+    from demo.ui.tabs.precision import PrecisionHandlers
+
+    fake, ctx = zero
+    ctx.manager.load("bundled", "fp32")
+    with ctx.manager.hold("bundled", "int8"):  # the second precision, loaded (in the app) beforehand
+        pass
+    calls = fake.calls
+    data = PrecisionHandlers(ctx.manager, ctx.cache, ExportFolder(), ctx.gpu).api_compare(TEXT)
+    assert data["reference_precision"] == "fp32" and data["other_precision"] == "int8"
+    assert fake.calls == calls + 1 and fake.durations[-1] == ANALYSIS_S  # one call, both models there
+
+
+@pytest.mark.parametrize("value, on", [("true", True), ("True", True), ("1", True), ("t", True), ("T", True),
+                                       ("false", False), ("0", False), ("yes", False), ("", False), (None, False)])
+def test_spaces_zero_gpu_is_read_as_the_package_reads_it(value, on):
+    env = {} if value is None else {"SPACES_ZERO_GPU": value}
+    assert Settings.from_env(env).zero_gpu is on
+
+
+def test_a_zerogpu_space_without_the_spaces_package_says_so_at_start_up_and_on_the_page(monkeypatch, caplog):
+    from demo.app_factory import create_app
+    from demo.ui.page import format_model_status
+
+    monkeypatch.setitem(sys.modules, "spaces", None)  # import spaces -> ImportError
+    monkeypatch.setenv("HF_DEACTIVATE_ASYNC_LOAD", "1")
+    threads = torch.get_num_threads()
+    try:
+        demo, _ = create_app(Settings(zero_gpu=True), model="gutenberg-gpt", precision="fp32", device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert "`spaces` package is not installed" in caplog.text
+    assert "`spaces` package is not installed" in format_model_status(demo.manager)
+    assert demo.home is None and demo.manager.require().name == "gutenberg-gpt"  # it still serves, on the CPU
+
+
+def test_the_home_thread_runs_what_other_threads_hand_it():
+    home = zerogpu.HomeThread()  # this thread's
+    seen = []
+
+    def visitor():
+        seen.append(home.call(threading.get_ident))
+        try:
+            home.call(lambda: 1 / 0)
+        except ZeroDivisionError:
+            seen.append("raised in the caller")
+        home.close()
+
+    t = threading.Thread(target=visitor)
+    t.start()
+    home.serve()  # until the visitor closes it
+    t.join()
+    assert seen == [threading.get_ident(), "raised in the caller"]
+    late = []
+
+    def after_close():
+        try:
+            home.call(int)
+        except RuntimeError as exc:
+            late.append(str(exc))
+
+    t = threading.Thread(target=after_close)
+    t.start()
+    t.join()
+    assert late == ["the app is shutting down"]  # an error, not a wait that never ends

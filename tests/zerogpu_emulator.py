@@ -1,12 +1,20 @@
-"""A stand-in for ZeroGPU's calling convention, for tests on a machine without it.
+"""A stand-in for ZeroGPU's calling convention that computes in its workers, for in-process tests.
 
-On ZeroGPU hardware ``spaces.GPU`` runs a function in a worker process forked from the app: the
-call's arguments are pickled to the worker and the result pickled back; the worker stays warm for
-later calls of that function and keeps the memory it was forked with; an exception in the worker
-reaches the caller with its message only when it is a ``gr.Error`` (anything else becomes a bare
-"ZeroGPU worker error"). This emulation does the same, one forked worker per function, and takes
-the worst case for generators: the worker runs a generator to its end before anything comes back.
-It records each call's declared duration and how long the worker took.
+The real ``spaces`` package runs here too (tests/test_zerogpu_spaces.py), but only in a process of its
+own: importing it in ZeroGPU mode patches torch for the whole process. This emulation lets the tests
+of each tab's handlers run in the test process, and follows what the package (0.51) does:
+
+* each ``spaces.GPU`` function has its own workers, forked from the app at a call that finds none
+  idle: a call while another is running gets a new worker (the package asks the scheduler for a GPU,
+  and a busy one means a new worker), a later call reuses an idle warm worker, which keeps the memory
+  it was forked with;
+* arguments are pickled to the worker and results pickled back, a generator's items one by one as
+  they come;
+* an exception in the worker reaches the caller as the same ``gr.Error`` when it is one, and as
+  ``gr.Error(<exception class name>, title="ZeroGPU worker error")`` otherwise.
+
+It records each call's booked duration (``durations``), the worker's pid (``pids``) and how long the
+call took (``seconds``).
 """
 
 from __future__ import annotations
@@ -14,26 +22,32 @@ from __future__ import annotations
 import inspect
 import multiprocessing
 import pickle
+import threading
 import time
 
 import gradio as gr
 
+_END = "end"
+
 
 class FakeSpaces:
     def __init__(self):
-        self.tasks = []
         self.durations: list = []
         self.seconds: list[float] = []
-        self._workers: dict[int, tuple] = {}  # task index -> (connection, process)
+        self.pids: list[int] = []
+        self._lock = threading.Lock()
+        self._idle: dict[int, list] = {}  # task index -> idle workers [(connection, process)]
+        self._all: list = []
+        self._tasks: list = []
 
-    def GPU(self, task=None, *, duration=None):  # the name spaces uses
+    def GPU(self, task=None, *, duration=None, size=None):  # the package's name and arguments
         if task is None:
-            return lambda fn: self.GPU(fn, duration=duration)
-        index = len(self.tasks)
-        self.tasks.append(task)
+            return lambda fn: self.GPU(fn, duration=duration, size=size)
+        index = len(self._tasks)
+        self._tasks.append(task)
 
         def book(args, kwargs):
-            self.durations.append(duration(*args, **kwargs) if callable(duration) else duration)
+            self.durations.append(duration(*args, **kwargs) if callable(duration) else (duration or 60))
 
         if inspect.isgeneratorfunction(task):
             def stream(*args, **kwargs):
@@ -43,32 +57,57 @@ class FakeSpaces:
 
         def call(*args, **kwargs):
             book(args, kwargs)
-            return self._run(index, args, kwargs)
+            (result,) = self._run(index, args, kwargs)  # one item, then the end
+            return result
         return call
 
     @property
     def calls(self) -> int:
         return len(self.seconds)
 
+    def _worker(self, index):
+        with self._lock:
+            idle = self._idle.setdefault(index, [])
+            while idle:
+                conn, proc = idle.pop()
+                if proc.is_alive():
+                    return conn, proc
+        ctx = multiprocessing.get_context("fork")
+        conn, child = ctx.Pipe()
+        proc = ctx.Process(target=self._serve, args=(self._tasks[index], child), daemon=True)
+        proc.start()
+        with self._lock:
+            self._all.append((conn, proc))
+        return conn, proc
+
     def _run(self, index, args, kwargs):
-        payload = pickle.dumps((args, kwargs))  # what ZeroGPU does: an unpicklable argument fails here
-        if index not in self._workers:  # forked at the function's first call, warm after
-            ctx = multiprocessing.get_context("fork")
-            conn, child = ctx.Pipe()
-            proc = ctx.Process(target=self._serve, args=(self.tasks[index], child), daemon=True)
-            proc.start()
-            self._workers[index] = (conn, proc)
-        conn = self._workers[index][0]
+        payload = pickle.dumps((args, kwargs))  # what the package does: an unpicklable argument fails here
+        conn, proc = self._worker(index)
         t0 = time.perf_counter()
         conn.send_bytes(payload)
-        kind, value = pickle.loads(conn.recv_bytes())
-        self.seconds.append(time.perf_counter() - t0)
-        if kind == "error":
-            raise value
-        return value
+        try:
+            while True:
+                kind, value = pickle.loads(conn.recv_bytes())
+                if kind == "error":
+                    raise value
+                if kind == _END:
+                    break
+                yield value
+        finally:
+            self.seconds.append(time.perf_counter() - t0)
+            self.pids.append(proc.pid)
+        with self._lock:
+            self._idle[index].append((conn, proc))  # warm for a later call
 
     @staticmethod
     def _serve(task, conn):
+        def send(kind, value=None):
+            try:
+                data = pickle.dumps((kind, value))
+            except Exception as exc:
+                data = pickle.dumps(("error", gr.Error(f"the result does not pickle: {exc}")))
+            conn.send_bytes(data)
+
         while True:
             try:
                 message = pickle.loads(conn.recv_bytes())
@@ -78,22 +117,26 @@ class FakeSpaces:
                 return
             args, kwargs = message
             try:
-                result = task(*args, **kwargs)
-                out = ("ok", list(result) if inspect.isgeneratorfunction(task) else result)
-            except Exception as exc:  # sent back and raised in the caller, as ZeroGPU does
-                out = ("error", exc if isinstance(exc, gr.Error) else
-                       gr.Error(f"ZeroGPU worker error: {type(exc).__name__}", print_exception=False))
-            try:
-                data = pickle.dumps(out)
-            except Exception as exc:
-                data = pickle.dumps(("error", TypeError(f"the result does not pickle: {exc}")))
-            conn.send_bytes(data)
+                if inspect.isgeneratorfunction(task):
+                    for item in task(*args, **kwargs):
+                        send("ok", item)
+                else:
+                    send("ok", task(*args, **kwargs))
+            except Exception as exc:  # sent back and raised in the caller, as the package does
+                send("error", exc if isinstance(exc, gr.Error) else
+                     gr.Error(type(exc).__name__, title="ZeroGPU worker error", print_exception=False))
+                continue
+            send(_END)
 
     def close(self):
-        for conn, proc in self._workers.values():
-            conn.send_bytes(pickle.dumps(None))
-            conn.close()
+        for conn, proc in self._all:
+            try:
+                conn.send_bytes(pickle.dumps(None))
+                conn.close()
+            except OSError:
+                pass
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
-        self._workers.clear()
+        self._all.clear()
+        self._idle.clear()

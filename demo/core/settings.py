@@ -34,6 +34,13 @@ DEFAULT_MAX_STREAMS = 32
 DEFAULT_MODEL_MEMORY_MB = 4096
 DEFAULT_VISITOR_MODELS = "local"
 DEFAULT_SESSIONS = 1000
+ZERO_GPU_TRUE = ("1", "t", "true")  # what the spaces package accepts as SPACES_ZERO_GPU, in any case
+
+
+def zero_gpu_requested(value: str | None) -> bool:
+    """``SPACES_ZERO_GPU`` read as the ``spaces`` package reads it ("1", "t" or "true", in any case):
+    Hugging Face sets it to "true" on ZeroGPU hardware."""
+    return value is not None and value.lower() in ZERO_GPU_TRUE
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ class Settings:
             model_memory_mb=_or(_int(env, "GPT_EXPLORER_MODEL_MEMORY_MB"), DEFAULT_MODEL_MEMORY_MB),
             visitor_models=env.get("GPT_EXPLORER_VISITOR_MODELS") or DEFAULT_VISITOR_MODELS,
             sessions=_or(_int(env, "GPT_EXPLORER_SESSIONS"), DEFAULT_SESSIONS),
-            zero_gpu=bool(env.get("SPACES_ZERO_GPU")),
+            zero_gpu=zero_gpu_requested(env.get("SPACES_ZERO_GPU")),
         )
 
     def replace(self, **changes) -> Settings:

@@ -7,7 +7,8 @@ import gc
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -74,6 +75,10 @@ class ModelManager:
         self.default: ModelKey | None = None
         self.last_error: str | None = None
         self.notice: str | None = None  # why the default is not the model the app meant to start with
+        self.warning: str | None = None  # about the server itself, for every visitor (a missing package)
+        # Where a load runs: here by default; on ZeroGPU in the thread where the package's CUDA emulation
+        # is active (demo.runtime.zerogpu.HomeThread.call), whichever thread asks for it.
+        self.run_load: Callable[..., Any] = lambda fn, *args: fn(*args)
 
     @property
     def names(self) -> list[str]:
@@ -83,12 +88,25 @@ class ModelManager:
         """The pool key of a catalogue model in a precision ('auto' resolved); ValidationError if refused."""
         return find_spec(self.catalog, name).name, resolve_precision(precision, self.device)
 
+    def get(self, key: ModelKey) -> LoadedModel | None:
+        """The pool's model for ``key`` (name, resolved precision), if loaded."""
+        with self._lock:
+            return self._models.get(key)
+
+    def keys(self) -> list[ModelKey]:
+        """The (name, precision) of every model in the pool."""
+        with self._lock:
+            return list(self._models)
+
     def after_fork(self) -> None:
         """In a process forked from this one (a ZeroGPU worker): fresh locks, since a load that held
-        one at the fork goes on in the parent only."""
+        one at the fork goes on in the parent only; loads run in the worker itself, on the device it
+        has (the GPU on ZeroGPU)."""
         if self._owner_pid != os.getpid():
             self._lock, self._loading, self._owner_pid = threading.Lock(), {}, os.getpid()
             self._load_slot = threading.Lock()
+            self.run_load = lambda fn, *args: fn(*args)
+            self.device = default_device()
 
     # ------------------------------------------------------------------------- which model serves whom
 
@@ -220,7 +238,8 @@ class ModelManager:
                         if self._load_slot.locked() and progress:
                             progress(0.01, "another model is loading on this server: waiting for it to finish")
                         with self._load_slot:
-                            loaded = load_model(find_spec(self.catalog, key[0]), key[1], self.device, progress)
+                            loaded = self.run_load(load_model, find_spec(self.catalog, key[0]), key[1], self.device,
+                                                    progress)
                     except ModelLoadError as exc:
                         if default_on_error:
                             self.last_error = str(exc)

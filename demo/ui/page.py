@@ -92,6 +92,8 @@ def format_model_status(manager: ModelManager, session: str | None = None) -> st
                    f"comparison): {listed}. Your choice changes only your page.")
     if manager.notice and (cur.name, cur.precision) == manager.default:
         status += f"\n\nℹ️ {html.escape(manager.notice)}"
+    if manager.warning:
+        status += f"\n\n⚠️ {html.escape(manager.warning)}"
     return status
 
 

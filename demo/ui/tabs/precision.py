@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from typing import NamedTuple
 
 import gradio as gr
 
-from demo.analysis.precision import compared_precisions, comparison_of, summary_line
+from demo.analysis.precision import compare_precisions, compared_precisions, comparison_of, summary_line
 from demo.core.cache import ModelCache
-from demo.core.errors import ValidationError
 from demo.core.exports import ExportFolder
 from demo.core.validation import check_text
 from demo.plots import precision as plots
@@ -52,14 +52,14 @@ class Compared(NamedTuple):
 
 
 class PrecisionHandlers:
-    def __init__(self, manager: ModelManager, cache: ModelCache | None, exports: ExportFolder, zero_gpu: bool = False):
-        self.manager, self.cache, self.exports, self.zero_gpu = manager, cache, exports, zero_gpu
+    def __init__(self, manager: ModelManager, cache: ModelCache | None, exports: ExportFolder,
+                 gpu: Callable = lambda fn, duration=None: fn):
+        self.manager, self.cache, self.exports = manager, cache, exports
+        # both forward passes in one GPU call on ZeroGPU (AppContext.gpu), here elsewhere
+        self._compute = gpu(compare_precisions)
 
     def compare_data(self, text, progress=None) -> tuple[dict, list[str]]:
         """(the comparison's data, the precisions loaded for it) on the visitor's checkpoint."""
-        if self.zero_gpu:
-            raise ValidationError("the 8-bit comparison is not available on ZeroGPU hardware (a model there lives "
-                                  "in a GPU worker only while it runs): use a GPU or CPU Space")
         text = check_text("text", text)
         with self.manager.use(current_session()) as mine:
             reference, other = compared_precisions(self.manager.device)
@@ -68,7 +68,7 @@ class PrecisionHandlers:
             report = (lambda frac, msg: progress(frac, desc=msg)) if progress else None
             with self.manager.hold(mine.name, reference, report, visitor=True) as ref, \
                     self.manager.hold(mine.name, other, report, visitor=True) as oth:
-                cmp = comparison_of(ref, oth, text, self.cache)
+                cmp = comparison_of(ref, oth, text, self.cache, compute=self._compute)
         return cmp.as_dict(), loaded_now
 
     @user_errors
@@ -139,4 +139,4 @@ def wire(ui: PrecisionLayout, h: PrecisionHandlers, ctx: AppContext) -> None:
 def build(tab: gr.Tab, ctx: AppContext) -> None:
     """The 8-bit vs full tab, built inside ``tab``."""
     wire(layout(*compared_precisions(ctx.manager.device)),
-         PrecisionHandlers(ctx.manager, ctx.cache, ctx.exports, ctx.settings.zero_gpu), ctx)
+         PrecisionHandlers(ctx.manager, ctx.cache, ctx.exports, ctx.gpu), ctx)
