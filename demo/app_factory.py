@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
         q.sleep_when_free = max(q.sleep_when_free, QUEUE_IDLE_POLL_S)
     forget_page_copies(demo)
     handle: Any = demo  # what tests and benchmarks reach through the app
-    handle.manager, handle.cache, handle.stops = manager, ctx.cache, ctx.stops
+    handle.manager, handle.cache, handle.stops, handle.exports = manager, ctx.cache, ctx.stops, ctx.exports
     handle.home = home  # on ZeroGPU: the thread app.py keeps serving loads in after launch
     # Bounded per-visitor memory and disk: Gradio keeps a little of each session (at most this many
     # sessions, each without its page copy: forget_page_copies), the app takes no uploads, and

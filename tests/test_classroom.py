@@ -7,8 +7,11 @@ import logging
 import os
 import threading
 import time
+from collections import namedtuple
 from dataclasses import replace
+from pathlib import Path
 
+import gradio as gr
 import pytest
 from conftest import BUNDLED, free_port, make_tiny_checkpoint
 from waiting import ModelGate, wait_until
@@ -457,6 +460,65 @@ def test_exports_are_capped_in_bytes_oldest_first(tmp_path):
     assert not os.path.exists(first[0]) and len(list(root.iterdir())) == 2
     with pytest.raises(ExportError, match="over the"):
         folder.write("huge", {"csv": "x" * 3000})
+
+
+def test_exports_are_served_from_their_folder_not_copied_into_gradios_cache(class_app):
+    """Gradio copies a file an event returns into its own cache, uncapped, unless it lies in a static
+    path: the export folder is one, so each export is written once, inside the folder's caps."""
+    import httpx
+    from gradio import processing_utils
+
+    demo, url = class_app
+    files = next(b for b in demo.blocks.values() if isinstance(b, gr.File))
+    paths = demo.exports.write("view", {"csv": "token,p\nthe,0.5\n", "json": "{}"})
+    cache = Path(demo.GRADIO_CACHE)
+    before = {p for p in cache.rglob("*") if p.is_file()} if cache.exists() else set()
+    served = processing_utils.move_files_to_cache(files.postprocess(paths), files, postprocess=True)
+    assert [f["path"] for f in served] == paths, served  # as the queue does to an event's output
+    after = {p for p in cache.rglob("*") if p.is_file()} if cache.exists() else set()
+    assert after == before  # no copy
+    r = httpx.get(f"{url}gradio_api/file={paths[0]}", timeout=30)
+    assert r.status_code == 200 and r.text == "token,p\nthe,0.5\n"
+
+
+def test_exports_leave_the_disks_last_bytes_free_and_nothing_half_written(tmp_path, monkeypatch):
+    import errno
+
+    from demo.core import exports
+
+    root = tmp_path / "exports"
+    root.mkdir(mode=0o700)
+    disk = 12_000  # a small disk: what the exports take is what it lacks
+
+    def usage(path):
+        used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        return namedtuple("usage", "total used free")(disk, used, disk - used)
+
+    monkeypatch.setattr(exports.shutil, "disk_usage", usage)
+    folder = ExportFolder(root, max_bytes=10**9, min_free_bytes=10_000)
+    first = folder.write("one", {"csv": "x" * 1000})
+    time.sleep(0.01)
+    folder.write("two", {"csv": "x" * 1000})
+    folder.write("three", {"csv": "x" * 1000})  # the disk would keep less than 10,000 free: the oldest goes
+    assert not os.path.exists(first[0]) and len(list(root.iterdir())) == 2
+    with pytest.raises(ExportError, match="nearly full"):
+        folder.write("huge", {"csv": "x" * 3000})
+    assert usage(root).free >= 10_000
+
+    real_fdopen, opened = os.fdopen, []
+
+    def fails_on_the_second_file(fd, *args, **kwargs):
+        opened.append(fd)
+        if len(opened) == 2:
+            os.close(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fdopen(fd, *args, **kwargs)
+
+    kept = set(root.iterdir())
+    with monkeypatch.context() as m, pytest.raises(ExportError, match="No space left on device"):
+        m.setattr(exports.os, "fdopen", fails_on_the_second_file)
+        folder.write("view", {"csv": "a", "json": "b"})
+    assert set(root.iterdir()) <= kept  # the half-written export is gone
 
 
 # ----------------------------------------------------------------------------- logs

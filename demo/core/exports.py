@@ -3,7 +3,11 @@
 They go into one private folder per process: made by ``tempfile.mkdtemp`` (a name nobody can
 predict, readable by this user only), checked before every write to still be that (a real folder,
 ours, closed to others), never following a link. Exports older than ``keep_s`` are deleted at the
-next write, and the folder is capped in bytes: the oldest exports go first.
+next write, and the folder is capped twice: in bytes (``max_bytes``) and by the disk's free space
+(``min_free_bytes`` always stay free); the oldest exports go first, and an export that still does not
+fit is refused with a sentence. A write that fails part-way leaves nothing behind. The page serves
+the files from this folder itself (``demo.ui.page`` declares it a static path), so each export is
+written once: no copy goes into Gradio's own file cache.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def csv_text(rows) -> str:
 
 EXPORT_KEEP_S = 15 * 60
 EXPORT_MAX_BYTES = 256 * 2**20
+EXPORT_MIN_FREE_BYTES = 1 * 2**30  # exports never take the disk's last GB (the app, its logs and models need it)
 
 
 class ExportError(ExplorerError):
@@ -39,9 +44,10 @@ class ExportFolder:
     """Where exports are written. ``root``: a folder to use (tests); by default a private temporary
     folder made on first use."""
 
-    def __init__(self, root: Path | None = None, keep_s: float = EXPORT_KEEP_S, max_bytes: int = EXPORT_MAX_BYTES):
+    def __init__(self, root: Path | None = None, keep_s: float = EXPORT_KEEP_S, max_bytes: int = EXPORT_MAX_BYTES,
+                 min_free_bytes: int = EXPORT_MIN_FREE_BYTES):
         self._root = Path(root) if root is not None else None
-        self.keep_s, self.max_bytes = keep_s, max_bytes
+        self.keep_s, self.max_bytes, self.min_free_bytes = keep_s, max_bytes, min_free_bytes
         self._lock = threading.Lock()
 
     @property
@@ -73,19 +79,29 @@ class ExportFolder:
         with self._lock:
             root = self.root
             self._clean(root, room=size)
+            free = shutil.disk_usage(root).free
+            if free - size < self.min_free_bytes:
+                raise ExportError(f"the server's disk is nearly full ({free / 2**20:,.0f} MB free; exports leave "
+                                  f"{self.min_free_bytes / 2**20:,.0f} MB): try again later")
             target = Path(tempfile.mkdtemp(dir=root))
             paths = []
-            for suffix, blob in data.items():
-                path = target / f"{stem}.{suffix}"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(blob)
-                paths.append(str(path))
+            try:
+                for suffix, blob in data.items():
+                    path = target / f"{stem}.{suffix}"
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                    with os.fdopen(os.open(path, flags, 0o600), "wb") as fh:
+                        fh.write(blob)
+                    paths.append(str(path))
+            except OSError as exc:  # a full disk, a quota: nothing half-written stays
+                shutil.rmtree(target, ignore_errors=True)
+                raise ExportError(f"the export could not be written ({exc.strerror or type(exc).__name__}): "
+                                  "try again later") from exc
             return paths
 
     def _clean(self, root: Path, room: int) -> None:
         """Delete exports older than ``keep_s``, anything that is not an export folder (links are
-        removed, never followed), then the oldest exports until ``room`` more bytes fit."""
+        removed, never followed), then the oldest exports until ``room`` more bytes fit, in the cap and
+        in the disk's free space."""
         now, kept = time.time(), []
         with os.scandir(root) as entries:
             for entry in entries:
@@ -101,11 +117,13 @@ class ExportFolder:
                 except OSError:
                     continue
         total = sum(size for _, _, size in kept)
+        short = max(0, self.min_free_bytes + room - shutil.disk_usage(root).free)  # bytes the disk lacks
         for _, path, size in sorted(kept):
-            if total + room <= self.max_bytes:
+            if total + room <= self.max_bytes and short <= 0:
                 break
             shutil.rmtree(path, ignore_errors=True)
             total -= size
+            short -= size
 
     def clear(self) -> None:
         if self._root is not None and self._root.is_dir() and not self._root.is_symlink():

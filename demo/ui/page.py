@@ -180,7 +180,9 @@ def _opener(tab_id: str):
 def build_app(ctx: AppContext) -> gr.Blocks:
     manager = ctx.manager
     models = ModelHandlers(manager)
-    # Gradio copies every file it serves into its cache: delete copies older than the exports' lifetime.
+    # Exports are served from their own capped folder (a static path: Gradio serves them in place instead of
+    # copying them into its cache); anything else Gradio caches is deleted after the exports' lifetime.
+    gr.set_static_paths([ctx.exports.root])
     with gr.Blocks(title=TITLE, delete_cache=(CACHE_CLEAN_EVERY_S, EXPORT_KEEP_S)) as demo:
         gr.Markdown(f"# {TITLE}\nTry a GPT language model and see inside it: generate text, watch where each "
                     "attention head looks, and see the probability of every possible next token.", elem_id="page-head")
