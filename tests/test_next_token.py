@@ -333,6 +333,31 @@ def test_logit_lens_last_layer_is_the_models_prediction(tiny_loaded):
     go.Figure(fig.to_dict())  # valid
 
 
+def test_logit_lens_reads_its_own_forward_pass_while_other_requests_run_the_model(tiny_loaded):
+    """The lens hooks every block of the shared model: another thread's forward pass in the middle of
+    the lens's own (another visitor's request, the decode loop) must not reach its readings."""
+    import threading
+
+    ids = prompt_ids(tiny_loaded)
+    alone = nt.logit_lens(tiny_loaded, ids, max_positions=6)
+    lens_thread = threading.get_ident()
+    others = []
+
+    def another_request_meanwhile(_module, _inputs):
+        if threading.get_ident() == lens_thread and len(others) < 1:
+            t = threading.Thread(target=lambda: others.append(
+                tiny_loaded.model(torch.tensor([ids[:5]]), use_cache=False).logits.shape))
+            t.start()
+            t.join()  # a whole forward pass of the model in another thread, inside the lens's
+
+    handle = tiny_loaded.model.transformer.h[0].register_forward_pre_hook(another_request_meanwhile)
+    try:
+        during = nt.logit_lens(tiny_loaded, ids, max_positions=6)
+    finally:
+        handle.remove()
+    assert others and during.top_tokens == alone.top_tokens and during.top_probs == alone.top_probs
+
+
 def test_logit_lens_validates_positions(manager, tiny_loaded):
     h = NextTokenHandlers(manager)
     with pytest.raises(gr.Error, match="positions must be in"):

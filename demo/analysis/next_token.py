@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -336,9 +337,13 @@ def logit_lens(loaded: LoadedModel, ids: list[int], max_positions: int = 16, top
     model = loaded.model
     blocks, norm, head = lens_parts(model)
     captured: list[torch.Tensor] = []
+    # The hooks sit on the shared model, so every forward pass in any thread (another visitor's lens,
+    # the decode loop, an attention request) calls them: keep only this thread's, the forward pass below.
+    mine = threading.get_ident()
 
     def hook(_module, _inputs, output):
-        captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+        if threading.get_ident() == mine:
+            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
 
     handles = [b.register_forward_hook(hook) for b in blocks]
     input_ids = torch.tensor([window], dtype=torch.long, device=model.device)
