@@ -14,6 +14,7 @@ from demo.core.http_limits import BodyLimit
 from demo.core.settings import Settings
 from demo.runtime import zerogpu
 from demo.runtime.catalog import load_catalog
+from demo.runtime.memory import bound_heap
 from demo.runtime.pool import ModelManager
 from demo.ui.common import AppContext, forget_page_copies
 from demo.ui.page import CSS, build_app
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     settings = settings or Settings.from_env()
     settings = settings.replace(model=model, precision=precision,
                                 extra_models=(*settings.extra_models, *extra_models) if extra_models else None)
+    bound_heap()  # memory freed by analysis goes back to the system (demo.runtime.memory)
     home = zerogpu.prepare_app() if settings.zero_gpu else None
     manager = ModelManager(load_catalog(extra=list(settings.extra_models)), device=device,
                            memory_mb=settings.model_memory_mb, visitor_models=settings.visitor_models)
@@ -73,7 +75,8 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
         manager.warning = zerogpu.MISSING_SPACES
     if load:
         start_model(manager, start_candidates(settings, manager.device, manager.names))
-    ctx = AppContext(manager=manager, cache=ModelCache(), settings=settings)
+    ctx = AppContext(manager=manager, cache=ModelCache(max_bytes=settings.analysis_cache_mb * 2**20),
+                     settings=settings)
     demo = build_app(ctx)
     # api_open=False: an event reached by a direct POST (/gradio_api/run/…, /gradio_api/api/…) is refused,
     # so every request waits its turn in the queue and its concurrency group. Gradio closes that route

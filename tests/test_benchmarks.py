@@ -28,3 +28,11 @@ def test_the_next_token_benchmark_runs_and_a_slider_change_runs_no_forward_pass(
     out = run_script("bench_next_token.py", "--repeats", "2", "--appends", "2", "--no-client")
     assert out.count("model_forwards_during_slider_refreshes 0") == 2  # the short text and the full window
     assert out.count("model_forwards_per_most_likely_append 1.0") == 2
+
+
+def test_the_memory_benchmark_answers_every_endpoint_through_the_light_client(tmp_path):
+    """Every request of its mixed day (each endpoint in turn) must answer without an error event."""
+    out = run_script("bench_memory.py", "--texts", "2", "--day", "20", "--clients", "2",
+                     "--out", str(tmp_path / "memory.json"))
+    assert "| after 2 distinct attention texts |" in out and "mixed day: 20 requests from 2 clients" in out
+    assert (tmp_path / "memory.json").is_file()

@@ -242,7 +242,7 @@ def test_a_model_loads_once_however_many_visitors_ask_at_once(pool_specs, monkey
 
 
 def test_the_pool_keeps_to_its_memory_budget_but_never_evicts_the_default_or_a_model_in_use(pool_specs):
-    manager = ModelManager(pool_specs, device="cpu", memory_mb=0.001)  # room for nothing but what must stay
+    manager = ModelManager(pool_specs, device="cpu", memory_mb=0.001, recent_s=0)  # room for nothing but what must stay
     manager.load("a", "fp32")
     manager.load("b", "fp32", session="s1")
     manager.load("b", "int8", session="s2")  # over budget: b fp32 is idle and goes
@@ -254,6 +254,38 @@ def test_the_pool_keeps_to_its_memory_budget_but_never_evicts_the_default_or_a_m
         assert ("b", "int8") in {(m.name, m.precision) for m in manager.loaded()}
     manager.load("b", "fp32", session="s1")  # loading it again works
     assert manager.require("s1").precision == "fp32"
+
+
+def test_the_budget_refuses_a_model_that_cannot_fit_before_loading_it(pool_specs):
+    from demo.runtime.budget import estimate_bytes
+
+    big_hub = ModelSpec("big", "some-org/big-model", parameters=2_000_000_000)  # 8 GB in fp32, never downloaded
+    manager = ModelManager([*pool_specs, big_hub], device="cpu", memory_mb=64)
+    manager.load("a", "fp32")
+    manager.run_load = lambda fn, *args: pytest.fail("a load that cannot fit must not start")
+    with pytest.raises(ModelLoadError, match=r"big \(fp32\) needs about 7,629 MB, more than this server's memory"):
+        manager.load("big", "fp32", session="s1", visitor=True)
+    tiny = estimate_bytes(pool_specs[1], "fp32")
+    assert tiny and 0 < tiny < 64 * 2**20  # counted from the checkpoint's header, without loading it
+    assert manager.require("s1").name == "a"  # nothing changed
+
+
+def test_a_visitors_load_never_unloads_a_model_someone_used_recently(pool_specs):
+    from demo.runtime.budget import estimate_bytes
+
+    per_model = max(estimate_bytes(s, "fp32") for s in pool_specs[:2])
+    manager = ModelManager(pool_specs, device="cpu", visitor_models="all")
+    manager.load("a", "fp32")  # the default
+    manager.load("b", "fp32", session="alice", visitor=True)
+    manager.require("alice")  # alice works with it
+    manager.memory_mb = (manager.memory_bytes + per_model // 4) / 2**20  # room for the two, not for a third
+    with pytest.raises(ModelLoadError, match="used in the last 10 minutes"):
+        manager.load("b", "int8", session="bob", visitor=True)
+    assert manager.require("alice").precision == "fp32"  # alice's model stayed
+    manager.recent_s = 0  # ten minutes later: nobody has used it since
+    manager.load("b", "int8", session="bob", visitor=True)  # now b fp32 may go to make room
+    assert ("b", "fp32") not in {(m.name, m.precision) for m in manager.loaded()}
+    assert manager.memory_bytes >= manager.require("bob").memory_bytes  # a load's cost: at least its weights
 
 
 def test_the_operator_limits_what_visitors_may_load(pool_specs):

@@ -32,6 +32,8 @@ CPU_CONCURRENCY = 2
 GPU_CONCURRENCY = 4
 DEFAULT_MAX_STREAMS = 32
 DEFAULT_MODEL_MEMORY_MB = 4096
+# Analysis results kept for redraws (attention, logits): 640 MB next to the models' 4 GB fits a 16 GB CPU Space.
+DEFAULT_ANALYSIS_CACHE_MB = 640
 DEFAULT_VISITOR_MODELS = "local"
 DEFAULT_SESSIONS = 1000
 ZERO_GPU_TRUE = ("1", "t", "true")  # what the spaces package accepts as SPACES_ZERO_GPU, in any case
@@ -54,6 +56,7 @@ class Settings:
     concurrency: int | None = None  # GPT_EXPLORER_CONCURRENCY: analysis requests at once (2 on CPU, 4 on GPU)
     max_streams: int = DEFAULT_MAX_STREAMS  # GPT_EXPLORER_MAX_STREAMS: generations decoded together
     model_memory_mb: int = DEFAULT_MODEL_MEMORY_MB  # GPT_EXPLORER_MODEL_MEMORY_MB: loaded models' budget
+    analysis_cache_mb: int = DEFAULT_ANALYSIS_CACHE_MB  # GPT_EXPLORER_ANALYSIS_CACHE_MB: kept analysis results
     visitor_models: str = DEFAULT_VISITOR_MODELS  # GPT_EXPLORER_VISITOR_MODELS: all | local | loaded
     sessions: int = DEFAULT_SESSIONS  # GPT_EXPLORER_SESSIONS: visitors' page state kept, oldest out first
     queue_size: int = DEFAULT_QUEUE_SIZE  # GPT_EXPLORER_QUEUE_SIZE: waiting requests before "queue full"
@@ -71,6 +74,8 @@ class Settings:
             raise ValidationError(f"GPT_EXPLORER_MAX_STREAMS must be at least 1, got {self.max_streams}")
         if self.model_memory_mb < 1:
             raise ValidationError(f"GPT_EXPLORER_MODEL_MEMORY_MB must be at least 1, got {self.model_memory_mb}")
+        if self.analysis_cache_mb < 1:
+            raise ValidationError(f"GPT_EXPLORER_ANALYSIS_CACHE_MB must be at least 1, got {self.analysis_cache_mb}")
         if self.visitor_models not in VISITOR_MODELS:
             raise ValidationError(f"GPT_EXPLORER_VISITOR_MODELS must be one of {', '.join(VISITOR_MODELS)}, "
                                   f"got {self.visitor_models[:20]!r}")
@@ -88,6 +93,7 @@ class Settings:
             queue_size=_or(_int(env, "GPT_EXPLORER_QUEUE_SIZE"), DEFAULT_QUEUE_SIZE),
             max_streams=_or(_int(env, "GPT_EXPLORER_MAX_STREAMS"), DEFAULT_MAX_STREAMS),
             model_memory_mb=_or(_int(env, "GPT_EXPLORER_MODEL_MEMORY_MB"), DEFAULT_MODEL_MEMORY_MB),
+            analysis_cache_mb=_or(_int(env, "GPT_EXPLORER_ANALYSIS_CACHE_MB"), DEFAULT_ANALYSIS_CACHE_MB),
             visitor_models=env.get("GPT_EXPLORER_VISITOR_MODELS") or DEFAULT_VISITOR_MODELS,
             sessions=_or(_int(env, "GPT_EXPLORER_SESSIONS"), DEFAULT_SESSIONS),
             zero_gpu=zero_gpu_requested(env.get("SPACES_ZERO_GPU")),

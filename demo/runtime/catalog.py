@@ -17,6 +17,7 @@ class ModelSpec:
     name: str
     source: str  # a local folder or a Hugging Face Hub id
     description: str = ""
+    parameters: int | None = None  # for a Hub model, from the catalogue (what a load will take, before it)
 
     @property
     def local_path(self) -> Path | None:
@@ -46,7 +47,8 @@ def load_catalog(path: Path = CATALOG_FILE, extra: list[str] | None = None) -> l
     """The catalogue file's models, then the operator's ``extra`` entries ('NAME=SOURCE'; one with a
     catalogue name replaces that entry)."""
     data = json.loads(Path(path).read_text())
-    specs = [ModelSpec(m["name"], m["source"], m.get("description", "")) for m in data["models"]]
+    specs = [ModelSpec(m["name"], m["source"], m.get("description", ""), m.get("parameters"))
+             for m in data["models"]]
     added = parse_extra(list(extra or []))
     names = {s.name for s in specs}
     for s in added:

@@ -6,6 +6,7 @@ import contextlib
 import gc
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,11 +16,15 @@ import torch
 from demo.core.errors import ModelLoadError, NoModelError, ValidationError
 from demo.core.settings import VISITOR_MODELS
 from demo.core.validation import check_choice
+from demo.runtime.budget import estimate_bytes, rss_bytes
 from demo.runtime.catalog import ModelSpec, find_spec
 from demo.runtime.loading import LoadedModel, ProgressFn, default_device, load_model, resolve_precision
 
 ModelKey = tuple[str, str]  # (catalogue name, resolved precision)
 MAX_SESSIONS = 10_000  # remembered model choices, least recently used first out
+# A model someone used this recently is not unloaded to make room for another visitor's load (a lesson's
+# model stays while the class works with it); that load is refused instead when nothing else can go.
+RECENT_USE_S = 600
 
 
 class SessionChoices:
@@ -53,20 +58,26 @@ class SessionChoices:
 class ModelManager:
     """The loaded models and which one each visitor's session uses.
 
-    A bounded pool: models are kept least-recently-used first out within ``memory_mb`` (their
-    weights' footprint), except the default (what a new visitor gets) and any model a request is
-    using (:meth:`use`). Each model loads once however many visitors ask at the same time: the others
-    wait for that load. A session's choice (:meth:`load` with ``session``) changes that session only;
-    a load without a session (the operator's, at start-up) sets the default."""
+    A bounded pool: models are kept least-recently-used first out within ``memory_mb`` (what each one
+    cost the process to load, :mod:`demo.runtime.budget`), except the default (what a new visitor
+    gets), any model a request is using (:meth:`use`) and, when a visitor asks for room, any model
+    used in the last ``recent_s`` seconds. A visitor's load is checked before it starts: a model
+    whose estimated cost exceeds the budget, or that would fit only by unloading a model in recent
+    use, is refused with the reason. Each model loads once however many visitors ask at the same
+    time: the others wait for that load. A session's choice (:meth:`load` with ``session``) changes
+    that session only; a load without a session (the operator's, at start-up) sets the default."""
 
     def __init__(self, catalog: list[ModelSpec], device: str | None = None, memory_mb: float | None = None,
-                 visitor_models: str = "all"):
+                 visitor_models: str = "all", recent_s: float = RECENT_USE_S):
         self.catalog = list(catalog)
         self.device = device or default_device()
         self.memory_mb = memory_mb
         self.visitor_models = check_choice("visitor models", visitor_models, list(VISITOR_MODELS), exact=True)
         self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()  # least recently used first
         self._users: dict[ModelKey, int] = {}
+        self._cost: dict[ModelKey, int] = {}  # bytes each load cost the process (at least its weights)
+        self._used_at: dict[ModelKey, float] = {}  # time.monotonic() of each model's last use
+        self.recent_s = recent_s
         self._sessions = SessionChoices()  # the visitor -> model map
         self._loading: dict[ModelKey, threading.Lock] = {}
         self._lock = threading.Lock()  # guards the dicts above (never held during a load)
@@ -141,7 +152,7 @@ class ModelManager:
         with self._lock:
             self._users[key] -= 1
             if not self._users[key]:
-                self._evict(keep=self.default)
+                self._evict(keep=self.default, spare_recent=True)
 
     def _lookup(self, session: str | None) -> LoadedModel:
         key = self._sessions.get(session, self.default)
@@ -153,6 +164,7 @@ class ModelManager:
             why = f" The last attempt failed: {self.last_error}" if self.last_error else ""
             raise NoModelError(f"No model is loaded yet: choose one in the model menu.{why}")
         self._models.move_to_end(key)
+        self._used_at[key] = time.monotonic()
         return loaded
 
     def forget(self, session: str | None) -> None:
@@ -192,7 +204,7 @@ class ModelManager:
         key = self.key(name, precision)
         if visitor:
             self.check_visitor_may_load(key)
-        loaded = self._obtain(key, progress, default_on_error=session is None)
+        loaded = self._obtain(key, progress, default_on_error=session is None, visitor=visitor)
         with self._lock:
             self._models[key] = loaded  # back in, had another load evicted it in between
             self._models.move_to_end(key)
@@ -212,18 +224,21 @@ class ModelManager:
         if visitor:
             self.check_visitor_may_load(key)
         while True:
-            loaded = self._obtain(key, progress)
+            loaded = self._obtain(key, progress, visitor=visitor)
             with self._lock:
                 if self._models.get(key) is loaded:  # not evicted between the load and here
                     self._users[key] = self._users.get(key, 0) + 1
+                    self._used_at[key] = time.monotonic()
                     break
         try:
             yield loaded
         finally:
             self._release(key)
 
-    def _obtain(self, key: ModelKey, progress: ProgressFn | None, default_on_error: bool = False) -> LoadedModel:
-        """The pool's model for ``key``, loading it (once) when it is not there."""
+    def _obtain(self, key: ModelKey, progress: ProgressFn | None, default_on_error: bool = False,
+                visitor: bool = False) -> LoadedModel:
+        """The pool's model for ``key``, loading it (once) when it is not there (a visitor's load only
+        when it fits: :meth:`_check_room`)."""
         with self._lock:
             loaded = self._models.get(key)
             key_lock = self._loading.setdefault(key, threading.Lock())
@@ -238,16 +253,47 @@ class ModelManager:
                         if self._load_slot.locked() and progress:
                             progress(0.01, "another model is loading on this server: waiting for it to finish")
                         with self._load_slot:
+                            if visitor:
+                                self._check_room(key)
+                            before = rss_bytes()
                             loaded = self.run_load(load_model, find_spec(self.catalog, key[0]), key[1], self.device,
                                                     progress)
+                            after = rss_bytes()
                     except ModelLoadError as exc:
                         if default_on_error:
                             self.last_error = str(exc)
                         raise
+                    grew = after - before if before is not None and after is not None else 0
                     with self._lock:
                         self._models[key] = loaded
-                        self._evict(keep=key)
+                        self._cost[key] = max(loaded.memory_bytes, grew)
+                        self._used_at[key] = time.monotonic()
+                        self._evict(keep=key, spare_recent=visitor)
         return loaded
+
+    def _check_room(self, key: ModelKey) -> None:
+        """ModelLoadError when a visitor's load cannot fit the budget: larger than all of it, or larger
+        than what is left once every model that may go has gone (the default, models in use and models
+        used in the last ``recent_s`` seconds stay)."""
+        if self.memory_mb is None:
+            return
+        need = estimate_bytes(find_spec(self.catalog, key[0]), key[1])
+        if need is None:
+            return
+        budget = int(self.memory_mb * 2**20)
+        what = f"{key[0]} ({key[1]}) needs about {need / 2**20:,.0f} MB"
+        if need > budget:
+            raise ModelLoadError(f"{what}, more than this server's memory for models ({budget / 2**20:,.0f} MB, "
+                                 "GPT_EXPLORER_MODEL_MEMORY_MB): choose a smaller model or a lower precision.")
+        with self._lock:
+            staying = sum(self._cost_of(k) for k in self._models
+                          if not self._may_evict(k, keep=None, spare_recent=True))
+        if staying + need > budget:
+            minutes = max(1, round(self.recent_s / 60))
+            raise ModelLoadError(f"{what}, and the server's memory for models ({budget / 2**20:,.0f} MB) holds "
+                                 f"models in use or used in the last {minutes} minutes ({staying / 2**20:,.0f} MB), "
+                                 "which stay for the visitors using them: choose a model that is loaded already, "
+                                 "or try again later.")
 
     def add(self, loaded: LoadedModel) -> None:
         """Put a model loaded elsewhere into the pool as the default (tests, scripts)."""
@@ -256,21 +302,32 @@ class ModelManager:
             self._models[key] = loaded
             self.default = key
 
+    def _cost_of(self, key: ModelKey) -> int:
+        return self._cost.get(key) or self._models[key].memory_bytes
+
     @property
     def memory_bytes(self) -> int:
-        return sum(m.memory_bytes for m in self._models.values())
+        """What the loaded models cost the process, as measured at each load."""
+        return sum(self._cost_of(k) for k in self._models)
 
-    def _evict(self, keep: ModelKey | None) -> None:
-        """Unload least recently used models until the pool fits its budget; the default, ``keep`` and
-        models in use stay (the pool may then stay over budget until they are free)."""
+    def _may_evict(self, key: ModelKey, keep: ModelKey | None, spare_recent: bool) -> bool:
+        if key in (keep, self.default) or self._users.get(key):
+            return False
+        return not spare_recent or time.monotonic() - self._used_at.get(key, 0.0) >= self.recent_s
+
+    def _evict(self, keep: ModelKey | None, spare_recent: bool = False) -> None:
+        """Unload least recently used models until the pool fits its budget; the default, ``keep``,
+        models in use and (``spare_recent``: to make room for a visitor) models used in the last
+        ``recent_s`` seconds stay (the pool may then stay over budget until they are free)."""
         if self.memory_mb is None:
             return
         freed = False
         while self.memory_bytes > self.memory_mb * 2**20:
-            idle = [k for k in self._models if k not in (keep, self.default) and not self._users.get(k)]
+            idle = [k for k in self._models if self._may_evict(k, keep, spare_recent)]
             if not idle:
                 break
             del self._models[idle[0]]
+            self._cost.pop(idle[0], None)
             freed = True
         if freed:
             gc.collect()
