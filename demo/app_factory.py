@@ -16,6 +16,7 @@ from demo.runtime import zerogpu
 from demo.runtime.catalog import load_catalog
 from demo.runtime.memory import bound_heap
 from demo.runtime.pool import ModelManager
+from demo.ui import admission
 from demo.ui.common import AppContext, forget_page_copies
 from demo.ui.page import CSS, build_app
 
@@ -89,9 +90,12 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     q = getattr(demo, "_queue", None)
     if q is not None and isinstance(getattr(q, "sleep_when_free", None), float):
         q.sleep_when_free = max(q.sleep_when_free, QUEUE_IDLE_POLL_S)
+    # Fair turns and per-visitor limits on the queue (demo.ui.admission): no client can lock out the others.
+    handle_admission = admission.install(demo, settings.session_limit, settings.address_limit, settings.forwarded_for)
     forget_page_copies(demo)
     handle: Any = demo  # what tests and benchmarks reach through the app
     handle.manager, handle.cache, handle.stops, handle.exports = manager, ctx.cache, ctx.stops, ctx.exports
+    handle.admission = handle_admission
     handle.home = home  # on ZeroGPU: the thread app.py keeps serving loads in after launch
     # Bounded per-visitor memory and disk: Gradio keeps a little of each session (at most this many
     # sessions, each without its page copy: forget_page_copies), the app takes no uploads, and

@@ -447,6 +447,120 @@ def test_uploads_are_refused_and_gradio_cleans_its_cache(class_app):
     assert demo.state_session_capacity <= 1000
 
 
+# ----------------------------------------------------------------------------- fair admission
+
+
+@pytest.fixture(scope="module")
+def fair_app():
+    """The app with small limits: 2 analysis slots, 5 requests per session, 8 per address, and the
+    address read from X-Forwarded-For (as behind a Space's proxy), so a test can speak from several."""
+    from demo.app_factory import create_app
+    from demo.core.settings import Settings
+
+    settings = Settings(model="gutenberg-gpt", precision="fp32", concurrency=2, session_limit=5, address_limit=8,
+                        forwarded_for=True)
+    demo, launch_kwargs = create_app(settings, device="cpu")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs)
+    yield demo, f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def join(app, text: str, session: str, address: str):
+    """Queue one /attention request as the page does (POST /queue/join): (HTTP status, event id or reason)."""
+    import httpx
+
+    demo, url = app
+    fn_index = next(i for i, fn in demo.fns.items() if fn.api_name == "attention")
+    r = httpx.post(url + "gradio_api/queue/join", headers={"x-forwarded-for": address}, timeout=60,
+                   json={"data": [text, 0, 0, "head", "mean-heads", -1, "layer"], "fn_index": fn_index,
+                         "session_hash": session, "event_data": None, "trigger_id": None})
+    return r.status_code, (r.json().get("event_id") if r.status_code == 200 else r.json().get("detail"))
+
+
+def turns_in_order(app, run) -> list[tuple[str, str]]:
+    """Run ``run(gate)`` with the model held from its first forward pass; returns the (address, session)
+    of each request the queue started, in order (what the queue's choice of the next request gave)."""
+    demo = app[0]
+    fair, picks = demo.admission, []
+    choose = fair.get_events
+
+    def recorded(*args, **kwargs):
+        chosen = choose(*args, **kwargs)
+        if chosen:
+            picks.extend(fair.visitor(e) for e in chosen[0] if e.concurrency_id == "model")
+        return chosen
+
+    fair.get_events = recorded
+    try:
+        with ModelGate(demo.manager.require().model.base_model, hold_at=1) as gate:  # what /attention runs
+            run(gate)
+    finally:
+        del fair.get_events  # the class's own again
+    return picks
+
+
+def words(n: int, seed: int) -> str:
+    return " ".join(["sea", "ship", "storm", "night", "captain", "wind"][(seed + i) % 6] for i in range(n))
+
+
+def test_a_flood_from_one_session_is_capped_and_another_session_goes_next(fair_app):
+    demo = fair_app[0]
+
+    def run(gate):
+        for i in range(5):  # the session's limit
+            status, event = join(fair_app, words(20 + i, seed=i), "flood-session", "10.0.0.1")
+            assert status == 200, event
+        assert gate.wait_held()  # the first flood request is in the model; others wait their turn
+        status, reason = join(fair_app, words(40, 0), "flood-session", "10.0.0.1")
+        assert status == 503 and "already have 5 requests waiting or running" in reason
+        assert wait_until(lambda: demo._queue.get_active_worker_count() >= 2)  # both analysis slots: the flood's
+        status, victim = join(fair_app, words(12, 3), "another-session", "10.0.0.1")
+        assert status == 200
+        assert wait_until(lambda: any(e._id == victim for eq in demo._queue.event_queue_per_concurrency_id.values()
+                                      for e in eq.queue))
+        gate.release()
+        assert wait_until(lambda: len(demo._queue) == 0 and demo._queue.get_active_worker_count() == 0)
+
+    turns = turns_in_order(fair_app, run)
+    assert [s for _, s in turns[:3]] == ["flood-session", "flood-session", "another-session"], turns
+    assert demo.admission.refused >= 1
+
+
+def test_a_flood_of_fresh_sessions_from_one_address_leaves_another_address_next(fair_app):
+    demo = fair_app[0]
+
+    def run(gate):
+        for i in range(8):  # the address's limit, each request a session of its own
+            status, event = join(fair_app, "Again: " + words(20 + i, seed=i), f"fresh-{i}", "10.0.0.7")
+            assert status == 200, event
+        assert gate.wait_held()
+        status, reason = join(fair_app, words(50, 0), "fresh-9", "10.0.0.7")
+        assert status == 503 and "Your network already has 8 requests" in reason
+        assert wait_until(lambda: demo._queue.get_active_worker_count() >= 2)
+        status, _ = join(fair_app, "Again: " + words(9, 5), "a-student", "10.0.0.8")  # another address
+        assert status == 200
+        assert wait_until(lambda: len(demo._queue) == 7)  # 6 flood + the student's wait
+        gate.release()
+        assert wait_until(lambda: len(demo._queue) == 0 and demo._queue.get_active_worker_count() == 0)
+
+    turns = turns_in_order(fair_app, run)
+    assert [a for a, _ in turns[:3]] == ["10.0.0.7", "10.0.0.7", "10.0.0.8"], turns  # the student's went third
+
+
+def test_one_address_keeps_a_quarter_of_a_large_group_free_for_others():
+    from demo.ui.admission import client_address, group_share
+
+    assert [group_share(n) for n in (None, 1, 2, 3, 4, 8, 32)] == [None, 1, 2, 3, 3, 6, 24]
+
+    class Request:
+        headers = {"x-forwarded-for": "1.2.3.4, 10.0.0.9"}  # what the client claimed, then what the proxy saw
+        client = type("Client", (), {"host": "127.0.0.1"})()
+
+    assert client_address(Request(), forwarded_for=True) == "10.0.0.9"
+    assert client_address(Request(), forwarded_for=False) == "127.0.0.1"
+
+
 # ----------------------------------------------------------------------------- exports
 
 

@@ -148,7 +148,14 @@ def test_settings_are_read_once_from_the_environment():
     assert s.concurrency_for("cpu") == 3
     plain = Settings.from_env({})
     assert (plain.model, plain.precision, plain.extra_models, plain.queue_size, plain.zero_gpu) == (
-        None, "auto", (), 64, False)
+        None, "auto", (), 128, False)
+    assert (plain.session_limit, plain.address_limit, plain.forwarded_for, plain.analysis_cache_mb) == \
+        (32, 64, False, 640)
+    on_a_space = Settings.from_env({"SPACE_ID": "someone/gpt-explorer", "GPT_EXPLORER_SESSION_LIMIT": "4"})
+    assert on_a_space.forwarded_for and on_a_space.session_limit == 4
+    assert not Settings.from_env({"SPACE_ID": "someone/gpt-explorer", "GPT_EXPLORER_FORWARDED_FOR": "0"}).forwarded_for
+    with pytest.raises(ValidationError, match="GPT_EXPLORER_FORWARDED_FOR must be 1 or 0"):
+        Settings.from_env({"GPT_EXPLORER_FORWARDED_FOR": "maybe"})
     assert plain.concurrency_for("cpu") == 2 and plain.concurrency_for("cuda") == 4
     assert plain.replace(model=None, precision="fp32").precision == "fp32"
 

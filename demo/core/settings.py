@@ -27,7 +27,11 @@ VISITOR_MODELS = {
 }
 
 PRECISION_CHOICES = tuple(PRECISIONS)
-DEFAULT_QUEUE_SIZE = 64
+DEFAULT_QUEUE_SIZE = 128
+# Requests one visitor may have waiting or running: a page or API session, and a client address (a class
+# behind one school router shares one, so it gets more).
+DEFAULT_SESSION_LIMIT = 32
+DEFAULT_ADDRESS_LIMIT = 64
 CPU_CONCURRENCY = 2
 GPU_CONCURRENCY = 4
 DEFAULT_MAX_STREAMS = 32
@@ -60,6 +64,11 @@ class Settings:
     visitor_models: str = DEFAULT_VISITOR_MODELS  # GPT_EXPLORER_VISITOR_MODELS: all | local | loaded
     sessions: int = DEFAULT_SESSIONS  # GPT_EXPLORER_SESSIONS: visitors' page state kept, oldest out first
     queue_size: int = DEFAULT_QUEUE_SIZE  # GPT_EXPLORER_QUEUE_SIZE: waiting requests before "queue full"
+    session_limit: int = DEFAULT_SESSION_LIMIT  # GPT_EXPLORER_SESSION_LIMIT: waiting or running, per session
+    address_limit: int = DEFAULT_ADDRESS_LIMIT  # GPT_EXPLORER_ADDRESS_LIMIT: waiting or running, per address
+    # GPT_EXPLORER_FORWARDED_FOR: the client address is X-Forwarded-For's last entry (behind a proxy that
+    # sets it); on by default on a Hugging Face Space (SPACE_ID set), whose proxy does
+    forwarded_for: bool = False
     zero_gpu: bool = False  # SPACES_ZERO_GPU: set by Hugging Face on ZeroGPU Spaces
 
     def __post_init__(self):
@@ -79,6 +88,9 @@ class Settings:
         if self.visitor_models not in VISITOR_MODELS:
             raise ValidationError(f"GPT_EXPLORER_VISITOR_MODELS must be one of {', '.join(VISITOR_MODELS)}, "
                                   f"got {self.visitor_models[:20]!r}")
+        if self.session_limit < 1 or self.address_limit < 1:
+            raise ValidationError("GPT_EXPLORER_SESSION_LIMIT and GPT_EXPLORER_ADDRESS_LIMIT must be at least 1, "
+                                  f"got {self.session_limit} and {self.address_limit}")
         if self.queue_size < 1:
             raise ValidationError(f"GPT_EXPLORER_QUEUE_SIZE must be at least 1, got {self.queue_size}")
 
@@ -97,6 +109,9 @@ class Settings:
             visitor_models=env.get("GPT_EXPLORER_VISITOR_MODELS") or DEFAULT_VISITOR_MODELS,
             sessions=_or(_int(env, "GPT_EXPLORER_SESSIONS"), DEFAULT_SESSIONS),
             zero_gpu=zero_gpu_requested(env.get("SPACES_ZERO_GPU")),
+            session_limit=_or(_int(env, "GPT_EXPLORER_SESSION_LIMIT"), DEFAULT_SESSION_LIMIT),
+            address_limit=_or(_int(env, "GPT_EXPLORER_ADDRESS_LIMIT"), DEFAULT_ADDRESS_LIMIT),
+            forwarded_for=_flag(env, "GPT_EXPLORER_FORWARDED_FOR", default=bool(env.get("SPACE_ID"))),
         )
 
     def replace(self, **changes) -> Settings:
@@ -111,6 +126,17 @@ class Settings:
 
 def _or(value, default):
     return default if value is None else value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValidationError(f"{name} must be 1 or 0 (true or false), got {value[:20]!r}")
 
 
 def _int(env: Mapping[str, str], name: str) -> int | None:
