@@ -19,6 +19,7 @@ import sys
 from demo.app_factory import create_app
 from demo.core.errors import ValidationError
 from demo.core.settings import PRECISION_CHOICES, Settings
+from demo.runtime import threads
 
 
 def parse_args(argv=None, settings: Settings | None = None):
@@ -42,6 +43,8 @@ def main(argv=None):
     except ValidationError as exc:
         sys.exit(f"gpt-explorer: {exc}")
     args = parse_args(argv, settings)
+    if not settings.zero_gpu:  # on ZeroGPU the app's process runs torch single-threaded (demo.runtime.zerogpu)
+        logging.getLogger("gpt_explorer").info("torch uses %d CPU threads", threads.apply(settings.threads))
     demo, launch_kwargs = create_app(settings, model=args.model, precision=args.precision,
                                      extra_models=args.add_model)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share or None,

@@ -4,16 +4,16 @@
     python benchmarks/bench_classroom.py --gpt2-small-random   # GPT-2-small-size model (random weights)
     python benchmarks/bench_classroom.py --streams 1 16 --skip-memory
 
-Streams: N gradio_client clients, each in a process of its own, submit /generate together (64 new
-tokens, sampled, one seed each); each looks for updates every 2 ms. Time to first token (TTFT) is
-submit -> first streamed update, as the client sees it (gradio_client itself checks for messages
-every 50 ms); a stream's tokens/s is
+Streams: N visitors, each a light client (benchmarks/light_client.py: plain HTTP and SSE) in a
+process of its own, submit /generate together (64 new tokens, sampled, one seed each) and read the
+updates as they arrive. Time to first token (TTFT) is submit -> first streamed update, as the client
+sees it; a stream's tokens/s is
 (tokens - 1) / (last update - first update); aggregate tokens/s is all tokens / (last update - first
 submit). Each N runs --repeats times after a warm-up; the figures are pooled over the repeats.
 
-Memory: the server's RSS after 20 and after --calls /attention calls of a 512-token text, each from
-a fresh client (a new session), then the same for /generate; and the size of what the server left
-under the temporary folder.
+Memory: the server's RSS after 20 and after --calls /attention calls of a 512-token text, each a
+request without a session (a new session each time), then the same for /generate; and the size of
+what the server left under the temporary folder.
 """
 
 from __future__ import annotations
@@ -44,46 +44,28 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-POLL_S = 0.002  # how often a client looks for a new update of its job
-
-
-def follow(job) -> list[float]:
-    """When each update of a gradio_client job arrived; the last update is kept on ``job``. (The job's
-    own iterator checks every millisecond, which with 32 clients would cost the machine the server
-    runs on more than the server itself.)"""
-    stamps = []
-    while True:
-        outputs = job.outputs()
-        while len(stamps) < len(outputs):
-            stamps.append(time.perf_counter())
-        if job.done() and len(stamps) >= len(job.outputs()):
-            return stamps
-        time.sleep(POLL_S)
-
-
 def one_visitor(url: str, i: int, tokens: int, repeats: int, start, results) -> None:
     """One visitor in a process of its own: its client connects, then every round waits for the
     others and submits /generate; (round, submitted, first update, last update, tokens) go to
     ``results`` (perf_counter is the same clock in every process)."""
-    import ssl
+    from light_client import LightClient
 
-    from gradio_client import Client
-
-    # gradio_client makes a new HTTP client for each request, and each loads the CA certificates
-    # (~30 ms of CPU) unless given a TLS context: one per process, so the clients leave the CPU to
-    # the server (a browser pays nothing of the kind).
-    client = Client(url, verbose=False, ssl_verify=ssl.create_default_context())
+    client = LightClient(url)
     for rep in range(repeats + 1):
         start.wait()
         t0 = time.perf_counter()
-        job = client.submit(prompt=PROMPT, max_new_tokens=tokens, seed=1000 * rep + i, api_name="/generate")
-        stamps = follow(job)
-        count = int(re.search(r"(\d+) tokens generated", job.outputs()[-1][1]).group(1))
+        stamps, last = [], None
+        for stamp, update in client.stream("generate", prompt=PROMPT, max_new_tokens=tokens, seed=1000 * rep + i):
+            stamps.append(stamp)
+            last = update
+        assert last is not None
+        count = int(re.search(r"(\d+) tokens generated", last[1]).group(1))
         results.put((rep, t0, stamps[0], stamps[-1], count))
+    client.close()
 
 
 def run_streams(url: str, n: int, tokens: int, repeats: int) -> dict:
-    """n visitors, each a gradio_client in its own process (as in a class, where each browser runs
+    """n visitors, each a light client in its own process (as in a class, where each browser runs
     on its own machine, no visitor waits for another's client), submitting together; the first round
     is a warm-up."""
     ctx = multiprocessing.get_context("spawn")
@@ -132,21 +114,22 @@ def folder_mb(path: Path) -> float:
 
 
 def run_memory(url: str, pid: int, calls: int) -> dict:
-    from gradio_client import Client
+    from light_client import LightClient
 
     out = {}
+    client = LightClient(url)
     for endpoint in ("attention", "generate"):
         rss = []
-        for i in range(calls):
-            client = Client(url, verbose=False)  # a fresh client: a new session each time
+        for i in range(calls):  # each call names no session: a new session each time
             if endpoint == "attention":
-                client.predict(LONG_TEXT, 0, 0, "head", "mean-heads", -1, "layer", api_name="/attention")
+                client.call("attention", text=LONG_TEXT)
             else:
-                client.predict(prompt=PROMPT, max_new_tokens=16, seed=i, api_name="/generate")
+                client.call("generate", prompt=PROMPT, max_new_tokens=16, seed=i)
             if i + 1 in (20, calls):
                 rss.append(rss_mb(pid))
         out[endpoint] = {"rss_after_20_mb": rss[0], f"rss_after_{calls}_mb": rss[1],
                          "growth": rss[1] / rss[0] - 1}
+    client.close()
     return out
 
 

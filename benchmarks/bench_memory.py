@@ -35,6 +35,9 @@ from pathlib import Path
 import httpx
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from light_client import LightClient
+
 ROOT = Path(__file__).resolve().parent.parent
 VOCABULARY = ("the sea ship captain night storm wind old man house door light dark water land king queen sword "
               "horse road town river forest mountain letter mother father child friend heart word time day year "
@@ -76,26 +79,9 @@ class Server:
             if time.monotonic() > deadline:
                 raise SystemExit("the app did not answer within 300 s")
             time.sleep(0.5)
-        self.info = httpx.get(self.url + "gradio_api/info", timeout=30).json()["named_endpoints"]
 
     def rss_mb(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
-
-    def call(self, client: httpx.Client, name: str, **values) -> None:
-        """One request to /<name> with the endpoint's defaults for what ``values`` leaves out; raises on
-        an error event."""
-        params = self.info[f"/{name}"]["parameters"]
-        data = [values.get(p["parameter_name"], p.get("parameter_default")) for p in params]
-        event = client.post(f"{self.url}gradio_api/call/{name}", json={"data": data}, timeout=60).json()["event_id"]
-        with client.stream("GET", f"{self.url}gradio_api/call/{name}/{event}", timeout=600) as stream:
-            kind = None
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    kind = line[6:].strip()
-                elif line.startswith("data:") and kind == "error":
-                    raise RuntimeError(f"/{name}: {line[5:200]}")
-                elif kind == "complete":
-                    return
 
     def close(self) -> None:
         self.proc.terminate()
@@ -105,22 +91,22 @@ class Server:
             self.proc.kill()
 
 
-def mixed_request(server: Server, client: httpx.Client, i: int) -> None:
+def mixed_request(client: LightClient, i: int) -> None:
     """Request ``i`` of the mixed day: the endpoints in a fixed rotation, each with a distinct text."""
     kind = i % 20
     prompt = text(10_000 + i, words=40)
     if kind < 6:
-        server.call(client, "generate", prompt=prompt, max_new_tokens=48, seed=i)
+        client.call("generate", prompt=prompt, max_new_tokens=48, seed=i)
     elif kind < 11:
-        server.call(client, "attention", text=text(20_000 + i))
+        client.call("attention", text=text(20_000 + i))
     elif kind < 15:
-        server.call(client, "next_token", text=prompt)
+        client.call("next_token", text=prompt)
     elif kind < 18:
-        server.call(client, "logit_lens", text=text(30_000 + i, words=120))
+        client.call("logit_lens", text=text(30_000 + i, words=120))
     elif kind == 18:
-        server.call(client, "compare_precision", text=text(40_000 + i, words=120))
+        client.call("compare_precision", text=text(40_000 + i, words=120))
     else:
-        server.call(client, "samples", prompt=prompt, max_new_tokens=24, n=4)
+        client.call("samples", prompt=prompt, max_new_tokens=24, n=4)
 
 
 def main(argv=None) -> dict:
@@ -134,21 +120,28 @@ def main(argv=None) -> dict:
     server = Server(args.root, {})
     rows: list[tuple[str, float]] = []
     try:
-        with httpx.Client() as client:
-            server.call(client, "attention", text="Warm up.")
+        client = LightClient(server.url)
+        try:
+            client.call("attention", text="Warm up.")
             rows.append(("after start-up and one request", server.rss_mb()))
             marks = sorted({m for m in (20, 100, 200, args.texts) if m <= args.texts})
             for i in range(1, args.texts + 1):
-                server.call(client, "attention", text=text(i))
+                client.call("attention", text=text(i))
                 if i in marks:
                     rows.append((f"after {i} distinct attention texts", server.rss_mb()))
+        finally:
+            client.close()
         done = [0]
         lock = threading.Lock()
         quarters = {round(args.day * q / 4) for q in (1, 2, 3, 4)}
 
+        local, clients = threading.local(), []
+
         def one(i: int) -> None:
-            with httpx.Client() as client:
-                mixed_request(server, client, i)
+            if not hasattr(local, "client"):  # one client per worker thread: a visitor at a time each
+                local.client = LightClient(server.url)
+                clients.append(local.client)
+            mixed_request(local.client, i)
             with lock:
                 done[0] += 1
                 if done[0] in quarters:
@@ -158,6 +151,8 @@ def main(argv=None) -> dict:
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(one, range(args.day)))
         day_s = time.perf_counter() - t0
+        for c in clients:
+            c.close()
     finally:
         server.close()
     base = rows[0][1]

@@ -36,3 +36,13 @@ def test_the_memory_benchmark_answers_every_endpoint_through_the_light_client(tm
                      "--out", str(tmp_path / "memory.json"))
     assert "| after 2 distinct attention texts |" in out and "mixed day: 20 requests from 2 clients" in out
     assert (tmp_path / "memory.json").is_file()
+
+
+def test_the_streaming_benchmark_compares_raw_and_served_through_the_light_client():
+    out = run_script("bench_generate.py", "--tokens", "8", "--repeats", "1", "--threads", "1")
+    assert "raw model.generate" in out and "served /generate" in out and "torch threads: 1" in out
+
+
+def test_the_classroom_benchmark_streams_to_visitors_in_processes_of_their_own():
+    out = run_script("bench_classroom.py", "--streams", "2", "--tokens", "6", "--repeats", "1", "--skip-memory")
+    assert any(line.split()[:1] == ["2"] for line in out.splitlines())  # the row of 2 streams

@@ -689,6 +689,23 @@ def test_new_settings_come_from_the_environment_with_clear_errors():
         Settings.from_env({"GPT_EXPLORER_VISITOR_MODELS": "everything"})
     with pytest.raises(ValidationError, match="GPT_EXPLORER_MAX_STREAMS"):
         Settings.from_env({"GPT_EXPLORER_MAX_STREAMS": "0"})
+    with pytest.raises(ValidationError, match="GPT_EXPLORER_THREADS"):
+        Settings.from_env({"GPT_EXPLORER_THREADS": "0"})
+    assert Settings.from_env({"GPT_EXPLORER_THREADS": "3"}).threads == 3
+
+
+def test_torch_threads_follow_the_policy_unless_the_operator_sets_them():
+    import torch
+
+    from demo.runtime import threads
+
+    assert [threads.serving_threads(n) for n in (1, 2, 4, 16)] == [1, 2, 4, 16]  # every core (measured best)
+    before = torch.get_num_threads()
+    try:
+        assert threads.apply(3) == 3 and torch.get_num_threads() == 3  # GPT_EXPLORER_THREADS=3
+        assert threads.apply(None) == threads.serving_threads(threads.available_cores())
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_bundled_model_in_a_batch_matches_alone_on_greedy():

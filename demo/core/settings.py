@@ -69,6 +69,7 @@ class Settings:
     # GPT_EXPLORER_FORWARDED_FOR: the client address is X-Forwarded-For's last entry (behind a proxy that
     # sets it); on by default on a Hugging Face Space (SPACE_ID set), whose proxy does
     forwarded_for: bool = False
+    threads: int | None = None  # GPT_EXPLORER_THREADS: torch's CPU threads (None: demo.runtime.memory's policy)
     zero_gpu: bool = False  # SPACES_ZERO_GPU: set by Hugging Face on ZeroGPU Spaces
 
     def __post_init__(self):
@@ -88,6 +89,8 @@ class Settings:
         if self.visitor_models not in VISITOR_MODELS:
             raise ValidationError(f"GPT_EXPLORER_VISITOR_MODELS must be one of {', '.join(VISITOR_MODELS)}, "
                                   f"got {self.visitor_models[:20]!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValidationError(f"GPT_EXPLORER_THREADS must be at least 1, got {self.threads}")
         if self.session_limit < 1 or self.address_limit < 1:
             raise ValidationError("GPT_EXPLORER_SESSION_LIMIT and GPT_EXPLORER_ADDRESS_LIMIT must be at least 1, "
                                   f"got {self.session_limit} and {self.address_limit}")
@@ -109,6 +112,7 @@ class Settings:
             visitor_models=env.get("GPT_EXPLORER_VISITOR_MODELS") or DEFAULT_VISITOR_MODELS,
             sessions=_or(_int(env, "GPT_EXPLORER_SESSIONS"), DEFAULT_SESSIONS),
             zero_gpu=zero_gpu_requested(env.get("SPACES_ZERO_GPU")),
+            threads=_int(env, "GPT_EXPLORER_THREADS"),
             session_limit=_or(_int(env, "GPT_EXPLORER_SESSION_LIMIT"), DEFAULT_SESSION_LIMIT),
             address_limit=_or(_int(env, "GPT_EXPLORER_ADDRESS_LIMIT"), DEFAULT_ADDRESS_LIMIT),
             forwarded_for=_flag(env, "GPT_EXPLORER_FORWARDED_FOR", default=bool(env.get("SPACE_ID"))),
