@@ -553,12 +553,15 @@ def test_one_address_keeps_a_quarter_of_a_large_group_free_for_others():
 
     assert [group_share(n) for n in (None, 1, 2, 3, 4, 8, 32)] == [None, 1, 2, 3, 3, 6, 24]
 
-    class Request:
-        headers = {"x-forwarded-for": "1.2.3.4, 10.0.0.9"}  # what the client claimed, then what the proxy saw
-        client = type("Client", (), {"host": "127.0.0.1"})()
+    def request(forwarded: str):
+        return type("Request", (), {"headers": {"x-forwarded-for": forwarded},
+                                    "client": type("Client", (), {"host": "127.0.0.1"})()})()
 
-    assert client_address(Request(), forwarded_for=True) == "10.0.0.9"
-    assert client_address(Request(), forwarded_for=False) == "127.0.0.1"
+    # what the client claimed, then the address the edge proxy saw, then the proxies' own private hops
+    assert client_address(request("6.6.6.6, 81.2.69.160, 10.0.0.9, 10.1.2.3"), forwarded_for=True) == "81.2.69.160"
+    assert client_address(request("10.0.0.7"), forwarded_for=True) == "10.0.0.7"  # a school's own proxy
+    assert client_address(request("not-an-address, 192.168.1.5"), forwarded_for=True) == "192.168.1.5"
+    assert client_address(request("81.2.69.160"), forwarded_for=False) == "127.0.0.1"  # not trusted: the socket
 
 
 # ----------------------------------------------------------------------------- exports

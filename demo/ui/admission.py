@@ -16,8 +16,11 @@ on a Blocks' queue:
   group's slots (the decode loop's rows, say) when the group has four or more: the rest stay free for
   other addresses, so a newcomer starts at once even while one client floods the server.
 
-The client address is the connection's, or behind a proxy that sets ``X-Forwarded-For`` (a Hugging
-Face Space) that header's last entry, the address the proxy itself saw (``forwarded_for``).
+The client address is the connection's, or behind proxies that set ``X-Forwarded-For`` (a Hugging
+Face Space; ``forwarded_for``) the rightmost public address in that header: each proxy appends the
+address it saw, so entries to the right of it are the proxies' own private hops and entries to the
+left of it are whatever the client claimed. When every entry is private (a school network behind a
+local proxy), the rightmost one.
 
 It reads Gradio's queue internals (``event_queue_per_concurrency_id``, ``active_jobs``, each event's
 ``request`` and ``session_hash``), which the tested Gradio release has; where they are missing,
@@ -26,6 +29,7 @@ It reads Gradio's queue internals (``event_queue_per_concurrency_id``, ``active_
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 from collections import Counter
@@ -38,11 +42,18 @@ MAX_REMEMBERED = 10_000  # turns remembered (address or session, per group); a f
 
 
 def client_address(request: Any, forwarded_for: bool) -> str:
-    """The client's address: the proxy's last X-Forwarded-For entry when trusted, else the connection's."""
+    """The client's address: behind trusted proxies the rightmost public X-Forwarded-For entry (else
+    the rightmost entry), otherwise the connection's."""
     if forwarded_for:
         headers = getattr(request, "headers", None) or {}
         forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
         entries = [e.strip() for e in forwarded.split(",") if e.strip()]
+        for entry in reversed(entries):
+            try:
+                if ipaddress.ip_address(entry).is_global:
+                    return entry
+            except ValueError:  # not an address: a proxy's name, or garbage a client sent
+                continue
         if entries:
             return entries[-1]
     client = getattr(request, "client", None)
