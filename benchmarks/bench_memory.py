@@ -32,10 +32,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_generate import free_port, wait_for
 from light_client import LightClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,29 +56,13 @@ def text(seed: int, words: int = 330) -> str:
 class Server:
     """``app.py`` in its own process on a free port; ``rss_mb()`` reads its resident memory."""
 
-    def __init__(self, root: Path, env: dict[str, str]):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(self.port)], cwd=root,
-                                     env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-                                          **env},
+    def __init__(self, root: Path):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/"
+        self.proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=root,
+                                     env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 300
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit("the app did not start")
-            try:
-                if httpx.get(self.url + "gradio_api/info", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the app did not answer within 300 s")
-            time.sleep(0.5)
+        wait_for(self.url, self.proc, timeout=300)
 
     def rss_mb(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
@@ -117,7 +101,7 @@ def main(argv=None) -> dict:
     p.add_argument("--root", type=Path, default=ROOT, help="the checkout whose app.py runs")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory.json")
     args = p.parse_args(argv)
-    server = Server(args.root, {})
+    server = Server(args.root)
     rows: list[tuple[str, float]] = []
     try:
         client = LightClient(server.url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import threading
 import time
@@ -313,7 +314,7 @@ class ModelManager:
     def _may_evict(self, key: ModelKey, keep: ModelKey | None, spare_recent: bool) -> bool:
         if key in (keep, self.default) or self._users.get(key):
             return False
-        return not spare_recent or time.monotonic() - self._used_at.get(key, 0.0) >= self.recent_s
+        return not spare_recent or time.monotonic() - self._used_at.get(key, -math.inf) >= self.recent_s
 
     def _evict(self, keep: ModelKey | None, spare_recent: bool = False) -> None:
         """Unload least recently used models until the pool fits its budget; the default, ``keep``,
