@@ -711,6 +711,48 @@ def test_torch_threads_follow_the_policy_unless_the_operator_sets_them():
         torch.set_num_threads(before)
 
 
+def test_model_work_outside_the_decode_loop_runs_in_a_thread_that_ends(tiny_path, monkeypatch):
+    """Loads and analysis passes run in a short-lived thread of their own, so that no long-lived thread
+    (the main thread after the start-up load, a Gradio worker after an analysis) keeps an OpenMP team
+    beside the decode loop's (demo.runtime.threads)."""
+    import contextvars
+
+    from demo.core.cache import ModelCache
+    from demo.core.settings import Settings
+    from demo.runtime import pool, threads
+    from demo.ui.common import AppContext
+
+    visitor = contextvars.ContextVar("visitor", default=None)
+    visitor.set("session-1")
+    ran = []
+
+    def work(x):
+        ran.append(threading.current_thread())
+        return x * 2, visitor.get()
+
+    assert threads.run_apart(work, 21) == (42, "session-1")  # its result, with the caller's context
+    assert ran[-1] is not threading.current_thread() and not ran[-1].is_alive()
+    with pytest.raises(ZeroDivisionError):  # its exception, raised in the caller
+        threads.run_apart(lambda: 1 / 0)
+
+    original = pool.load_model
+
+    def load_model(*args, **kwargs):
+        ran.append(threading.current_thread())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "load_model", load_model)
+    manager = ModelManager([ModelSpec("tiny", str(tiny_path))], device="cpu")
+    loaded = manager.load("tiny", "fp32")
+    assert ran[-1] is not threading.current_thread() and ran[-1].name.startswith(threads.APART_PREFIX)
+    assert not ran[-1].is_alive()
+
+    ctx = AppContext(manager, ModelCache(), Settings())
+    analysis = ctx.gpu(lambda model, text: (ran.append(threading.current_thread()), (model.name, text))[1])
+    assert analysis(loaded, "a text") == ("tiny", "a text")
+    assert ran[-1] is not threading.current_thread() and not ran[-1].is_alive()
+
+
 def test_bundled_model_in_a_batch_matches_alone_on_greedy():
     loaded = load_model(ModelSpec("gutenberg-gpt", str(BUNDLED)), "fp32", device="cpu")
     reqs = [validate_request(p, 24, PRESETS["Greedy"]) for p in PROMPTS]

@@ -90,6 +90,7 @@ class _Request:
     chooser: TokenChooser
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    over: threading.Event = field(default_factory=threading.Event)  # set with its last event
     generated: int = 0
     ended: bool = False  # its last event (an end reason) has been sent
 
@@ -104,6 +105,12 @@ class _Request:
         self.length += 1
         self.generated += 1
         self.events.put(Event(token=chosen, at=time.perf_counter()))
+
+    def end(self, event: Event) -> None:
+        """Send the last event (an end reason)."""
+        self.ended = True
+        self.events.put(event)
+        self.over.set()
 
     def finished(self, chosen: ChosenToken) -> str | None:
         if self.eos_token_id is not None and chosen.token_id == self.eos_token_id:
@@ -140,6 +147,10 @@ class Ticket:
                 return [Event(reason="error", error=RuntimeError("the decode loop ended"))]
             return []
         return [first, *self.ready()]
+
+    def wait_end(self, seconds: float) -> bool:
+        """Wait at most ``seconds`` for this generation's last event to be sent (not for its tokens); whether it was."""
+        return self._request.over.wait(max(seconds, 0.0))
 
     @property
     def chosen(self) -> list[ChosenToken]:
@@ -276,8 +287,7 @@ class BatchScheduler:
             except Exception as exc:  # a failed forward ends every generation in the batch with the reason
                 log.exception("batched generation failed")
                 for request in batch.requests + admitted:
-                    request.ended = True
-                    request.events.put(Event(reason="error", error=exc))
+                    request.end(Event(reason="error", error=exc))
                 batch = _Batch()
 
     def _admit(self, batch: _Batch, requests: list[_Request]) -> None:
@@ -331,8 +341,7 @@ class BatchScheduler:
                 r.take(chosen)
                 reason = r.finished(chosen)
                 if reason:
-                    r.ended = True
-                    r.events.put(Event(reason=reason))
+                    r.end(Event(reason=reason))
                 else:
                     keep.append(i)
         return sorted(keep)

@@ -72,10 +72,13 @@ def live_generation_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
 
 
-# Streamed updates are paced: at most 50 a second per generation (faster than the eye follows), and
-# about UPDATES_PER_S in all when many generations stream at once (each update costs the server a
-# message; tokens that arrive meanwhile share one), so the server's time goes to the model.
-MAX_UPDATES_PER_S = 50
+# Streamed updates are paced: at most 20 a second per generation (text grows smoothly at that rate),
+# and about UPDATES_PER_S in all when many generations stream at once (each update costs the server a
+# message; tokens that arrive meanwhile share one), so the server's time goes to the model. Every
+# update and every wake-up of the stream takes Python's lock from the decode loop, whose small
+# forward passes are mostly Python: see the README's *Measured speed* for 50 updates a second, woken
+# at each token, against 20, woken only when an update is due or the generation ends.
+MAX_UPDATES_PER_S = 20
 UPDATES_PER_S = 40
 
 
@@ -212,10 +215,13 @@ def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_
                 yield [f.update() for f in followers]
                 pending, due = False, now + update_interval(scheduler.streams)
                 continue
-            # wait for the next event of a running generation (tokens that come before the update is
-            # due share it; an end wakes the stream at once)
+            # with tokens waiting for their update: sleep until it is due (tokens that come meanwhile share
+            # it), woken at once by an end; else wait for the next event of a running generation
             lead = next(f for f in followers if f.end is None)
-            pending |= lead.absorb(lead.ticket.wait(min(poll_s, due - now) if pending else poll_s))
+            if pending:
+                lead.ticket.wait_end(min(poll_s, due - now))
+            else:
+                pending |= lead.absorb(lead.ticket.wait(poll_s))
         yield [f.update() for f in followers]
     finally:
         for f in followers:

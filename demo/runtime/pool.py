@@ -20,6 +20,7 @@ from demo.core.validation import check_choice
 from demo.runtime.budget import estimate_bytes, rss_bytes
 from demo.runtime.catalog import ModelSpec, find_spec
 from demo.runtime.loading import LoadedModel, ProgressFn, default_device, load_model, resolve_precision
+from demo.runtime.threads import run_apart
 
 ModelKey = tuple[str, str]  # (catalogue name, resolved precision)
 MAX_SESSIONS = 10_000  # remembered model choices, least recently used first out
@@ -88,9 +89,10 @@ class ModelManager:
         self.last_error: str | None = None
         self.notice: str | None = None  # why the default is not the model the app meant to start with
         self.warning: str | None = None  # about the server itself, for every visitor (a missing package)
-        # Where a load runs: here by default; on ZeroGPU in the thread where the package's CUDA emulation
-        # is active (demo.runtime.zerogpu.HomeThread.call), whichever thread asks for it.
-        self.run_load: Callable[..., Any] = lambda fn, *args: fn(*args)
+        # Where a load runs: in a short-lived thread of its own by default (its OpenMP team ends with it:
+        # demo.runtime.threads); on ZeroGPU in the thread where the package's CUDA emulation is active
+        # (demo.runtime.zerogpu.HomeThread.call), whichever thread asks for it.
+        self.run_load: Callable[..., Any] = run_apart
 
     @property
     def names(self) -> list[str]:

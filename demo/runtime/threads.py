@@ -1,17 +1,33 @@
-"""How many CPU threads torch uses for the model while the app serves. Knows nothing of Gradio.
+"""How many CPU threads torch uses for the model while the app serves, and which threads run it.
+Knows nothing of Gradio.
 
-A served stream shares the machine's cores with the server itself (Gradio's event loop, the queue,
-each request's thread) while raw ``generate`` has them to itself, so leaving a core to the server
-looked promising. Measured on 2 cores with a light client (``benchmarks/bench_generate.py --threads N``
-and ``benchmarks/bench_classroom.py`` with GPT_EXPLORER_THREADS=N; the README's *Measured speed*),
-one thread lost more than it gained: 16 streams got 320 against 351 tokens/s in all on the bundled
-model and 80 against 125 on a GPT-2-small-size one, and one stream of the bundled model 77 against
-124 tokens/s. So the policy is every core the process may use; ``GPT_EXPLORER_THREADS`` overrides it.
+**How many.** A served stream shares the machine's cores with the server itself (Gradio's event loop,
+the queue, each request's thread) while raw ``generate`` has them to itself, so leaving a core to the
+server looked promising. Measured on 2 cores with a light client (``benchmarks/bench_generate.py
+--threads N`` and ``benchmarks/bench_classroom.py`` with GPT_EXPLORER_THREADS=N; the README's
+*Measured speed*), one thread lost more than it gained. So the policy is every core the process may
+use; ``GPT_EXPLORER_THREADS`` overrides it.
+
+**Which threads.** torch's CPU kernels run on OpenMP (GNU libgomp in the PyPI wheels). libgomp gives
+every thread that runs a parallel region a team of worker threads of its own, kept for as long as
+that thread lives, and its workers spin for a while (300,000 turns) after each region so that the
+next one starts at once. But when the process holds more OpenMP threads than it has cores, libgomp
+cuts that spin to 100 turns for every team: each of the many small regions of a forward pass then
+wakes its workers from sleep. A model loaded at start-up in the main thread (which lives as long as
+the app) and a decode loop in another thread were enough for that on 2 cores: a served stream of the
+bundled model at 93 tokens/s against 207 for raw ``generate`` (median of 15), 154 once nothing else
+kept a team. So model work outside the decode loops (loads, analysis passes) runs in a short-lived
+thread of its own (:func:`run_apart`), whose team ends with it; each decode loop's thread ends when
+its last generation does.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -35,3 +51,29 @@ def apply(setting: int | None) -> int:
     n = setting or serving_threads(available_cores())
     torch.set_num_threads(n)
     return n
+
+
+APART_PREFIX = "gpt-explorer-apart"  # the short-lived threads of run_apart
+
+
+def run_apart(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """``fn(*args, **kwargs)`` in a short-lived thread of its own, with the caller's context variables
+    (the visitor's session, Gradio's request context): its result, or the exception it raised, raised
+    here. The caller waits for it. The thread, and the OpenMP team its torch calls made, end with the
+    call (see the module's docstring)."""
+    context = contextvars.copy_context()
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, context.run(fn, *args, **kwargs)))
+        except BaseException as exc:  # handed to the caller, which raises it
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name=f"{APART_PREFIX}-{getattr(fn, '__name__', 'call')}", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value

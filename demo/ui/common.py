@@ -21,6 +21,7 @@ from demo.core.exports import ExportFolder
 from demo.core.settings import Settings
 from demo.runtime.generation import StopRequests
 from demo.runtime.pool import ModelManager
+from demo.runtime.threads import run_apart
 from demo.runtime.zerogpu import ANALYSIS_S, gpu_task
 
 PRIVATE: dict[str, Any] = dict(api_visibility="private")
@@ -105,9 +106,14 @@ class AppContext:
 
     def gpu(self, fn: Callable, duration: int | Callable = ANALYSIS_S) -> Callable:
         """``fn(loaded, *args)`` as a ZeroGPU task on a ZeroGPU Space (the ``spaces`` package present),
-        else unchanged. See :mod:`demo.runtime.zerogpu` for what that takes of ``fn``."""
+        else run in a short-lived thread of its own (:func:`demo.runtime.threads.run_apart`: the OpenMP
+        team its torch calls make ends with it, so the decode loop's team keeps its spin). See
+        :mod:`demo.runtime.zerogpu` for what a ZeroGPU task takes of ``fn``."""
         if not self.settings.zero_gpu:
-            return fn
+            @functools.wraps(fn)
+            def apart(*args, **kwargs):
+                return run_apart(fn, *args, **kwargs)
+            return apart
         try:
             import spaces
         except ImportError:
