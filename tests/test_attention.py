@@ -190,6 +190,21 @@ def test_one_view_matrix_feeds_the_figure_the_payload_and_the_export(tiny_loaded
 # ----------------------------------------------------------------------------- aggregates and figures
 
 
+def test_results_keep_a_gpts_weights_packed_and_exact(tiny_loaded):
+    w = np.array(fake_result().weights)  # causal: 0 after the diagonal
+    r = A.AttentionResult("fake", "fp32", "x", tuple(range(40)), ("t",) * 40, w, 40, 1024, 0.0)
+    assert r.packed and r.n_tokens == 40 and r.nbytes == 2 * 3 * 40 * 41 // 2 * 4  # half of 2 x 3 x 40 x 40 floats
+    assert np.array_equal(r.weights, w)  # nothing lost
+    assert np.array_equal(r.head(1, 2), w[1, 2]) and np.array_equal(r.layer(0), w[0])
+    assert np.array_equal(r.across_layers(1), w[:, 1]) and np.array_equal(r.rows(7), w[:, :, 7, :8])
+    leaky = w.copy()
+    leaky[0, 0, 3, 5] = 1e-9  # a weight after the diagonal: packing would lose it, so the result keeps all
+    whole = A.AttentionResult("fake", "fp32", "x", tuple(range(40)), ("t",) * 40, leaky, 40, 1024, 0.0)
+    assert not whole.packed and np.array_equal(whole.weights, leaky) and whole.nbytes == leaky.nbytes
+    real = A.compute_attention(tiny_loaded, TEXT)  # a GPT's own weights: packed
+    assert real.packed and real.nbytes < real.weights.nbytes * 0.6
+
+
 def test_aggregates_and_focus():
     r = fake_result()
     w = r.weights

@@ -8,7 +8,8 @@ that the figure, the caption, the API payload and the exports all show.
 
 Shapes: ``weights[layer, head, query, key]`` is how much the token at position ``query`` looks at
 the token at position ``key`` (each row sums to 1; ``key > query`` is always 0 because a GPT only
-looks back).
+looks back). A result keeps only the rows' first ``query + 1`` weights when every later one is
+exactly 0, which is half the memory and loses nothing (:class:`AttentionResult`).
 """
 
 from __future__ import annotations
@@ -42,32 +43,94 @@ class AttentionUnavailable(ExplorerError, RuntimeError):
     """The model returned no attention weights (e.g. loaded with sdpa/flash attention)."""
 
 
+def pack_causal(m: np.ndarray) -> np.ndarray | None:
+    """[..., T, T] matrices as [..., T(T+1)/2]: row ``q``'s first ``q + 1`` weights, row after row; None
+    when a weight after the diagonal is not exactly 0 (then packing would lose it)."""
+    t = m.shape[-1]
+    if np.triu(m, 1).any():
+        return None
+    out = np.empty((*m.shape[:-2], t * (t + 1) // 2), dtype=np.float32)
+    for q in range(t):
+        out[..., q * (q + 1) // 2: (q + 1) * (q + 2) // 2] = m[..., q, : q + 1]
+    return out
+
+
+def unpack_causal(packed: np.ndarray, t: int) -> np.ndarray:
+    """The [..., T, T] matrices of :func:`pack_causal`'s [..., T(T+1)/2] (0 after the diagonal)."""
+    out = np.zeros((*packed.shape[:-1], t, t), dtype=np.float32)
+    for q in range(t):
+        out[..., q, : q + 1] = packed[..., q * (q + 1) // 2: (q + 1) * (q + 2) // 2]
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class AttentionResult:
-    """The attention weights of one text under one model (read-only)."""
+    """The attention weights of one text under one model (read-only).
+
+    ``stored`` is given as float32 [layers, heads, T, T] and kept packed (:func:`pack_causal`, half the
+    memory, exact) when every weight after the diagonal is 0, as a GPT's are. Read it through the
+    accessors (:meth:`head`, :meth:`layer`, :meth:`across_layers`, :meth:`rows`), which unpack only
+    what they return; :attr:`weights` is the whole [layers, heads, T, T] array, made on each call."""
 
     model_name: str
     precision: str
     text: str  # the analysed text (after validation), possibly longer than what was analysed
     token_ids: tuple[int, ...]  # the analysed tokens (the first `n_tokens` of the text)
     tokens: tuple[str, ...]  # display labels: '␣the', '↵', '<0xC3>' for a piece of a multi-byte character
-    weights: np.ndarray  # float32 [layers, heads, T, T], read-only
+    stored: np.ndarray  # float32 [layers, heads, T, T] as given; packed [layers, heads, T(T+1)/2] once made
     total_tokens: int  # tokens in the whole text
     limit: int  # the most tokens this model may analyse (context window, MAX_TOKENS, memory budget)
     seconds: float  # time of the forward pass
     created: float = field(default_factory=time.time)
+    n_tokens: int = field(init=False)
+    packed: bool = field(init=False)
+
+    def __post_init__(self):
+        stored = self.stored
+        if stored.ndim == 4:
+            n_tokens = int(stored.shape[-1])
+            packed = pack_causal(stored)
+            stored = packed if packed is not None else np.asarray(stored, dtype=np.float32)
+        else:  # already packed
+            n_tokens = (math.isqrt(8 * int(stored.shape[-1]) + 1) - 1) // 2
+        stored.setflags(write=False)
+        object.__setattr__(self, "stored", stored)
+        object.__setattr__(self, "n_tokens", n_tokens)
+        object.__setattr__(self, "packed", stored.ndim == 3)
+
+    def _full(self, part: np.ndarray) -> np.ndarray:
+        return unpack_causal(part, self.n_tokens) if self.packed else part
+
+    def head(self, layer: int, head: int) -> np.ndarray:
+        """[T, T] of one head."""
+        return self._full(self.stored[layer, head])
+
+    def layer(self, layer: int) -> np.ndarray:
+        """[heads, T, T] of one layer."""
+        return self._full(self.stored[layer])
+
+    def across_layers(self, head: int) -> np.ndarray:
+        """[layers, T, T] of head number ``head`` in every layer."""
+        return self._full(self.stored[:, head])
+
+    def rows(self, q: int) -> np.ndarray:
+        """[layers, heads, q + 1]: where the token at position ``q`` looks, in every head (read-only)."""
+        if self.packed:
+            return self.stored[..., q * (q + 1) // 2: (q + 1) * (q + 2) // 2]
+        return self.stored[:, :, q, : q + 1]
+
+    @property
+    def weights(self) -> np.ndarray:
+        """[layers, heads, T, T], every weight (a new array each time: use the accessors for parts)."""
+        return self._full(self.stored)
 
     @property
     def n_layers(self) -> int:
-        return int(self.weights.shape[0])
+        return int(self.stored.shape[0])
 
     @property
     def n_heads(self) -> int:
-        return int(self.weights.shape[1])
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.weights.shape[2])
+        return int(self.stored.shape[1])
 
     @property
     def truncated(self) -> int:
@@ -76,7 +139,7 @@ class AttentionResult:
 
     @property
     def nbytes(self) -> int:
-        return int(self.weights.nbytes)
+        return int(self.stored.nbytes)
 
     def notice(self) -> str | None:
         if not self.truncated:
@@ -119,16 +182,16 @@ def compute_attention(loaded: LoadedModel, text, ids: Sequence[int] | None = Non
     if not atts or any(a is None for a in atts):
         raise AttentionUnavailable(
             f"'{loaded.name}' did not return its attention weights: it must be loaded with eager attention.")
-    n_layers, (n_heads, t_q, t_k) = len(atts), tuple(atts[0].shape[1:])
-    weights = np.empty((n_layers, n_heads, t_q, t_k), dtype=np.float32)
-    for i, a in enumerate(atts):  # layer by layer: no second full-size copy on the device
-        weights[i] = a[0].detach().to(torch.float32).cpu().numpy()
+    # layer by layer (no second full-size copy on the device), packed where nothing is lost
+    layers = [a[0].detach().to(torch.float32).cpu().numpy() for a in atts]
     del out, atts
+    packed = [p for p in (pack_causal(m) for m in layers) if p is not None]
+    weights = np.stack(packed if len(packed) == len(layers) else layers)
+    del layers, packed
     seconds = time.perf_counter() - t0
-    weights.setflags(write=False)
     return AttentionResult(
         model_name=loaded.name, precision=loaded.precision, text=text, token_ids=tuple(kept),
-        tokens=tuple(display_tokens(loaded.tokenizer, kept)), weights=weights, total_tokens=total, limit=limit,
+        tokens=tuple(display_tokens(loaded.tokenizer, kept)), stored=weights, total_tokens=total, limit=limit,
         seconds=seconds)
 
 
@@ -197,12 +260,12 @@ class ViewMatrix:
 def aggregate_matrix(result: AttentionResult, aggregate: str, layer: int = 0, head: int = 0) -> np.ndarray:
     """[T, T] mean or max over the heads of `layer`, over the layers (for head number `head`), or over all."""
     how, _, over = aggregate.partition("-")
-    w = result.weights
     if over == "heads":
-        stack = w[layer]
+        stack = result.layer(layer)
     elif over == "layers":
-        stack = w[:, head]
+        stack = result.across_layers(head)
     else:
+        w = result.weights
         stack = w.reshape(-1, *w.shape[2:])
     out = stack.mean(axis=0, dtype=np.float64) if how == "mean" else stack.max(axis=0)
     return out.astype(np.float32)
@@ -214,8 +277,8 @@ def focus_matrix(result: AttentionResult, token: int, scope: str = "layer", laye
     (scope 'layer') or per (layer, head) (scope 'all'), and the row labels."""
     q = token
     if scope == "layer":
-        return result.weights[layer, :, q, : q + 1], [f"L{layer} H{h}" for h in range(result.n_heads)]
-    rows = result.weights[:, :, q, : q + 1].reshape(-1, q + 1)
+        return result.rows(q)[layer], [f"L{layer} H{h}" for h in range(result.n_heads)]
+    rows = result.rows(q).reshape(-1, q + 1)
     return rows, [f"L{lay} H{h}" for lay in range(result.n_layers) for h in range(result.n_heads)]
 
 
@@ -224,7 +287,7 @@ def looking_row(result: AttentionResult, view: AttentionView) -> np.ndarray:
     ``view_matrix(result, view)`` (averaged over the heads when the view holds several), computed
     from that one row of every head instead of the whole matrix."""
     q = view.token
-    rows = result.weights[:, :, q, : q + 1]  # [layers, heads, q + 1]
+    rows = result.rows(q)  # [layers, heads, q + 1]
     if view.kind == "head":
         return rows[view.layer, view.head]
     if view.kind == "aggregate":
@@ -241,10 +304,10 @@ def view_matrix(result: AttentionResult, view: AttentionView, max_label_chars: i
     """The matrix ``view`` shows of ``result``, with its row and column labels (see :class:`ViewMatrix`)."""
     labels = axis_labels(result.tokens, max_chars=max_label_chars)
     if view.kind == "head":
-        return ViewMatrix(result.weights[view.layer, view.head], labels, labels,
+        return ViewMatrix(result.head(view.layer, view.head), labels, labels,
                           f"attention_layer{view.layer}_head{view.head}")
     if view.kind == "heads":
-        return ViewMatrix(result.weights[view.layer], labels, labels, f"attention_layer{view.layer}_all_heads")
+        return ViewMatrix(result.layer(view.layer), labels, labels, f"attention_layer{view.layer}_all_heads")
     if view.kind == "aggregate":
         return ViewMatrix(aggregate_matrix(result, view.aggregate, view.layer, view.head), labels, labels,
                           f"attention_{view.aggregate}_layer{view.layer}_head{view.head}")
@@ -328,7 +391,7 @@ def api_payload(result: AttentionResult, view: AttentionView, vm: ViewMatrix | N
         "token_ids": list(result.token_ids),
         "total_tokens": result.total_tokens,
         "truncated_tokens": result.truncated,
-        "weights": _rounded(result.weights[view.layer, view.head], decimals),
+        "weights": _rounded(result.head(view.layer, view.head), decimals),
         "view": view.kind, "aggregate": view.aggregate, "token": view.token, "scope": view.scope,
         "notice": result.notice(),
     }
