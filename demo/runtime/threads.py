@@ -15,10 +15,11 @@ next one starts at once. But when the process holds more OpenMP threads than it 
 cuts that spin to 100 turns for every team: each of the many small regions of a forward pass then
 wakes its workers from sleep. A model loaded at start-up in the main thread (which lives as long as
 the app) and a decode loop in another thread were enough for that on 2 cores: a served stream of the
-bundled model at 93 tokens/s against 207 for raw ``generate`` (median of 15), 154 once nothing else
-kept a team. So model work outside the decode loops (loads, analysis passes) runs in a short-lived
-thread of its own (:func:`run_apart`), whose team ends with it; each decode loop's thread ends when
-its last generation does.
+bundled model at 93 tokens/s against 207 for raw ``generate`` (45 %, medians of 15 rounds; 87 % with
+this module's rule and the paced updates of :mod:`demo.runtime.generation`, README *Measured speed*).
+So model work outside the decode loops (loads, analysis passes) runs in a short-lived thread of its
+own (:func:`run_apart`), whose team ends with it; each decode loop's thread ends when its last
+generation does.
 """
 
 from __future__ import annotations
