@@ -83,7 +83,6 @@ class AttentionResult:
     seconds: float  # time of the forward pass
     created: float = field(default_factory=time.time)
     n_tokens: int = field(init=False)
-    packed: bool = field(init=False)
 
     def __post_init__(self):
         stored = self.stored
@@ -96,7 +95,11 @@ class AttentionResult:
         stored.setflags(write=False)
         object.__setattr__(self, "stored", stored)
         object.__setattr__(self, "n_tokens", n_tokens)
-        object.__setattr__(self, "packed", stored.ndim == 3)
+
+    @property
+    def packed(self) -> bool:
+        """Whether the weights are kept packed ([layers, heads, T(T+1)/2])."""
+        return self.stored.ndim == 3
 
     def _full(self, part: np.ndarray) -> np.ndarray:
         return unpack_causal(part, self.n_tokens) if self.packed else part

@@ -28,6 +28,7 @@ import contextvars
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -63,18 +64,15 @@ def run_apart(fn: Callable[..., Any], *args, **kwargs) -> Any:
     here. The caller waits for it. The thread, and the OpenMP team its torch calls made, end with the
     call (see the module's docstring)."""
     context = contextvars.copy_context()
-    outcome: list[Any] = []
+    done: Future = Future()
 
     def run() -> None:
         try:
-            outcome.append((True, context.run(fn, *args, **kwargs)))
+            done.set_result(context.run(fn, *args, **kwargs))
         except BaseException as exc:  # handed to the caller, which raises it
-            outcome.append((False, exc))
+            done.set_exception(exc)
 
     thread = threading.Thread(target=run, name=f"{APART_PREFIX}-{getattr(fn, '__name__', 'call')}", daemon=True)
     thread.start()
     thread.join()
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
+    return done.result()
