@@ -51,11 +51,12 @@ PREFILL_TOKENS = 2048  # padded prompt tokens read in one forward pass (eager at
 _ids = itertools.count(1)
 
 
-def cache_kwarg(model, cache) -> dict:
-    """The key-value cache as the model's forward takes it: ``cache`` in the transformers releases that
-    renamed it (``past_key_values`` there is deprecated and warns on every call), else ``past_key_values``."""
-    forward_args = inspect.signature(model.forward).parameters
-    return {"cache": cache} if "cache" in forward_args else {"past_key_values": cache}
+def cache_argument(model) -> str:
+    """The name under which the model's forward takes the key-value cache: ``cache`` in the transformers
+    releases that renamed it (``past_key_values`` there is deprecated and warns on every call), else
+    ``past_key_values``. Read once per decode loop: ``inspect.signature`` costs about as much as a
+    small model's token choice."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def cache_of(out):
@@ -216,6 +217,7 @@ class BatchScheduler:
 
     def __init__(self, loaded: LoadedModel, max_rows: int = MAX_ROWS):
         self.loaded, self.max_rows = loaded, max_rows
+        self._cache_arg = cache_argument(loaded.model)
         self._lock = threading.Lock()
         self._pending: list[_Request] = []
         self._thread: threading.Thread | None = None
@@ -303,7 +305,7 @@ class BatchScheduler:
             mask[i, width - r.length:] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    **cache_kwarg(model, DynamicCache(config=model.config)))
+                    **{self._cache_arg: DynamicCache(config=model.config)})
         keep = self._choose(requests, out.logits[:, -1, :])
         if keep:
             cache = cache_of(out)
@@ -319,7 +321,7 @@ class BatchScheduler:
         positions = batch.mask.sum(dim=1, keepdim=True)
         batch.mask = torch.cat([batch.mask, torch.ones((len(requests), 1), dtype=torch.long, device=device)], dim=1)
         out = self.loaded.model(input_ids=last, attention_mask=batch.mask, position_ids=positions, use_cache=True,
-                                **cache_kwarg(self.loaded.model, batch.cache))
+                                **{self._cache_arg: batch.cache})
         batch.cache = cache_of(out)
         self.passes += 1
         self.max_batch = max(self.max_batch, len(requests))
