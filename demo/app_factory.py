@@ -16,12 +16,11 @@ from demo.runtime import zerogpu
 from demo.runtime.catalog import load_catalog
 from demo.runtime.memory import bound_heap
 from demo.runtime.pool import ModelManager
-from demo.ui import admission
+from demo.ui import admission, queue_poll
 from demo.ui.common import AppContext, forget_page_copies
 from demo.ui.page import CSS, build_app
 
 log = logging.getLogger("gpt_explorer")
-QUEUE_IDLE_POLL_S = 0.005
 MAX_UPLOAD_BYTES = 1  # the app takes no files: Gradio refuses any upload larger than a byte
 # On GPU hardware the default is a real GPT-2 in 8-bit (the bundled 5 M-parameter model shows nothing of
 # what quantization does); the bundled model stays the default on CPU: it starts fast and offline.
@@ -83,13 +82,7 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     # so every request waits its turn in the queue and its concurrency group. Gradio closes that route
     # by itself only on a Space; a classroom server on --host 0.0.0.0 needs it closed as much.
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=ctx.concurrency, api_open=False)
-    # Gradio's queue loop wakes every 1 ms while it waits for work, and each wake takes the GIL from the
-    # thread that runs the model. Waking every 5 ms adds at most 5 ms before a request starts and gave
-    # about 10 % more streamed tokens/s on CPU (benchmarks/bench_generate.py). Private attribute: if a
-    # Gradio release renames it, nothing breaks, the app is only that much slower.
-    q = getattr(demo, "_queue", None)
-    if q is not None and isinstance(getattr(q, "sleep_when_free", None), float):
-        q.sleep_when_free = max(q.sleep_when_free, QUEUE_IDLE_POLL_S)
+    queue_poll.pace(demo)  # Gradio's queue polls for work: seldom while a model works (demo.ui.queue_poll)
     # Fair turns and per-visitor limits on the queue (demo.ui.admission): no client can lock out the others.
     handle_admission = admission.install(demo, settings.session_limit, settings.address_limit, settings.forwarded_for)
     forget_page_copies(demo)

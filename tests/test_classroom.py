@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 from conftest import BUNDLED, free_port, make_tiny_checkpoint
-from waiting import ModelGate, wait_until
+from waiting import CEILING_S, ModelGate, wait_until
 
 from demo.core.errors import ModelLoadError, NoModelError, ValidationError
 from demo.core.exports import ExportError, ExportFolder
@@ -340,6 +340,31 @@ def test_the_direct_route_around_the_queue_is_closed(class_app):
         r = httpx.post(url + path, json=body, timeout=60)
         assert r.status_code == 404 and "join the queue" in r.text, (path, r.status_code, r.text[:200])
     assert not demo.api_open
+
+
+def test_the_queue_polls_seldom_while_a_model_works_and_often_when_idle(class_app):
+    """Gradio's queue looks for work every few milliseconds, and each look takes Python's lock from the
+    decode loop: every 20 ms while an event runs, every 5 ms when none does (a request to an idle server
+    starts at once); progress bars every 100 ms. And the queue still starts what comes."""
+    from gradio_client import Client
+
+    from demo.ui import queue_poll
+
+    demo, url = class_app
+    queue = demo._queue
+    assert queue.progress_update_sleep_when_free == queue_poll.PROGRESS_POLL_S
+    assert wait_until(lambda: all(job is None for job in queue.active_jobs))
+    assert queue.sleep_when_free == queue_poll.IDLE_POLL_S
+    client = Client(url, verbose=False)
+    with ModelGate(demo.manager.require().model, hold_at=3) as gate:
+        first = client.submit(prompt="Once upon", max_new_tokens=20, api_name="/generate")
+        assert gate.wait_held(), "the generation never started"
+        assert queue.sleep_when_free == queue_poll.BUSY_POLL_S
+        second = client.submit(prompt="The old man", max_new_tokens=2, api_name="/generate")  # queued meanwhile
+        gate.release()
+    for job in (first, second):  # both run to their end
+        assert "tokens generated" in job.result(timeout=CEILING_S)[1]
+    assert wait_until(lambda: queue.sleep_when_free == queue_poll.IDLE_POLL_S), "the queue stayed on the slow pace"
 
 
 def test_a_huge_request_body_is_refused_before_it_is_read(class_app):
