@@ -9,7 +9,7 @@ same work. Raw: time to first token (TTFT) is a 1-token ``generate``; decode spe
 (N-1) / (T(N) - T(1)). Client: TTFT is submit → first streamed update; decode speed is
 (N-1) / (last update - first update). The two sides take turns, one run each per round for --repeats
 rounds, so a slow spell of a shared machine falls on both; each figure is the median of its side's
-runs, and the best raw run is printed too. The client is the light one (benchmarks/light_client.py:
+runs, and each side's best run is printed too. The client is the light one (benchmarks/light_client.py:
 plain HTTP and SSE), so it takes little of the cores the server needs. ``--threads N`` runs both
 sides with N torch threads (the server through GPT_EXPLORER_THREADS); without it each side keeps its
 default.
@@ -147,7 +147,8 @@ def paired_figures(loaded, url: str, prompt: str, n: int, rounds: int) -> tuple[
     return ({"ttft_ms": t1 * 1000, "tokens_per_s": statistics.median(raw_rates), "best_tokens_per_s": max(raw_rates),
              "runs": raw_rates},
             {"ttft_ms": statistics.median(r[0] for r in runs), "tokens_per_s": statistics.median(r[1] for r in runs),
-             "tokens": statistics.median(r[2] for r in runs), "runs": [r[1] for r in runs]})
+             "best_tokens_per_s": max(r[1] for r in runs), "tokens": statistics.median(r[2] for r in runs),
+             "runs": [r[1] for r in runs]})
 
 
 def main(argv=None) -> int:
@@ -193,9 +194,11 @@ def main(argv=None) -> int:
     print(f"{'raw model.generate':24}{raw['ttft_ms']:12.1f}{raw['tokens_per_s']:12.1f}")
     print(f"{'served /generate':24}{client['ttft_ms']:12.1f}{client['tokens_per_s']:12.1f}")
     print(f"{'best raw run':24}{'':12}{raw['best_tokens_per_s']:12.1f}")
+    print(f"{'best served run':24}{'':12}{client['best_tokens_per_s']:12.1f}")
     of_best = client["tokens_per_s"] / raw["best_tokens_per_s"]
-    print(f"served/raw tokens/s (medians): {ratio:.1%} (goal >= 90%)   of the best raw run: {of_best:.1%}   "
-          f"TTFT overhead: {overhead:+.1f} ms (goal <= 50 ms)")
+    best_of_best = client["best_tokens_per_s"] / raw["best_tokens_per_s"]
+    print(f"served/raw tokens/s (medians): {ratio:.1%} (goal >= 90%)   served median / best raw run: {of_best:.1%}   "
+          f"best served / best raw run: {best_of_best:.1%}   TTFT overhead: {overhead:+.1f} ms (goal <= 50 ms)")
     if client["tokens"] != args.tokens:
         print(f"note: the client run stopped after {client['tokens']} tokens (the model ended the text)")
     if args.json:
