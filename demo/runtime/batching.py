@@ -362,6 +362,8 @@ def _choose_group(requests: list[_Request], logits: torch.Tensor) -> list[Chosen
     for the repetition penalty (it looks at which tokens occur); a no-repeat n-gram rule looks at the
     order of the tokens, so those rows go one at a time."""
     scores = logits.float()
+    if not requests[0].processors:  # neutral settings (greedy, say): nothing to apply, no copy to make
+        return choose_tokens(scores, [r.chooser for r in requests])
     if len(requests) == 1 or requests[0].params.no_repeat_ngram_size > 0:
         for i, r in enumerate(requests):
             scores[i:i + 1] = r.processors(cast(torch.LongTensor, r.history[:, :r.length]),
