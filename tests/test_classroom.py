@@ -345,7 +345,7 @@ def test_the_direct_route_around_the_queue_is_closed(class_app):
 def test_the_queue_polls_seldom_while_a_model_works_and_often_when_idle(class_app):
     """Gradio's queue looks for work every few milliseconds, and each look takes Python's lock from the
     decode loop: every 20 ms while an event runs, every 5 ms when none does (a request to an idle server
-    starts at once); progress bars every 100 ms. And the queue still starts what comes."""
+    starts within 5 ms); progress bars every 100 ms. And the queue still starts what comes."""
     from gradio_client import Client
 
     from demo.ui import queue_poll
