@@ -3,6 +3,7 @@ model-running event inside a concurrency limit, private and capped exports, quie
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -125,6 +126,40 @@ def test_the_probabilities_a_row_records_are_those_it_has_alone(bundled_loaded):
             assert x.prob == pytest.approx(y.prob, rel=1e-4)
             assert x.entropy_bits == pytest.approx(y.entropy_bits, rel=1e-4)
             assert [i for i, _ in x.alternatives] == [i for i, _ in y.alternatives]
+
+
+def test_tokens_go_out_in_bunches_the_first_at_once_each_with_the_time_it_was_chosen(bundled_loaded, monkeypatch):
+    import demo.runtime.batching as batching
+
+    # no bunch falls due by the clock or by size: tokens go out when a row joins or ends
+    monkeypatch.setattr(batching, "SAY_EVERY_S", 600.0)
+    monkeypatch.setattr(batching, "UNSAID_ROWS", 10_000)
+    request = validate_request("The old man", 12, validate_sampling(seed=5))
+    alone = generate_alone(bundled_loaded, request)
+    scheduler = BatchScheduler(bundled_loaded)
+    ids, _ = prepare_prompt(bundled_loaded, request.prompt, request.max_new_tokens)
+    with ModelGate(bundled_loaded.model, hold_at=4) as gate:  # the prompt's pass, two more, then held
+        ticket = scheduler.submit(ids, request.sampling, request.max_new_tokens)
+        assert gate.wait_held()
+        first = ticket.ready()
+        assert [e.token.token_id for e in first] == [alone[0].token_id], "the first token goes out before the next pass"
+        assert len(ticket.chosen) == 1, "the two tokens chosen since wait, undescribed, for their bunch"
+        released = time.perf_counter()
+    events = first + list(itertools.takewhile(lambda e: e.reason is None, events_of(ticket)))
+    assert [e.token.token_id for e in events] == [c.token_id for c in alone]
+    assert [c.prob for c in ticket.chosen] == pytest.approx([c.prob for c in alone], rel=1e-4)
+    times = [e.at for e in events]
+    assert times == sorted(times) and len(set(times)) == len(times), "each token keeps the time it was chosen"
+    assert times[1] < released and times[2] < released, "chosen before the hold, sent after it"
+
+
+def events_of(ticket):
+    """A ticket's events up to and including its end."""
+    for event in events(ticket):
+        yield event
+        if event.reason is not None:
+            assert event.reason != "error", event.error
+            return
 
 
 def test_rows_join_and_leave_between_passes_without_disturbing_the_others(bundled_loaded):

@@ -170,10 +170,8 @@ class TokenChooser(LogitsProcessor):
         return self.generator.get_state() if self.generator is not None else self.rng_state
 
     def draw(self, probs: torch.Tensor) -> torch.Tensor:
-        """This generation's pick from one row of probabilities ([1, vocab]): the argmax, or a draw
-        from its own seeded generator."""
-        if not self.do_sample:
-            return probs.argmax(dim=-1, keepdim=True)
+        """A draw from one row of probabilities ([1, vocab]) with this generation's own seeded generator
+        (made at the first draw)."""
         if self.generator is None:
             self.generator = torch.Generator(device=probs.device)
             if self.rng_state is not None:
@@ -191,21 +189,42 @@ class TokenChooser(LogitsProcessor):
         return forced
 
 
-def choose_tokens(scores: torch.Tensor, choosers: list[TokenChooser]) -> list[ChosenToken]:
-    """Row ``i`` of ``scores`` ([rows, vocab], the processors already applied) picked by
-    ``choosers[i]``, each with its own generator, and recorded in that chooser's ``chosen``. The
-    probabilities, alternatives and entropies of all rows are computed together: a row gets the same
-    pick alone or among others."""
+def pick_tokens(scores: torch.Tensor, choosers: list[TokenChooser]) -> tuple[list[int], torch.Tensor | None]:
+    """Row ``i``'s next token (``scores``: [rows, vocab], the processors already applied), picked by
+    ``choosers[i]``: the highest score (greedy, as ``generate`` picks), or a draw from the softmax with
+    the chooser's own generator; and that softmax of every row when a row was drawn (None when all are
+    greedy: no softmax was needed). Nothing is recorded: :func:`describe_tokens` does that."""
+    if not any(c.do_sample for c in choosers):
+        return scores.argmax(dim=-1).tolist(), None
     probs = torch.softmax(scores.float(), dim=-1)
-    picks = torch.cat([c.draw(probs[i:i + 1]) for i, c in enumerate(choosers)])
+    picks = [c.draw(probs[i:i + 1]) if c.do_sample else scores[i:i + 1].argmax(dim=-1, keepdim=True)
+             for i, c in enumerate(choosers)]
+    return torch.cat(picks)[:, 0].tolist(), probs
+
+
+def describe_tokens(probs: torch.Tensor, picks: list[int], choosers: list[TokenChooser]) -> list[ChosenToken]:
+    """The record of each picked token (row ``i`` of ``probs``, [rows, vocab], picked ``picks[i]``):
+    its probability, the top alternatives and the entropy of its distribution, appended to
+    ``choosers[i].chosen`` in row order (a chooser may have several rows: its tokens in order). All rows
+    are computed together, and a row's figures do not depend on the others: the decode loop describes
+    the tokens of several passes at once, which costs about what one pass's would."""
     top = torch.topk(probs, k=min(max(c.top_n for c in choosers), probs.shape[-1]), dim=-1)
-    ids, picked = picks[:, 0].tolist(), probs.gather(1, picks)[:, 0].tolist()
+    index = torch.tensor(picks, dtype=torch.long, device=probs.device)[:, None]
+    picked = probs.gather(1, index)[:, 0].tolist()
     top_ids, top_probs, entropies = top.indices.tolist(), top.values.tolist(), row_entropy_bits(probs)
     out = []
     for i, c in enumerate(choosers):
-        chosen = ChosenToken(token_id=ids[i], prob=picked[i], entropy_bits=entropies[i],
+        chosen = ChosenToken(token_id=picks[i], prob=picked[i], entropy_bits=entropies[i],
                              alternatives=[(t, q) for t, q in zip(top_ids[i][:c.top_n], top_probs[i][:c.top_n])
                                            if q > 0])  # the tokens the settings left (none more at 100 %)
         c.chosen.append(chosen)
         out.append(chosen)
     return out
+
+
+def choose_tokens(scores: torch.Tensor, choosers: list[TokenChooser]) -> list[ChosenToken]:
+    """Row ``i`` of ``scores`` ([rows, vocab], the processors already applied) picked by
+    ``choosers[i]``, each with its own generator, and recorded in that chooser's ``chosen``: a row gets
+    the same pick and record alone or among others."""
+    picks, probs = pick_tokens(scores, choosers)
+    return describe_tokens(torch.softmax(scores.float(), dim=-1) if probs is None else probs, picks, choosers)

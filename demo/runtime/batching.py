@@ -3,9 +3,10 @@
 A :class:`BatchScheduler` owns one thread that, while any generation is active, repeats: admit the
 requests that arrived (their prompts read together in one left-padded forward pass, then they join
 the batch), run
-**one batched forward pass** for the next token of every active row, choose each row's token, hand it
-to that request's stream, and drop the rows that finished or were cancelled. A Stop therefore takes
-effect at the next forward pass, and a new visitor waits at most one pass before the prompt is read.
+**one batched forward pass** for the next token of every active row, choose each row's token, drop
+the rows that finished or were cancelled, and hand the chosen tokens to their streams, described
+(probability, alternatives, entropy) in bunches of passes (:data:`SAY_EVERY_S`). A Stop therefore
+takes effect at the next forward pass, and a new visitor waits at most one pass before the prompt is read.
 
 Each request keeps its own state in its own object (:class:`_Request`): its sampling settings as
 transformers' logits processors (:func:`demo.core.sampling.build_processors`), its seeded
@@ -41,13 +42,20 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessorList
 
-from demo.core.sampling import ChosenToken, SamplingParams, TokenChooser, build_processors, choose_tokens
+from demo.core.sampling import ChosenToken, SamplingParams, TokenChooser, build_processors, describe_tokens, pick_tokens
 from demo.runtime.loading import LoadedModel
 
 log = logging.getLogger("gpt_explorer")
 THREAD_PREFIX = "gpt-explorer-generate"  # the decode loops' threads (see generation.live_generation_threads)
 MAX_ROWS = 32  # generations in one batch; more wait for a free row
 PREFILL_TOKENS = 2048  # padded prompt tokens read in one forward pass (eager attention's memory grows with its square)
+# Chosen tokens are handed to their streams in bunches: at least every SAY_EVERY_S, at once when a row
+# joins or ends, and when UNSAID_ROWS rows of scores wait (their memory). Describing a token (its
+# probability, alternatives, entropy) costs a fast model about a tenth of a token's time when done pass
+# by pass, and about the same for a bunch of passes at once; the streams update at most 20 times a
+# second, so 20 ms more wait is not seen. A model slower than that hands each token on at its pass.
+SAY_EVERY_S = 0.02
+UNSAID_ROWS = 64
 _ids = itertools.count(1)
 
 
@@ -100,12 +108,15 @@ class _Request:
         """Requests with equal settings (whatever their seeds) have their tokens chosen together."""
         return replace(self.params, seed=None)
 
-    def take(self, chosen: ChosenToken) -> None:
-        """Append the chosen token to this request's history and hand it to its stream."""
-        self.history[0, self.length] = chosen.token_id
+    def take(self, token_id: int) -> str | None:
+        """Append the chosen token to this request's history (its stream gets it later, described: see
+        :meth:`BatchScheduler._say`); why this request ends there, if it does."""
+        self.history[0, self.length] = token_id
         self.length += 1
         self.generated += 1
-        self.events.put(Event(token=chosen, at=time.perf_counter()))
+        if self.eos_token_id is not None and token_id == self.eos_token_id:
+            return "end of text"
+        return "length" if self.generated >= self.max_new_tokens else None
 
     def end(self, event: Event) -> None:
         """Send the last event (an end reason)."""
@@ -113,10 +124,17 @@ class _Request:
         self.events.put(event)
         self.over.set()
 
-    def finished(self, chosen: ChosenToken) -> str | None:
-        if self.eos_token_id is not None and chosen.token_id == self.eos_token_id:
-            return "end of text"
-        return "length" if self.generated >= self.max_new_tokens else None
+
+@dataclass
+class _Unsaid:
+    """The tokens one pass chose for rows with the same settings, not yet handed to their streams."""
+
+    requests: list[_Request]
+    rows: torch.Tensor  # [requests, vocab]: the probabilities the tokens were drawn from, or (greedy) the scores
+    are_probs: bool
+    token_ids: list[int]
+    reasons: list[str | None]  # the end each token brings, if any
+    at: float  # when they were chosen
 
 
 class Ticket:
@@ -224,6 +242,10 @@ class BatchScheduler:
         self._running: list[_Request] = []  # the batch's requests (for cancel_all)
         self.passes = 0  # batched forward passes run (for tests and benchmarks)
         self.max_batch = 0  # the most rows one forward pass has decoded
+        self._unsaid: list[_Unsaid] = []  # chosen tokens waiting to be described and handed on (loop thread only)
+        self._unsaid_rows = 0
+        self._said_at = 0.0  # when the last bunch was handed on
+        self._changed = False  # a row joined or ended since then
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int) -> Ticket:
         """Queue a generation (``params`` with its seed resolved when sampling); ids already fit the
@@ -284,10 +306,13 @@ class BatchScheduler:
                         self._admit(batch, group)
                     self._drop(batch)
                     self._running = list(batch.requests)
+                    self._say_if_due(batch)  # the new rows' first tokens go out before the next pass
                     if batch:
                         self._decode(batch)
+                        self._say_if_due(batch)
             except Exception as exc:  # a failed forward ends every generation in the batch with the reason
                 log.exception("batched generation failed")
+                self._unsaid, self._unsaid_rows = [], 0
                 for request in batch.requests + admitted:
                     request.end(Event(reason="error", error=exc))
                 batch = _Batch()
@@ -307,6 +332,7 @@ class BatchScheduler:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     **{self._cache_arg: DynamicCache(config=model.config)})
         keep = self._choose(requests, out.logits[:, -1, :])
+        self._changed = True  # the first tokens go out at once
         if keep:
             cache = cache_of(out)
             if len(keep) < len(requests):
@@ -327,26 +353,58 @@ class BatchScheduler:
         self.max_batch = max(self.max_batch, len(requests))
         batch.keep(self._choose(requests, out.logits[:, -1, :]))
 
-    @staticmethod
-    def _choose(requests: list[_Request], logits: torch.Tensor) -> list[int]:
-        """Choose every live row's next token (``logits``: [rows, vocab]) and hand it to its stream;
-        the rows that go on. Rows with the same settings go through transformers' processors and the
-        choosers together; each keeps its own history and seeded generator."""
+    def _choose(self, requests: list[_Request], logits: torch.Tensor) -> list[int]:
+        """Choose every live row's next token (``logits``: [rows, vocab]); the rows that go on. Rows
+        with the same settings go through transformers' processors and the choosers together; each
+        keeps its own history and seeded generator. The tokens wait in ``_unsaid`` for :meth:`_say`."""
         groups: dict[SamplingParams, list[int]] = {}
         for i, r in enumerate(requests):
             if not r.cancelled.is_set():
                 groups.setdefault(r.group, []).append(i)
         keep = []
+        at = time.perf_counter()
         for rows in groups.values():
             members = [requests[i] for i in rows]
-            for i, r, chosen in zip(rows, members, _choose_group(members, logits[rows])):
-                r.take(chosen)
-                reason = r.finished(chosen)
-                if reason:
-                    r.end(Event(reason=reason))
-                else:
-                    keep.append(i)
+            scores, picks, probs = _choose_group(members, logits[rows])
+            reasons = [r.take(token_id) for r, token_id in zip(members, picks)]
+            self._unsaid.append(_Unsaid(members, scores if probs is None else probs, probs is not None, picks,
+                                        reasons, at))
+            self._unsaid_rows += len(members)
+            self._changed |= any(reasons)
+            keep += [i for i, reason in zip(rows, reasons) if not reason]
         return sorted(keep)
+
+    def _say_if_due(self, batch: _Batch) -> None:
+        """Hand on the waiting tokens if a row joined or ended, the batch is empty, enough rows of
+        scores wait, or :data:`SAY_EVERY_S` has passed since the last time."""
+        if self._unsaid and (self._changed or not batch or self._unsaid_rows >= UNSAID_ROWS
+                             or time.perf_counter() - self._said_at >= SAY_EVERY_S):
+            self._say()
+
+    def _say(self) -> None:
+        """Describe the tokens chosen since the last call (the rows of several passes at once) and hand
+        each to its stream, with the end it brings. A row cancelled meanwhile gets nothing more: its
+        stream already ended with what it had been handed."""
+        unsaid, self._unsaid, self._unsaid_rows = self._unsaid, [], 0
+        self._said_at, self._changed = time.perf_counter(), False
+        for are_probs in (True, False):  # a request's tokens are all of one kind: each keeps its order
+            tables, told = [], []
+            for u in unsaid:
+                if u.are_probs != are_probs:
+                    continue
+                live = [j for j, r in enumerate(u.requests) if not r.cancelled.is_set()]
+                if live:
+                    tables.append(u.rows if len(live) == len(u.requests) else u.rows[live])
+                    told += [(u.requests[j], u.token_ids[j], u.reasons[j], u.at) for j in live]
+            if not told:
+                continue
+            table = tables[0] if len(tables) == 1 else torch.cat(tables)
+            chosen = describe_tokens(table if are_probs else torch.softmax(table.float(), dim=-1),
+                                     [t[1] for t in told], [t[0].chooser for t in told])
+            for (request, _, reason, at), c in zip(told, chosen):
+                request.events.put(Event(token=c, at=at))
+                if reason:
+                    request.end(Event(reason=reason))
 
     @staticmethod
     def _drop(batch: _Batch) -> None:
@@ -355,15 +413,17 @@ class BatchScheduler:
             batch.keep([i for i, r in enumerate(batch.requests) if not r.cancelled.is_set()])
 
 
-def _choose_group(requests: list[_Request], logits: torch.Tensor) -> list[ChosenToken]:
-    """The next token of requests with the same settings (``logits``: [rows, vocab]), as ``generate``
-    would choose each alone: fp32 scores, the processors on the request's own history, its chooser.
+def _choose_group(requests: list[_Request], logits: torch.Tensor
+                  ) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+    """The scores and next token of requests with the same settings (``logits``: [rows, vocab]), as
+    ``generate`` would choose each alone: fp32 scores, the processors on the request's own history, its
+    chooser; and the probabilities the tokens were drawn from (None: greedy, not computed).
     Histories of different lengths are padded with a token the row already has, which changes nothing
     for the repetition penalty (it looks at which tokens occur); a no-repeat n-gram rule looks at the
     order of the tokens, so those rows go one at a time."""
     scores = logits.float()
     if not requests[0].processors:  # neutral settings (greedy, say): nothing to apply, no copy to make
-        return choose_tokens(scores, [r.chooser for r in requests])
+        return scores, *pick_tokens(scores, [r.chooser for r in requests])
     if len(requests) == 1 or requests[0].params.no_repeat_ngram_size > 0:
         for i, r in enumerate(requests):
             scores[i:i + 1] = r.processors(cast(torch.LongTensor, r.history[:, :r.length]),
@@ -373,7 +433,7 @@ def _choose_group(requests: list[_Request], logits: torch.Tensor) -> list[Chosen
         ids = torch.stack([F.pad(r.history[0, :r.length], (0, width - r.length), value=int(r.history[0, 0]))
                            for r in requests])
         scores = requests[0].processors(cast(torch.LongTensor, ids), cast(torch.FloatTensor, scores))
-    return choose_tokens(scores, [r.chooser for r in requests])
+    return scores, *pick_tokens(scores, [r.chooser for r in requests])
 
 
 def _prefill_groups(requests: list[_Request]) -> list[list[_Request]]:
