@@ -3,7 +3,6 @@ model-running event inside a concurrency limit, private and capped exports, quie
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
@@ -61,7 +60,9 @@ def drain(ticket) -> list[int]:
             return ids
 
 
-def submit_all_at_once(loaded, reqs) -> tuple[list[list[int]], BatchScheduler]:
+def submit_all_at_once(loaded, reqs, drained: bool = True):
+    """Submit ``reqs`` so that the decode loop starts with all of them: their token ids and the scheduler
+    (or, not ``drained``, their tickets)."""
     scheduler = BatchScheduler(loaded)
     tickets = []
     hold = threading.Lock()
@@ -78,6 +79,8 @@ def submit_all_at_once(loaded, reqs) -> tuple[list[list[int]], BatchScheduler]:
         ids, _ = prepare_prompt(loaded, r.prompt, r.max_new_tokens)
         tickets.append(scheduler.submit(ids, r.sampling, r.max_new_tokens))
     hold.release()
+    if not drained:
+        return tickets
     return [drain(t) for t in tickets], scheduler
 
 
@@ -145,7 +148,9 @@ def test_tokens_go_out_in_bunches_the_first_at_once_each_with_the_time_it_was_ch
         assert [e.token.token_id for e in first] == [alone[0].token_id], "the first token goes out before the next pass"
         assert len(ticket.chosen) == 1, "the two tokens chosen since wait, undescribed, for their bunch"
         released = time.perf_counter()
-    events = first + list(itertools.takewhile(lambda e: e.reason is None, events_of(ticket)))
+    *rest, end = events_of(ticket)
+    events = first + rest
+    assert end.reason == "length"
     assert [e.token.token_id for e in events] == [c.token_id for c in alone]
     assert [c.prob for c in ticket.chosen] == pytest.approx([c.prob for c in alone], rel=1e-4)
     times = [e.at for e in events]
@@ -153,12 +158,36 @@ def test_tokens_go_out_in_bunches_the_first_at_once_each_with_the_time_it_was_ch
     assert times[1] < released and times[2] < released, "chosen before the hold, sent after it"
 
 
-def events_of(ticket):
+def test_a_failure_while_tokens_are_described_ends_every_waiting_stream_with_its_reason(bundled_loaded, monkeypatch):
+    import demo.runtime.batching as batching
+
+    real, calls = batching.describe_tokens, []
+
+    def fails_the_second_time(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("describing failed")
+        return real(*args)
+
+    monkeypatch.setattr(batching, "describe_tokens", fails_the_second_time)
+    monkeypatch.setattr(batching, "SAY_EVERY_S", 600.0)  # described only when a row joins or ends
+    monkeypatch.setattr(batching, "UNSAID_ROWS", 10_000)
+    greedy = validate_sampling(do_sample=False)
+    # both read in one pass; the short one's last token, at the second decode pass, leaves the batch
+    # before it is described
+    reqs = [validate_request("The old man", n, greedy) for n in (3, 300)]
+    tickets = submit_all_at_once(bundled_loaded, reqs, drained=False)
+    for ticket in tickets:
+        *_, end = events_of(ticket, errors_too=True)
+        assert end.reason == "error" and str(end.error) == "describing failed"
+
+
+def events_of(ticket, errors_too: bool = False):
     """A ticket's events up to and including its end."""
     for event in events(ticket):
         yield event
         if event.reason is not None:
-            assert event.reason != "error", event.error
+            assert errors_too or event.reason != "error", event.error
             return
 
 

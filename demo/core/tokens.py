@@ -8,7 +8,7 @@ import weakref
 from functools import lru_cache
 
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
-MAX_LABELS = 1 << 17  # labels kept per tokenizer (a few MB at most; GPT-2 has 50,257 tokens)
+MAX_LABELS = 1 << 16  # labels kept per tokenizer (under 10 MB; GPT-2 has 50,257 tokens)
 _labels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {token id: label}
 _labels_lock = threading.Lock()
 

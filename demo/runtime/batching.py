@@ -11,7 +11,7 @@ takes effect at the next forward pass, and a new visitor waits at most one pass 
 Each request keeps its own state in its own object (:class:`_Request`): its sampling settings as
 transformers' logits processors (:func:`demo.core.sampling.build_processors`), its seeded
 :class:`~demo.core.sampling.TokenChooser`, and its token history. Rows with equal settings (whatever their
-seeds) go through the processors in one call and :func:`demo.core.sampling.choose_tokens` draws each
+seeds) go through the processors in one call and :func:`demo.core.sampling.pick_tokens` draws each
 row's token with that row's generator: the per-row arithmetic of the calls ``generate`` makes for a
 single request, so the same seed and settings draw the same text alone or inside a batch (up to the
 last bits of the batched matmuls: see ``docs/architecture.md``).
@@ -310,11 +310,13 @@ class BatchScheduler:
                     if batch:
                         self._decode(batch)
                         self._say_if_due(batch)
-            except Exception as exc:  # a failed forward ends every generation in the batch with the reason
+            except Exception as exc:  # a failed pass ends every generation in it that has not ended, with the reason
                 log.exception("batched generation failed")
+                stranded = batch.requests + admitted + [r for u in self._unsaid for r in u.requests]
                 self._unsaid, self._unsaid_rows = [], 0
-                for request in batch.requests + admitted:
-                    request.end(Event(reason="error", error=exc))
+                for request in dict.fromkeys(stranded):
+                    if not request.ended:
+                        request.end(Event(reason="error", error=exc))
                 batch = _Batch()
 
     def _admit(self, batch: _Batch, requests: list[_Request]) -> None:
@@ -385,8 +387,7 @@ class BatchScheduler:
         """Describe the tokens chosen since the last call (the rows of several passes at once) and hand
         each to its stream, with the end it brings. A row cancelled meanwhile gets nothing more: its
         stream already ended with what it had been handed."""
-        unsaid, self._unsaid, self._unsaid_rows = self._unsaid, [], 0
-        self._said_at, self._changed = time.perf_counter(), False
+        unsaid = self._unsaid  # emptied once all are handed on (if this fails, the loop ends their streams)
         for are_probs in (True, False):  # a request's tokens are all of one kind: each keeps its order
             tables, told = [], []
             for u in unsaid:
@@ -405,6 +406,8 @@ class BatchScheduler:
                 request.events.put(Event(token=c, at=at))
                 if reason:
                     request.end(Event(reason=reason))
+        self._unsaid, self._unsaid_rows = [], 0
+        self._said_at, self._changed = time.perf_counter(), False
 
     @staticmethod
     def _drop(batch: _Batch) -> None:
