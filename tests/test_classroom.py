@@ -22,6 +22,7 @@ from demo.core.sampling import PRESETS, validate_sampling
 from demo.runtime.batching import BatchScheduler
 from demo.runtime.catalog import ModelSpec
 from demo.runtime.generation import (
+    StopRequests,
     generate_alone,
     live_generation_threads,
     prepare_prompt,
@@ -158,6 +159,26 @@ def test_tokens_go_out_in_bunches_the_first_at_once_each_with_the_time_it_was_ch
     assert times[1] < released and times[2] < released, "chosen before the hold, sent after it"
 
 
+def test_a_stop_keeps_every_token_chosen_before_it_even_those_waiting_for_their_bunch(bundled_loaded, monkeypatch):
+    import demo.runtime.batching as batching
+
+    monkeypatch.setattr(batching, "SAY_EVERY_S", 600.0)  # tokens wait for a row to join or end
+    monkeypatch.setattr(batching, "UNSAID_ROWS", 10_000)
+    request = validate_request("The old man", 300, validate_sampling(do_sample=False))
+    alone = generate_alone(bundled_loaded, replace(request, max_new_tokens=5))
+    stops = StopRequests()
+    with ModelGate(bundled_loaded.model, hold_at=6) as gate:  # the prompt's pass and four more, then held
+        stream = stream_generate(bundled_loaded, request, stop=stops.signal("visitor"))
+        first = next(stream)
+        assert gate.wait_held()
+        assert first.n_tokens == 1, "only the first token has gone out; four wait for their bunch"
+        stops.request("visitor")
+        last = list(stream)[-1]  # ends while the model is still held
+    assert last.stop_reason == "stopped" and last.n_tokens == 5
+    assert [c.token_id for c in last.chosen] == [c.token_id for c in alone]
+    assert bundled_loaded.tokenizer.decode([c.token_id for c in alone], skip_special_tokens=True) == last.text
+
+
 def test_a_failure_while_tokens_are_described_ends_every_waiting_stream_with_its_reason(bundled_loaded, monkeypatch):
     import demo.runtime.batching as batching
 
@@ -220,8 +241,8 @@ def test_a_stop_takes_the_row_out_at_the_next_pass_and_the_others_go_on(bundled_
     stop = scheduler.submit(ids, params, 400)
     for _, _ in zip(range(5), events(stop)):
         pass
+    stop.cancel()  # hands on the tokens chosen before it
     chosen_at_cancel = len(stop.chosen)
-    stop.cancel()
     passes_at_cancel = scheduler.passes
     assert len(drain(keep)) == 300
     # at most the pass under way when the Stop came gives the stopped row a token, however slow the machine

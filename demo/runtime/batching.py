@@ -44,6 +44,7 @@ from transformers import DynamicCache, LogitsProcessorList
 
 from demo.core.sampling import ChosenToken, SamplingParams, TokenChooser, build_processors, describe_tokens, pick_tokens
 from demo.runtime.loading import LoadedModel
+from demo.runtime.threads import run_apart
 
 log = logging.getLogger("gpt_explorer")
 THREAD_PREFIX = "gpt-explorer-generate"  # the decode loops' threads (see generation.live_generation_threads)
@@ -144,8 +145,9 @@ class Ticket:
         self._request, self._scheduler = request, scheduler
 
     def cancel(self) -> None:
-        """Stop this generation (the loop drops its row before the next forward pass)."""
-        self._request.cancelled.set()
+        """Stop this generation: the tokens chosen so far are handed on at once (described here if the
+        loop has not yet), and the loop drops its row before the next forward pass."""
+        self._scheduler.cancel(self._request)
 
     def ready(self) -> list[Event]:
         """The events that have arrived, without waiting."""
@@ -242,8 +244,9 @@ class BatchScheduler:
         self._running: list[_Request] = []  # the batch's requests (for cancel_all)
         self.passes = 0  # batched forward passes run (for tests and benchmarks)
         self.max_batch = 0  # the most rows one forward pass has decoded
-        self._unsaid: list[_Unsaid] = []  # chosen tokens waiting to be described and handed on (loop thread only)
+        self._unsaid: list[_Unsaid] = []  # chosen tokens waiting to be described and handed on
         self._unsaid_rows = 0
+        self._said_lock = threading.Lock()  # held while _unsaid changes or tokens are handed on (the loop, a Stop)
         self._said_at = 0.0  # when the last bunch was handed on
         self._changed = False  # a row joined or ended since then
 
@@ -281,6 +284,17 @@ class BatchScheduler:
             requests = self._pending + self._running
         return sum(not (r.cancelled.is_set() or r.ended) for r in requests)
 
+    def cancel(self, request: _Request) -> None:
+        """Stop one generation. The tokens chosen for it that wait for their bunch are described and
+        handed on first, here (a Stop keeps every token chosen before it, even while the model is in
+        the middle of a pass); what the loop chooses for it afterwards is never handed on."""
+        with self._said_lock:
+            if (not request.cancelled.is_set() and not request.ended
+                    and any(request in u.requests for u in self._unsaid)):
+                # in a thread that ends with it: torch keeps an OpenMP team for every thread that ran it
+                run_apart(self._hand_on, self._unsaid, only=request)
+            request.cancelled.set()
+
     def cancel_all(self) -> None:
         """Cancel every generation of this loop (pending and running)."""
         with self._lock:
@@ -312,11 +326,12 @@ class BatchScheduler:
                         self._say_if_due(batch)
             except Exception as exc:  # a failed pass ends every generation in it that has not ended, with the reason
                 log.exception("batched generation failed")
-                stranded = batch.requests + admitted + [r for u in self._unsaid for r in u.requests]
-                self._unsaid, self._unsaid_rows = [], 0
-                for request in dict.fromkeys(stranded):
-                    if not request.ended:
-                        request.end(Event(reason="error", error=exc))
+                with self._said_lock:
+                    stranded = batch.requests + admitted + [r for u in self._unsaid for r in u.requests]
+                    self._unsaid, self._unsaid_rows = [], 0
+                    for request in dict.fromkeys(stranded):
+                        if not request.ended:
+                            request.end(Event(reason="error", error=exc))
                 batch = _Batch()
 
     def _admit(self, batch: _Batch, requests: list[_Request]) -> None:
@@ -369,9 +384,10 @@ class BatchScheduler:
             members = [requests[i] for i in rows]
             scores, picks, probs = _choose_group(members, logits[rows])
             reasons = [r.take(token_id) for r, token_id in zip(members, picks)]
-            self._unsaid.append(_Unsaid(members, scores if probs is None else probs, probs is not None, picks,
-                                        reasons, at))
-            self._unsaid_rows += len(members)
+            with self._said_lock:
+                self._unsaid.append(_Unsaid(members, scores if probs is None else probs, probs is not None, picks,
+                                            reasons, at))
+                self._unsaid_rows += len(members)
             self._changed |= any(reasons)
             keep += [i for i, reason in zip(rows, reasons) if not reason]
         return sorted(keep)
@@ -386,14 +402,28 @@ class BatchScheduler:
     def _say(self) -> None:
         """Describe the tokens chosen since the last call (the rows of several passes at once) and hand
         each to its stream, with the end it brings. A row cancelled meanwhile gets nothing more: its
-        stream already ended with what it had been handed."""
-        unsaid = self._unsaid  # emptied once all are handed on (if this fails, the loop ends their streams)
+        tokens went out with its cancel (:meth:`cancel`)."""
+        with self._said_lock:
+            self._hand_on(self._unsaid)  # emptied once all are handed on (if this fails, the loop ends their streams)
+            self._unsaid, self._unsaid_rows = [], 0
+        self._said_at, self._changed = time.perf_counter(), False
+
+    @staticmethod
+    def _hand_on(unsaid: list[_Unsaid], only: _Request | None = None) -> None:
+        """Describe and hand on the waiting tokens of every request not cancelled (or of ``only``),
+        each with the end it brings. Called with the lock held."""
+        with torch.inference_mode():
+            BatchScheduler._hand_on_now(unsaid, only)
+
+    @staticmethod
+    def _hand_on_now(unsaid: list[_Unsaid], only: _Request | None) -> None:
         for are_probs in (True, False):  # a request's tokens are all of one kind: each keeps its order
             tables, told = [], []
             for u in unsaid:
                 if u.are_probs != are_probs:
                     continue
-                live = [j for j, r in enumerate(u.requests) if not r.cancelled.is_set()]
+                live = [j for j, r in enumerate(u.requests)
+                        if (r is only if only is not None else not r.cancelled.is_set())]
                 if live:
                     tables.append(u.rows if len(live) == len(u.requests) else u.rows[live])
                     told += [(u.requests[j], u.token_ids[j], u.reasons[j], u.at) for j in live]
@@ -406,8 +436,6 @@ class BatchScheduler:
                 request.events.put(Event(token=c, at=at))
                 if reason:
                     request.end(Event(reason=reason))
-        self._unsaid, self._unsaid_rows = [], 0
-        self._said_at, self._changed = time.perf_counter(), False
 
     @staticmethod
     def _drop(batch: _Batch) -> None:

@@ -110,10 +110,13 @@ class _Follower:
         return came
 
     def stop(self) -> None:
-        """End here with the tokens taken in so far (a Stop): the model drops the row at its next forward pass."""
+        """End here with every token chosen so far (a Stop): the model drops the row at its next forward
+        pass. (If the last of those tokens ended the generation, it ends as it would have.)"""
         if self.end is None:
-            self.ticket.cancel()
-            self.end = Event(reason="stopped")
+            self.ticket.cancel()  # hands on the tokens chosen so far
+            self.absorb(self.ticket.ready())
+            if self.end is None:
+                self.end = Event(reason="stopped")
 
     def check(self) -> None:
         if self.end is not None and self.end.reason == "error":
