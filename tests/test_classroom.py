@@ -52,13 +52,16 @@ def events(ticket):
 
 
 def drain(ticket) -> list[int]:
-    ids = []
+    return [event.token.token_id for event in events_of(ticket) if event.token is not None]
+
+
+def events_of(ticket, errors_too: bool = False):
+    """A ticket's events up to and including its end."""
     for event in events(ticket):
-        if event.token is not None:
-            ids.append(event.token.token_id)
+        yield event
         if event.reason is not None:
-            assert event.reason != "error", event.error
-            return ids
+            assert errors_too or event.reason != "error", event.error
+            return
 
 
 def submit_all_at_once(loaded, reqs, drained: bool = True):
@@ -201,15 +204,6 @@ def test_a_failure_while_tokens_are_described_ends_every_waiting_stream_with_its
     for ticket in tickets:
         *_, end = events_of(ticket, errors_too=True)
         assert end.reason == "error" and str(end.error) == "describing failed"
-
-
-def events_of(ticket, errors_too: bool = False):
-    """A ticket's events up to and including its end."""
-    for event in events(ticket):
-        yield event
-        if event.reason is not None:
-            assert errors_too or event.reason != "error", event.error
-            return
 
 
 def test_rows_join_and_leave_between_passes_without_disturbing_the_others(bundled_loaded):

@@ -245,7 +245,6 @@ class BatchScheduler:
         self.passes = 0  # batched forward passes run (for tests and benchmarks)
         self.max_batch = 0  # the most rows one forward pass has decoded
         self._unsaid: list[_Unsaid] = []  # chosen tokens waiting to be described and handed on
-        self._unsaid_rows = 0
         self._said_lock = threading.Lock()  # held while _unsaid changes or tokens are handed on (the loop, a Stop)
         self._said_at = 0.0  # when the last bunch was handed on
         self._changed = False  # a row joined or ended since then
@@ -328,7 +327,7 @@ class BatchScheduler:
                 log.exception("batched generation failed")
                 with self._said_lock:
                     stranded = batch.requests + admitted + [r for u in self._unsaid for r in u.requests]
-                    self._unsaid, self._unsaid_rows = [], 0
+                    self._unsaid = []
                     for request in dict.fromkeys(stranded):
                         if not request.ended:
                             request.end(Event(reason="error", error=exc))
@@ -387,7 +386,6 @@ class BatchScheduler:
             with self._said_lock:
                 self._unsaid.append(_Unsaid(members, scores if probs is None else probs, probs is not None, picks,
                                             reasons, at))
-                self._unsaid_rows += len(members)
             self._changed |= any(reasons)
             keep += [i for i, reason in zip(rows, reasons) if not reason]
         return sorted(keep)
@@ -395,7 +393,7 @@ class BatchScheduler:
     def _say_if_due(self, batch: _Batch) -> None:
         """Hand on the waiting tokens if a row joined or ended, the batch is empty, enough rows of
         scores wait, or :data:`SAY_EVERY_S` has passed since the last time."""
-        if self._unsaid and (self._changed or not batch or self._unsaid_rows >= UNSAID_ROWS
+        if self._unsaid and (self._changed or not batch or sum(len(u.requests) for u in self._unsaid) >= UNSAID_ROWS
                              or time.perf_counter() - self._said_at >= SAY_EVERY_S):
             self._say()
 
@@ -405,18 +403,14 @@ class BatchScheduler:
         tokens went out with its cancel (:meth:`cancel`)."""
         with self._said_lock:
             self._hand_on(self._unsaid)  # emptied once all are handed on (if this fails, the loop ends their streams)
-            self._unsaid, self._unsaid_rows = [], 0
+            self._unsaid = []
         self._said_at, self._changed = time.perf_counter(), False
 
     @staticmethod
+    @torch.inference_mode()
     def _hand_on(unsaid: list[_Unsaid], only: _Request | None = None) -> None:
         """Describe and hand on the waiting tokens of every request not cancelled (or of ``only``),
         each with the end it brings. Called with the lock held."""
-        with torch.inference_mode():
-            BatchScheduler._hand_on_now(unsaid, only)
-
-    @staticmethod
-    def _hand_on_now(unsaid: list[_Unsaid], only: _Request | None) -> None:
         for are_probs in (True, False):  # a request's tokens are all of one kind: each keeps its order
             tables, told = [], []
             for u in unsaid:
