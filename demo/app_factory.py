@@ -16,7 +16,7 @@ from demo.runtime import zerogpu
 from demo.runtime.catalog import load_catalog
 from demo.runtime.memory import bound_heap
 from demo.runtime.pool import ModelManager
-from demo.ui import admission, queue_poll
+from demo.ui import admission, event_costs, queue_poll
 from demo.ui.common import AppContext, forget_page_copies
 from demo.ui.page import CSS, build_app
 
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     # by itself only on a Space; a classroom server on --host 0.0.0.0 needs it closed as much.
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=ctx.concurrency, api_open=False)
     queue_poll.pace(demo)  # Gradio's queue polls for work: seldom while a model works (demo.ui.queue_poll)
+    event_costs.skip_matplotlib_switch()  # no matplotlib import tried at every update (demo.ui.event_costs)
     # Fair turns and per-visitor limits on the queue (demo.ui.admission): no client can lock out the others.
     handle_admission = admission.install(demo, settings.session_limit, settings.address_limit, settings.forwarded_for)
     forget_page_copies(demo)

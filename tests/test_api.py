@@ -138,6 +138,51 @@ def test_a_generation_that_ends_at_once_still_gets_its_record(tmp_path):
     assert record is not None and [t["id"] for t in record["tokens"]] == [eos] and record["model"] == "eos-first"
 
 
+def test_a_generation_clears_the_last_record_at_once_and_gives_the_new_one_only_at_its_end(bundled_loaded):
+    """The record (the page's State behind the coloured view and the analysis buttons) is cleared by the
+    first update and left as it is by the others, each of which would make Gradio rebuild the State's
+    configuration; the last update gives the new record."""
+    import gradio as gr
+
+    from demo.runtime.pool import ModelManager
+    from demo.ui.tabs.generate import GenerateHandlers
+
+    manager = ModelManager([bundled_loaded.spec], device="cpu")
+    manager.add(bundled_loaded)
+    updates = list(GenerateHandlers(manager).generate("The old sea captain said", 200,
+                                                      1.0, 0, 1.0, 0.0, 1.0, 0, False, 0))
+    records = [record for _, _, record in updates]
+    assert records[0] is None
+    assert all(record == gr.skip() for record in records[1:-1])
+    assert isinstance(records[-1], dict) and len(records[-1]["tokens"]) == 200
+
+
+def test_streamed_updates_look_for_no_missing_module(client):
+    """Around every event call Gradio imports matplotlib to switch its backend; the app does not install
+    it, and each failed import searched sys.path again, twice per streamed update (demo.ui.event_costs)."""
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        pytest.skip("matplotlib is installed here: Gradio's switch is kept")
+    looked_for: list[str] = []
+
+    class Recorder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            looked_for.append(name)
+            return None
+
+    recorder = Recorder()
+    sys.meta_path.insert(0, recorder)
+    try:
+        job = client.submit(**{**GOOD, "max_new_tokens": 60}, api_name="/generate")
+        assert len(list(job)) >= 2
+    finally:
+        sys.meta_path.remove(recorder)
+    assert "matplotlib" not in looked_for
+
+
 def test_samples_endpoint_equals_single_generations_with_the_same_seeds(client):
     out_html, data = client.predict(prompt="The sea was", n=3, first_seed=40, max_new_tokens=10,
                                     temperature=1.0, top_p=1.0, compare=True, temperature_b=0.3, top_p_b=0.9,

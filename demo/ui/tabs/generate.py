@@ -90,9 +90,13 @@ class GenerateHandlers:
             return generation_record(loaded, request.prompt, update, {
                 **request.sampling.as_dict(), "seed": update.seed, "max_new_tokens": request.max_new_tokens})
 
+        # The record is set at the end; the first update clears the last one, and the others leave it
+        # as it is (gr.skip): Gradio rebuilds a State's configuration at each value it is given.
         try:  # the stream paces its updates (demo.runtime.generation.update_interval)
+            unchanged = None
             for update in stream:
-                yield update.text, format_stats(update), record(update) if update.done else None
+                yield update.text, format_stats(update), record(update) if update.done else unchanged
+                unchanged = gr.skip()
         finally:
             stream.close()  # also on GeneratorExit (Stop, a closed tab): stops the model
 
@@ -177,8 +181,10 @@ def wire(ui: GenerateLayout, gen: GenerateHandlers, ctx: AppContext) -> Generate
     outputs = [ui.output, ui.stats, ui.last_generation]
     generate = with_parameters(gen.generate, API_PARAMETERS)
     # preprocess=False: the handler checks the raw values itself (as the inputs' preprocess would),
-    # which saves Gradio's preprocessing a thread hop per input on every request.
-    limit = {**ctx.generate_queue, "preprocess": False}
+    # which saves Gradio's preprocessing a thread hop per input on every request. postprocess=False:
+    # the text and the stats line go out as the handler gives them (the Textbox's and Markdown's
+    # postprocess would only apply str() and strip the edges), which saves two thread hops per update.
+    limit = {**ctx.generate_queue, "preprocess": False, "postprocess": False}
     run = dict(fn=generate, inputs=inputs, outputs=outputs, **PRIVATE, **limit)
     for event in (ui.generate.click(generate, inputs, outputs, api_name="generate", **limit),
                   ui.prompt.submit(**run)):
