@@ -152,6 +152,8 @@ def test_a_generation_clears_the_last_record_at_once_and_gives_the_new_one_only_
     updates = list(GenerateHandlers(manager).generate("The old sea captain said", 200,
                                                       1.0, 0, 1.0, 0.0, 1.0, 0, False, 0))
     records = [record for _, _, record in updates]
+    # at most 20 updates a second: 200 tokens take this CPU decode loop well over the 50 ms three need
+    assert len(records) >= 3
     assert records[0] is None
     assert all(record == gr.skip() for record in records[1:-1])
     assert isinstance(records[-1], dict) and len(records[-1]["tokens"]) == 200
@@ -177,7 +179,7 @@ def test_streamed_updates_look_for_no_missing_module(client):
     sys.meta_path.insert(0, recorder)
     try:
         job = client.submit(**{**GOOD, "max_new_tokens": 60}, api_name="/generate")
-        assert len(list(job)) >= 2
+        assert list(job)
     finally:
         sys.meta_path.remove(recorder)
     assert "matplotlib" not in looked_for

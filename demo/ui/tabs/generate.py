@@ -182,8 +182,8 @@ def wire(ui: GenerateLayout, gen: GenerateHandlers, ctx: AppContext) -> Generate
     generate = with_parameters(gen.generate, API_PARAMETERS)
     # preprocess=False: the handler checks the raw values itself (as the inputs' preprocess would),
     # which saves Gradio's preprocessing a thread hop per input on every request. postprocess=False:
-    # the text and the stats line go out as the handler gives them (the Textbox's and Markdown's
-    # postprocess would only apply str() and strip the edges), which saves two thread hops per update.
+    # the text and the stats line go out as the handler gives them (the Textbox's str() and the
+    # Markdown's inspect.cleandoc change nothing for these strings), which saves two thread hops per update.
     limit = {**ctx.generate_queue, "preprocess": False, "postprocess": False}
     run = dict(fn=generate, inputs=inputs, outputs=outputs, **PRIVATE, **limit)
     for event in (ui.generate.click(generate, inputs, outputs, api_name="generate", **limit),
