@@ -17,7 +17,7 @@ from demo.runtime.catalog import load_catalog
 from demo.runtime.memory import bound_heap
 from demo.runtime.pool import ModelManager
 from demo.ui import admission, event_costs, queue_poll
-from demo.ui.common import AppContext, forget_page_copies
+from demo.ui.common import AppContext, forget_page_copies, sessions_without_page_copy
 from demo.ui.page import CSS, build_app
 
 log = logging.getLogger("gpt_explorer")
@@ -94,6 +94,8 @@ def create_app(settings: Settings | None = None, *, model: str | None = None, pr
     # Bounded per-visitor memory and disk: Gradio keeps a little of each session (at most this many
     # sessions, each without its page copy: forget_page_copies), the app takes no uploads, and
     # Gradio's own file cache is cleaned (build_app).
-    # and a bounded request body on every route (a 100 MB prompt is refused before it is read)
+    # and a bounded request body on every route (a 100 MB prompt is refused before it is read); new
+    # sessions start without a page copy (sessions_without_page_copy)
     return demo, {"theme": gr.themes.Soft(), "css": CSS, "state_session_capacity": settings.sessions,
-                  "max_file_size": MAX_UPLOAD_BYTES, "app_kwargs": {"middleware": [Middleware(BodyLimit)]}}
+                  "max_file_size": MAX_UPLOAD_BYTES,
+                  "app_kwargs": {"middleware": [Middleware(BodyLimit)], "lifespan": sessions_without_page_copy}}

@@ -185,6 +185,27 @@ def test_streamed_updates_look_for_no_missing_module(client):
     assert "matplotlib" not in looked_for
 
 
+def test_a_new_session_starts_without_a_copy_of_the_page_and_still_serves(live_app):
+    """Gradio built a copy of the whole page's configuration for each new session (about 25 ms, each API
+    call without a session being one); the app's sessions start without it (sessions_without_page_copy)
+    and Gradio adds what events write."""
+    from gradio_client import Client
+
+    demo, url = live_app
+    holder = demo.state_holder
+    fresh = holder["a-session-of-this-test"]
+    try:
+        assert len(fresh.config_values) == 0
+    finally:
+        holder.session_data.pop("a-session-of-this-test", None)
+    client = Client(url, verbose=False)  # a session of its own
+    text, stats = client.predict(**{**GOOD, "max_new_tokens": 5}, api_name="/generate")
+    assert text and "5 tokens generated" in stats
+    event = next(fn for fn in demo.fns.values() if fn.api_name == "generate")
+    written = {block._id for block in [*event.inputs, *event.outputs]}
+    assert set(holder[client.session_hash].config_values) <= written  # not the page's other components
+
+
 def test_samples_endpoint_equals_single_generations_with_the_same_seeds(client):
     out_html, data = client.predict(prompt="The sea was", n=3, first_seed=40, max_new_tokens=10,
                                     temperature=1.0, top_p=1.0, compare=True, temperature_b=0.3, top_p_b=0.9,

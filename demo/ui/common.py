@@ -3,13 +3,15 @@ becomes the message a visitor sees, the visitor's session, and the concurrency g
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import logging
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ from demo.runtime.pool import ModelManager
 from demo.runtime.threads import run_apart
 from demo.runtime.zerogpu import ANALYSIS_S, gpu_task
 
+log = logging.getLogger("gpt_explorer")
 PRIVATE: dict[str, Any] = dict(api_visibility="private")
 # Generations wait on their model's batched decode loop (one thread per model, one forward pass per
 # token for all of them): their events share the "generate" group, as many at once as the loop has rows.
@@ -233,7 +236,8 @@ class _NoPageCopy(dict):
 
 def forget_page_copies(demo: gr.Blocks, every_s: float = FORGET_EVERY_S) -> threading.Thread:
     """Gradio gives each session a copy of the whole page's configuration (``config_values``, about
-    0.35 MB for this page, kept for Gradio's deep links, which the app does not use) and writes into it
+    0.35 MB for this page, kept for Gradio's deep links, which the app does not use; new sessions start
+    without it: :func:`sessions_without_page_copy`) and writes into it
     the last value of every input and output, such as /attention's matrix (about 10 MB at 512 tokens).
     Each new API client is a new session. A daemon thread replaces each session's copy with an empty
     one every ``every_s`` seconds, which leaves a session about 15 KB.
@@ -263,3 +267,40 @@ def forget_page_copies(demo: gr.Blocks, every_s: float = FORGET_EVERY_S) -> thre
     thread = threading.Thread(target=sweep_forever, name="gpt-explorer-forget-page-copies", daemon=True)
     thread.start()
     return thread
+
+
+class _PageWithoutCopy:
+    """The page as Gradio's session store shows it to each new session: its configuration, and no
+    component whose configuration the session would copy; anything else is the page's own."""
+
+    def __init__(self, page: Any):
+        self._page = page
+
+    @property
+    def blocks(self) -> dict:
+        return {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._page, name)
+
+
+@contextlib.asynccontextmanager
+async def sessions_without_page_copy(app: Any) -> AsyncIterator[None]:
+    """A lifespan for Gradio's server (``launch(app_kwargs={"lifespan": ...})``) that starts every
+    session without the page copy of :func:`forget_page_copies`.
+
+    Gradio builds that copy for each new session, calling every component's ``get_config`` (with
+    ``inspect.signature``): about 25 ms of the event loop's time for this page, before the first
+    event of the session runs. Each API call without a session is a new session, so this was most of
+    what the server added to a ``/generate`` call's first token. Gradio's session store builds a
+    session from the page it holds; it now holds the page seen through :class:`_PageWithoutCopy`.
+    The copy is only for Gradio's deep links, which the app does not use, and Gradio writes into it
+    what it needs as events run. This reads Gradio's session store (``state_holder``, an internal
+    part); where a release changes it, sessions start with their copy, as before."""
+    holder = getattr(app, "state_holder", None)
+    page = getattr(holder, "blocks", None)
+    if holder is not None and hasattr(page, "default_config") and not isinstance(page, _PageWithoutCopy):
+        holder.blocks = _PageWithoutCopy(page)
+    else:
+        log.info("Gradio's session store is not one this app knows: sessions start with a page copy")
+    yield
