@@ -198,6 +198,7 @@ def test_a_new_session_starts_without_a_copy_of_the_page_and_still_serves(live_a
         assert len(fresh.config_values) == 0
     finally:
         holder.session_data.pop("a-session-of-this-test", None)
+        holder.time_last_used.pop("a-session-of-this-test", None)
     client = Client(url, verbose=False)  # a session of its own
     text, stats = client.predict(**{**GOOD, "max_new_tokens": 5}, api_name="/generate")
     assert text and "5 tokens generated" in stats

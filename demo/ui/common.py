@@ -281,6 +281,8 @@ class _PageWithoutCopy:
         return {}
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_page":  # an instance made without __init__ (a copy): no page to ask
+            raise AttributeError(name)
         return getattr(self._page, name)
 
 
@@ -296,10 +298,13 @@ async def sessions_without_page_copy(app: Any) -> AsyncIterator[None]:
     session from the page it holds; it now holds the page seen through :class:`_PageWithoutCopy`.
     The copy is only for Gradio's deep links, which the app does not use, and Gradio writes into it
     what it needs as events run. This reads Gradio's session store (``state_holder``, an internal
-    part); where a release changes it, sessions start with their copy, as before."""
+    part); where a release changes it, or after an in-place reload of the app (which gives the store
+    the page again), sessions start with their copy, as before."""
     holder = getattr(app, "state_holder", None)
     page = getattr(holder, "blocks", None)
-    if holder is not None and hasattr(page, "default_config") and not isinstance(page, _PageWithoutCopy):
+    if isinstance(page, _PageWithoutCopy):  # a second server on the same app
+        pass
+    elif holder is not None and hasattr(page, "default_config"):
         holder.blocks = _PageWithoutCopy(page)
     else:
         log.info("Gradio's session store is not one this app knows: sessions start with a page copy")
