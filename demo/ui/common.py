@@ -302,10 +302,9 @@ async def sessions_without_page_copy(app: Any) -> AsyncIterator[None]:
     the page again), sessions start with their copy, as before."""
     holder = getattr(app, "state_holder", None)
     page = getattr(holder, "blocks", None)
-    if isinstance(page, _PageWithoutCopy):  # a second server on the same app
-        pass
-    elif holder is not None and hasattr(page, "default_config"):
-        holder.blocks = _PageWithoutCopy(page)
+    if holder is not None and hasattr(page, "default_config"):
+        if not isinstance(page, _PageWithoutCopy):  # not yet seen by an earlier server on the same app
+            holder.blocks = _PageWithoutCopy(page)
     else:
         log.info("Gradio's session store is not one this app knows: sessions start with a page copy")
     yield
