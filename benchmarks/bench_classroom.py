@@ -3,6 +3,7 @@
     python benchmarks/bench_classroom.py                       # bundled model, 1/4/16/32 streams, memory
     python benchmarks/bench_classroom.py --gpt2-small-random   # GPT-2-small-size model (random weights)
     python benchmarks/bench_classroom.py --streams 1 16 --skip-memory
+    python benchmarks/bench_classroom.py --streams 1 16 --skip-memory --server-cpus 0   # a 1-core server
 
 Streams: N visitors, each a light client (benchmarks/light_client.py: plain HTTP and SSE) in a
 process of its own, submit /generate together (64 new tokens, sampled, one seed each) and read the
@@ -146,10 +147,15 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.add_argument("--gpt2-small-random", action="store_true",
                    help="a randomly initialised GPT-2-small-size model (12 x 768, vocab 8192) built here, no download")
+    p.add_argument("--server-cpus", default=None, metavar="LIST",
+                   help="run the server on these CPUs only (taskset's list, e.g. 0 or 0-3): a smaller machine's "
+                        "cores, while the visitors' clients run anywhere")
     args = p.parse_args(argv)
 
     port = free_port()
     cmd, _ = app_command(args, port)
+    if args.server_cpus:
+        cmd = ["taskset", "-c", args.server_cpus, *cmd]
     gradio_tmp = Path(tempfile.gettempdir()) / "gradio"
     tmp_before = folder_mb(gradio_tmp) if gradio_tmp.exists() else 0.0
     server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

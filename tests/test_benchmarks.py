@@ -39,8 +39,12 @@ def test_the_memory_benchmark_answers_every_endpoint_through_the_light_client(tm
 
 
 def test_the_streaming_benchmark_compares_raw_and_served_through_the_light_client():
-    out = run_script("bench_generate.py", "--tokens", "8", "--repeats", "1", "--threads", "1")
-    assert "raw model.generate" in out and "served /generate" in out and "torch threads: 1" in out
+    out = run_script("bench_generate.py", "--tokens", "8", "--repeats", "1", "--threads", "1",
+                     "--raw-threads", "1", "2")
+    rows = [line.split()[:4] for line in out.splitlines()]
+    assert ["raw", "model.generate,", "1", "thr"] in rows and ["raw", "model.generate,", "2", "thr"] in rows
+    assert "served /generate" in out and "torch threads: 1 (raw: 1, 2; server: 1)" in out
+    assert "against raw at" in out  # the served stream is held against the fastest thread count
 
 
 def test_the_classroom_benchmark_streams_to_visitors_in_processes_of_their_own():
