@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -210,14 +209,13 @@ def plot_summary(page, handle) -> dict:
 def wait_for_plot_with_data(page, within: str | None = None, timeout_s: float = 90) -> dict:
     """Wait until a visible plotly figure (inside `within`, else anywhere) shows data; its summary."""
     sel = f"{within} .js-plotly-plot" if within else ".js-plotly-plot"
-    page.wait_for_function("sel => [...document.querySelectorAll(sel)].some(g => g.offsetParent !== null && "
-                           "window.__plotSummary(g).nonzero > 0)", arg=sel, timeout=timeout_s * 1000)
-    for _ in range(50):  # a figure may be redrawn between the wait and here
-        plots = visible_plots(page, within)
-        if plots:
-            return max((plot_summary(page, h) for h in plots), key=lambda s: s["nonzero"])
-        time.sleep(0.1)
-    raise AssertionError(f"the figure in {within or 'the page'} disappeared after showing data")
+    # the figure is chosen in the page, in the same step that finds it showing data: a redraw cannot come between
+    found = page.wait_for_function(
+        "sel => { const shown = [...document.querySelectorAll(sel)].filter(g => g.offsetParent !== null)"
+        ".map(g => window.__plotSummary(g)).filter(s => s.nonzero > 0);"
+        " return shown.length ? shown.reduce((a, b) => (b.nonzero > a.nonzero ? b : a)) : null; }",
+        arg=sel, timeout=timeout_s * 1000)
+    return found.json_value()
 
 
 def open_tab(page, name: str) -> None:
@@ -259,7 +257,7 @@ def scroll_to(page, selector: str, margin: int = 90) -> None:
     """Scroll so that `selector` sits `margin` px below the top of the viewport."""
     page.evaluate("([s, m]) => { const el = document.querySelector(s); if (el) window.scrollTo(0, "
                   "el.getBoundingClientRect().top + window.scrollY - m); }", [selector, margin])
-    time.sleep(0.2)
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")  # drawn there
 
 
 def tokens_generated(stats: str) -> int | None:

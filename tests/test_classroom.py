@@ -212,18 +212,23 @@ def test_rows_join_and_leave_between_passes_without_disturbing_the_others(bundle
     scheduler = BatchScheduler(bundled_loaded)
     out: dict[int, list[int]] = {}
 
-    def run(i, delay):
-        time.sleep(delay)
+    def submit(i):
         r = reqs[i]
         ids, _ = prepare_prompt(bundled_loaded, r.prompt, r.max_new_tokens)
-        out[i] = drain(scheduler.submit(ids, r.sampling, r.max_new_tokens))
+        ticket = scheduler.submit(ids, r.sampling, r.max_new_tokens)
+        thread = threading.Thread(target=lambda: out.__setitem__(i, drain(ticket)))
+        thread.start()
+        return thread
 
-    threads = [threading.Thread(target=run, args=(i, d)) for i, d in enumerate((0, 0.03, 0.06))]
-    for t in threads:
-        t.start()
+    # each later request arrives while the model is held mid-way through the ones before it
+    threads = [submit(0)]
+    for i in (1, 2):
+        with ModelGate(bundled_loaded.model, hold_at=3) as gate:
+            assert gate.wait_held()
+            threads.append(submit(i))
     for t in threads:
         t.join()
-    assert scheduler.max_batch >= 2, "the later requests should have joined the running batch"
+    assert scheduler.max_batch == 3, "the later requests should have joined the running batch"
     assert [out[i] for i in range(3)] == alone
 
 
@@ -301,9 +306,12 @@ def test_a_model_loads_once_however_many_visitors_ask_at_once(pool_specs, monkey
     calls = []
     real = backend.load_model
 
-    def slow_load(*args, **kwargs):
+    others_wait = threading.Event()
+
+    def slow_load(*args, **kwargs):  # b's load goes on once the other two visitors wait for it
         calls.append(args[0].name)
-        time.sleep(0.3)
+        if args[0].name == "b":
+            assert others_wait.wait(CEILING_S)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(backend, "load_model", slow_load)
@@ -314,6 +322,8 @@ def test_a_model_loads_once_however_many_visitors_ask_at_once(pool_specs, monkey
         "b", "fp32", session=s, visitor=True, progress=lambda f, msg: waits.append(msg)))) for s in "xyz"]
     for t in threads:
         t.start()
+    assert wait_until(lambda: sum("being loaded for another visitor" in w for w in waits) == 2)
+    others_wait.set()
     for t in threads:
         t.join()
     assert calls == ["a", "b"] and len({id(m) for m in got}) == 1
@@ -702,12 +712,19 @@ def test_exports_go_to_a_private_folder_and_refuse_a_planted_link(tmp_path):
         ExportFolder(shared).write("view", {"csv": "x"})
 
 
+def made_earlier(export: list[str], seconds: float = 60) -> None:
+    """Date an export's folder ``seconds`` back, so that it is the oldest whatever the clock's resolution."""
+    folder = os.path.dirname(export[0])
+    then = os.stat(folder).st_mtime - seconds
+    os.utime(folder, (then, then))
+
+
 def test_exports_are_capped_in_bytes_oldest_first(tmp_path):
     root = tmp_path / "exports"
     root.mkdir(mode=0o700)
     folder = ExportFolder(root, max_bytes=2500)
     first = folder.write("one", {"csv": "x" * 1000})
-    time.sleep(0.01)
+    made_earlier(first)
     folder.write("two", {"csv": "x" * 1000})
     folder.write("three", {"csv": "x" * 1000})  # the oldest goes to make room
     assert not os.path.exists(first[0]) and len(list(root.iterdir())) == 2
@@ -750,7 +767,7 @@ def test_exports_leave_the_disks_last_bytes_free_and_nothing_half_written(tmp_pa
     monkeypatch.setattr(exports.shutil, "disk_usage", usage)
     folder = ExportFolder(root, max_bytes=10**9, min_free_bytes=10_000)
     first = folder.write("one", {"csv": "x" * 1000})
-    time.sleep(0.01)
+    made_earlier(first)
     folder.write("two", {"csv": "x" * 1000})
     folder.write("three", {"csv": "x" * 1000})  # the disk would keep less than 10,000 free: the oldest goes
     assert not os.path.exists(first[0]) and len(list(root.iterdir())) == 2
