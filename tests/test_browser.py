@@ -37,6 +37,7 @@ from browser_helpers import (
 )
 from waiting import ModelGate
 
+from demo.core.attention_views import VIEWS
 from demo.runtime.generation import live_generation_threads
 
 pytestmark = pytest.mark.browser
@@ -226,6 +227,23 @@ def test_attention_tab_draws_heatmaps(page, live_app):
     grid = wait_for_plot_with_data(page, "#attention-plot")
     assert grid["types"].count("heatmap") >= 2 and grid["nonzero"] > one["nonzero"], grid
     screenshot(page, "attention-all-heads")
+    assert page.console.errors == []
+
+
+def test_an_example_fills_the_prompt_and_a_clicked_token_opens_its_view(page, live_app):
+    """Two private events whose data the page makes: an example's index, a token's place in the strip."""
+    from demo.ui.tabs.generate import EXAMPLES
+
+    page.locator("#generate-examples").get_by_role("button", name=EXAMPLES[1], exact=True).click()
+    page.wait_for_function("t => [...document.querySelectorAll('textarea')].some(a => a.value === t)", arg=EXAMPLES[1])
+    assert page.get_by_label("Prompt", exact=True).input_value() == EXAMPLES[1]
+    open_tab(page, "Attention")
+    wait_for_plot_with_data(page, "#attention-plot")
+    page.locator("#attention-strip [role=button]").nth(2).click()
+    one_token = page.get_by_label(VIEWS["token"], exact=True).filter(visible=True).first
+    page.wait_for_function("() => [...document.querySelectorAll('#attention-view input')].some(i => i.checked && "
+                           "i.value === 'token')")
+    assert one_token.is_checked()
     assert page.console.errors == []
 
 

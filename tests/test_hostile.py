@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from gradio_client.exceptions import AppError
+from waiting import wait_until
 
 from demo.core.sampling import SamplingParams
 from demo.runtime.generation import live_generation_threads
@@ -204,6 +206,49 @@ def test_gradio_client_gets_the_same_clear_errors(client, endpoints):
         except AppError as exc:
             assert str(exc).strip() and "Traceback" not in str(exc), (name, str(exc))
         client.predict(**good, api_name=name)
+
+
+def call_by_fn_index(base_url: str, fn_index: int, queued: bool, data: list, event_data) -> tuple[str, object]:
+    """('complete', outputs) or ('error', message) of one event reached by its fn_index, as a page sends
+    it (POST /queue/join, then the session's stream), or on the direct route for an event outside the queue."""
+    session = uuid.uuid4().hex
+    body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": event_data, "trigger_id": None}
+    if not queued:
+        r = http().post(f"{base_url}gradio_api/run/predict", json=body)
+        answer = r.json()
+        return ("complete", answer.get("data")) if r.status_code == 200 else ("error", answer.get("error"))
+    r = http().post(f"{base_url}gradio_api/queue/join", json=body)
+    if r.status_code != 200:
+        return f"http {r.status_code}", r.text[:500]
+    with http().stream("GET", f"{base_url}gradio_api/queue/data?session_hash={session}") as s:
+        for line in s.iter_lines():
+            msg = json.loads(line[5:]) if line.startswith("data:") else {}
+            if msg.get("msg") == "process_completed":
+                out = msg.get("output") or {}
+                return ("complete", out.get("data")) if msg.get("success") else ("error", out.get("error"))
+    return "no result", None
+
+
+def test_every_event_reached_by_its_fn_index_answers_with_a_sentence(live_app):
+    """The page's private events too (examples, clicks on tokens, re-runs, links): any client can send
+    any of them, with values and event data of its own or none. Each ends in a sentence or a result."""
+    demo, url = live_app
+    problems = []
+    for i, fn in demo.fns.items():
+        if fn.fn is None:  # the page's own JavaScript: nothing runs on the server
+            continue
+        n = len(fn.inputs)
+        for label, data, event_data in (("nothing", [None] * n, None),
+                                        ("numbers", [7] * n, {"index": "x", "pos": [None], "value": None})):
+            kind, value = call_by_fn_index(url, i, fn.queue, data, event_data)
+            if kind == "complete":
+                continue
+            problem = problem_with((kind, value), [])
+            if problem:
+                problems.append(f"{fn.api_name or getattr(fn.fn, '__name__', '?')} #{i} with {label}: {problem}")
+    assert not problems, "\n".join(problems)
+    assert demo.manager.require().name == "gutenberg-gpt"
+    assert wait_until(lambda: not live_generation_threads())
 
 
 def test_prompt_past_the_context_window_keeps_its_end(client):

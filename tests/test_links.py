@@ -160,7 +160,7 @@ def test_a_link_too_long_to_scan_gets_only_the_page_code():
 
 
 @pytest.mark.parametrize("bad", [None, 12, "", "   ", "javascript:alert(1)", "file:///etc/passwd", "ftp://x.org/",
-                                 "http://", "https://x.org/#" + "a" * 50_000])
+                                 "http://", "https://x.org/#" + "a" * 50_000, "http://[::1/x", "https://[zz]/"])
 def test_anything_but_an_http_address_is_refused_with_a_message(bad):
     with pytest.raises(ValidationError):
         qr_codes_html(bad)
@@ -176,3 +176,12 @@ def test_a_lone_surrogate_in_a_link_becomes_a_question_mark_and_the_answer_is_va
     notice = describe({"tab": "generate", "problems": state.problems})
     json.dumps([notice, state.prompt], ensure_ascii=False).encode("utf-8")  # what Gradio sends back
     assert "is not something a link can set" in notice and "seed must be" in notice
+
+
+def test_a_lone_surrogate_in_a_copied_link_or_its_qr_code_becomes_a_question_mark():
+    """The page's texts reach "Copy a link" as they are (any client can send its own): no encoder takes a
+    lone surrogate, so it is made a '?' as everywhere else."""
+    fragment, _ = make_link("gutenberg-gpt", "fp32", "attention", "a\ud800b", {}, text="c\udfffd", output="e\ud801")
+    assert read(fragment).prompt == "a?b" and "text=c%3Fd" in fragment
+    out = qr_codes_html("http://192.168.1.20:7860/#p=x\ud800y")
+    assert out.count("<svg") == 2

@@ -18,7 +18,7 @@ from demo.core.attention_views import AGGREGATES, SCOPES, VIEWS
 from demo.core.errors import ExplorerError
 from demo.core.sampling import MAX_NEW_TOKENS, SETTING
 from demo.core.tokens import shorten
-from demo.core.validation import MAX_TEXT_CHARS, check_choice, check_number, check_text
+from demo.core.validation import MAX_TEXT_CHARS, check_choice, check_number, check_text, well_formed
 
 MAX_LINK_CHARS = 32_000  # a longer link is refused whole (a 1 MB prompt has no place in a URL)
 MAX_FIELDS = 40
@@ -165,7 +165,7 @@ def make_link(model: str, precision: str, tab: str, prompt: str, settings: dict,
     page's, already valid; the prompt, text and generated output are kept whole when the link can hold
     them, else their ends are kept (a link stays under MAX_LINK_CHARS, or it would not be read back)."""
     values: list[tuple[str, object]] = [("model", model), ("precision", precision), ("tab", tab)]
-    texts = {k: v for k, v in (("prompt", prompt), ("text", text), ("output", output))
+    texts = {k: well_formed(v) for k, v in (("prompt", prompt), ("text", text), ("output", output))
              if isinstance(v, str) and v.strip()}
     for name in GENERATION:
         value = settings.get(name)

@@ -115,6 +115,11 @@ def check_choice(name: str, value, options: Mapping[str, str] | list[str], defau
     raise ValidationError(f"{name} must be one of {', '.join(labels)}; got {_quote(value)}")
 
 
+def well_formed(text: str) -> str:
+    """``text`` with each lone surrogate (which no encoder takes: not valid UTF-8) made a '?'."""
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
 def check_text(name: str, text, max_chars: int = MAX_TEXT_CHARS, *, allow_blank: bool = False) -> str:
     """A non-empty string within the size limit (not only white space, unless ``allow_blank``: a space
     can be a token); lone surrogates become '?'."""
@@ -122,7 +127,7 @@ def check_text(name: str, text, max_chars: int = MAX_TEXT_CHARS, *, allow_blank:
         raise ValidationError(f"{name} must be text, got {type(text).__name__}")
     if len(text) > max_chars:
         raise ValidationError(f"{name} is too long: {len(text):,} characters (the limit is {max_chars:,})")
-    text = text.encode("utf-8", errors="replace").decode("utf-8")
+    text = well_formed(text)
     if not (text if allow_blank else text.strip()):
         raise ValidationError(f"{name} is empty: type some text first")
     return text

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import segno
 
 from demo.core.errors import ValidationError
+from demo.core.validation import well_formed
 
 # A QR code holds at most 2,953 bytes (version 40, low error correction); past ~1,200 a code is too
 # dense for a phone to read from a projected slide, so a longer link gets only the page's code.
@@ -27,10 +28,13 @@ def check_url(url) -> str:
     """The URL the page sent: an http(s) address, else a clear error."""
     if not isinstance(url, str) or not url.strip():
         raise ValidationError("copy a link first: the QR codes show the link and the page's address")
-    url = url.strip()
+    url = well_formed(url.strip())
     if len(url) > MAX_URL_CHARS:
         raise ValidationError(f"the link is too long for a QR code ({len(url):,} characters)")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # a malformed address, such as an unclosed [IPv6 host
+        raise ValidationError(f"this is not an address a QR code can open: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("a QR code is made for the page's own http(s) address only")
     return url

@@ -160,6 +160,13 @@ def unchanged(outputs: Any):
     return outputs(*[gr.skip()] * len(outputs._fields))
 
 
+def event_field(evt: Any, name: str) -> Any:
+    """A field of an event's data (None when absent): any client can send an event with data of its own
+    or none, where Gradio's own attribute access fails with a bare error."""
+    data = getattr(evt, "_data", None)
+    return data.get(name) if isinstance(data, dict) else None
+
+
 def to_gr_error(exc: Exception) -> gr.Error:
     """A user-facing error. Our own errors carry a complete sentence; anything else gets a short prefix."""
     if isinstance(exc, gr.Error):

@@ -8,6 +8,7 @@ out-of-range values with a message that names the parameter."""
 from __future__ import annotations
 
 import gradio as gr
+from gradio.helpers import Examples
 
 from demo.core.errors import ValidationError
 from demo.core.sampling import DEFAULT_PRESET, PRESETS, SETTINGS, SamplingParams
@@ -121,3 +122,19 @@ def preset_values(name):
     if preset is None:
         return gr.skip()
     return [getattr(preset, n) for n in PRESET_TARGETS]
+
+
+def examples(samples: list, **kwargs) -> Examples:
+    """Gradio's examples, whose click (a private event any client can send) takes only the index of an
+    example shown: anything else gets a sentence, not Gradio's bare error."""
+    made = gr.Examples(samples, **kwargs)
+    dataset, count = made.dataset, len(samples)
+    preprocess = dataset.preprocess
+
+    def checked(payload):
+        if isinstance(payload, bool) or not isinstance(payload, int) or not 0 <= payload < count:
+            raise gr.Error(f"choose one of the {count} examples shown", print_exception=False)
+        return preprocess(payload)
+
+    dataset.preprocess = checked  # type: ignore[method-assign]
+    return made

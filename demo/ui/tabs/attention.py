@@ -36,8 +36,8 @@ from demo.core.validation import check_choice, check_text
 from demo.plots import attention as P
 from demo.runtime.loading import LoadedModel
 from demo.runtime.pool import ModelManager
-from demo.ui.common import PRIVATE, AppContext, current_session, export_controls, unchanged, user_errors
-from demo.ui.inputs import NumberSlider
+from demo.ui.common import PRIVATE, AppContext, current_session, event_field, export_controls, unchanged, user_errors
+from demo.ui.inputs import NumberSlider, examples
 
 DEFAULT_TEXT = ("It was a dark and stormy night, and the old captain sat by the fire. "
                 "It was a dark and stormy night, and the old captain")
@@ -268,10 +268,14 @@ class AttentionHandlers:
             return unchanged(Analysed)
 
     @staticmethod
-    def pick_token(evt: gr.SelectData):
-        """A click on a token of the strip: that token, in the One token view."""
-        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        return (index if isinstance(index, int) else gr.skip()), "token"
+    def pick_token(evt: gr.EventData):
+        """A click on a token of the strip: that token, in the One token view (a click without a token's
+        index, which only a client of its own sends, changes nothing)."""
+        index = event_field(evt, "index")
+        index = index[0] if isinstance(index, (list, tuple)) and index else index
+        if not isinstance(index, int) or isinstance(index, bool):
+            return gr.skip(), gr.skip()
+        return index, "token"
 
     @user_errors
     def api_attention(self, text, layer, head, view, aggregate, token, scope):
@@ -347,8 +351,8 @@ def layout(n_layers: int, n_heads: int) -> AttentionLayout:
                 text = gr.Textbox(label="Text to analyse", value=DEFAULT_TEXT, lines=3, max_lines=12, scale=5,
                                   placeholder="Type or paste a sentence…", elem_id="attention-text")
                 show = gr.Button("Show attention", variant="primary", scale=1, min_width=140)
-            gr.Examples(EXAMPLES, inputs=[text], label="Examples (the first and third repeat themselves: look for "
-                                                       "induction-like stripes)", elem_id="attention-examples")
+            examples(EXAMPLES, inputs=[text], label="Examples (the first and third repeat themselves: look for "
+                                                    "induction-like stripes)", elem_id="attention-examples")
             view = gr.Radio(VIEW_CHOICES, value="head", label="View", elem_id="attention-view")
             with gr.Row(equal_height=True):
                 layer = NumberSlider(0, max(1, n_layers - 1), value=0, step=1, label="Layer (0 = first)",

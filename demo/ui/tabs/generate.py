@@ -29,7 +29,7 @@ from demo.runtime.loading import LoadedModel
 from demo.runtime.pool import ModelManager
 from demo.runtime.zerogpu import SLICE_S, slice_duration, slice_tokens
 from demo.ui.common import PRIVATE, AppContext, current_session, event_time, stop_owner, user_errors, with_parameters
-from demo.ui.inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
+from demo.ui.inputs import PRESET_TARGETS, examples, preset_radio, preset_values, sampling_inputs, setting_input
 from demo.ui.tabs import token_view
 
 EXAMPLES = [
@@ -149,7 +149,7 @@ def layout() -> GenerateLayout:
             with gr.Row(elem_id="to-analysis"):
                 to_attention = gr.Button("See its attention →", size="sm")
                 to_next_token = gr.Button("Explore the next token →", size="sm")
-            gr.Examples(EXAMPLES, inputs=[prompt], label="Example prompts", elem_id="generate-examples")
+            examples(EXAMPLES, inputs=[prompt], label="Example prompts", elem_id="generate-examples")
         with gr.Column(scale=2, elem_classes="settings-col"), gr.Accordion("Sampling settings", open=True):
             preset = preset_radio()
             max_new_tokens = setting_input(MAX_NEW_TOKENS)

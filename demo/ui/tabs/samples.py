@@ -16,7 +16,16 @@ from demo.core.sampling import MAX_NEW_TOKENS, NAMES, SETTING, validate_sampling
 from demo.core.validation import check_text
 from demo.runtime.generation import StopRequests, stream_samples
 from demo.runtime.pool import ModelManager
-from demo.ui.common import PRIVATE, AppContext, current_session, event_time, stop_owner, user_errors, with_parameters
+from demo.ui.common import (
+    PRIVATE,
+    AppContext,
+    current_session,
+    event_field,
+    event_time,
+    stop_owner,
+    user_errors,
+    with_parameters,
+)
 from demo.ui.inputs import PRESET_TARGETS, preset_radio, preset_values, sampling_inputs, setting_input
 
 DEFAULT_PROMPT = "Once upon a time, in a kingdom by the sea,"
@@ -137,7 +146,7 @@ class SamplesHandlers:
         inputs by the names of :meth:`rerun_values`)."""
         @user_errors
         def rerun(data, evt: gr.EventData):
-            index = getattr(evt, "index", None) if evt is not None else None
+            index = event_field(evt, "index")
             return {targets[name]: value for name, value in self.rerun_values(data, index).items()}
 
         return rerun

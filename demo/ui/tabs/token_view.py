@@ -33,7 +33,7 @@ from demo.plots.next_token import (
 )
 from demo.runtime.generation import TOKEN_COLUMNS, branch_prompt, check_record, has_tokens, record_rows
 from demo.runtime.pool import ModelManager
-from demo.ui.common import PRIVATE, AppContext, current_session, export_controls, user_errors
+from demo.ui.common import PRIVATE, AppContext, current_session, event_field, export_controls, user_errors
 
 STEP_BARS = 20  # bars in the view of a step (the drawn token is added when it is not among them)
 STEP_EMPTY = "*No token selected yet.*"
@@ -132,7 +132,7 @@ class TokenViewHandlers:
                         view=token_view_html(record, selected=pos), timeline=timeline_figure(record, pos))
 
     def clicked(self, record, evt: gr.EventData):
-        return self.select(record, getattr(evt, "pos", None) if evt is not None else None)
+        return self.select(record, event_field(evt, "pos"))
 
     @user_errors
     def branch(self, record, position, token_id):
