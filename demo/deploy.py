@@ -1,4 +1,4 @@
-"""Deploy this working tree to a Hugging Face Space, without the git history.
+"""Deploy the last commit of this repository to a Hugging Face Space, without the git history.
 
     python -m demo.deploy USER/SPACE                        # CPU basic (2 vCPU, 16 GB)
     python -m demo.deploy USER/SPACE --hardware t4-small    # a GPU Space (billed by the hour)
@@ -10,10 +10,11 @@ and zero-a10g) needs billing set up; the Hub's ZeroGPU documentation lets a pers
 standing host up to 2 ZeroGPU Spaces (PRO: 10); and the Hub may answer even cpu-basic with HTTP 402
 (payment required) for an account without a plan. A refusal is reported with the way out.
 
-It uploads the files of the last commit, as they are in the working tree (the app, the bundled
-model, the README whose front matter configures the Space) except the tests, benchmarks and CI
-scripts, as one commit through ``huggingface_hub``. It refuses files named like secrets and links
-that lead out of the repository, and a file only staged is not uploaded. It adds a
+It uploads the files of the last commit, as that commit holds them (the app, the bundled model, the
+README whose front matter configures the Space) except the tests, benchmarks and CI scripts, as one
+commit through ``huggingface_hub``: a file only staged, or changed and not committed, is not uploaded
+(nor its change). It refuses files named like secrets, and a committed link unless it leads to
+another file of the commit that may be uploaded (whose content then goes in its place). It adds a
 ``.gitattributes`` that puts large binary files in Git LFS (the Hub refuses files over 10 MB
 outside LFS). Pushing this repository's history instead would be refused:
 old commits hold larger model shards as plain blobs. On ZeroGPU hardware ``requirements.txt`` is
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import posixpath
 import re
 import subprocess
 import sys
@@ -61,25 +63,61 @@ class DeployError(Exception):
 
 
 @dataclass(frozen=True)
+class Committed:
+    """A file of the last commit: git's mode (120000: a link, whose content is the path it leads to), blob, size."""
+
+    mode: str
+    blob: str
+    size: int
+
+    @property
+    def is_link(self) -> bool:
+        return self.mode == "120000"
+
+
+@dataclass(frozen=True)
 class Upload:
-    files: tuple[str, ...]  # paths relative to the repository root
+    files: dict[str, Committed]  # path in the Space -> the committed blob uploaded there
     extra: dict[str, bytes]  # generated files: path in the Space -> content
 
     @property
     def paths(self) -> list[str]:
         return sorted({*self.files, *self.extra})
 
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files.values()) + sum(map(len, self.extra.values()))
 
-def tracked_files(root: Path = REPO) -> list[str]:
-    """The files of the last commit. A file only staged (``git add``-ed, not committed), such as a ``.env``
-    added by mistake, is not among them."""
+
+def _git(root: Path, *args: str) -> bytes:
     try:
-        out = subprocess.run(["git", "ls-tree", "-r", "-z", "--name-only", "HEAD"], cwd=root, capture_output=True,
-                             check=True).stdout
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         raise DeployError(f"{root} is not a git checkout with a commit (the upload is the files of the last "
                           f"commit): {exc}") from None
-    return [p for p in out.decode("utf-8").split("\0") if p]
+
+
+def committed_files(root: Path = REPO) -> dict[str, Committed]:
+    """The files of the last commit (``git ls-tree``). A file only staged (``git add``-ed, not committed),
+    such as a ``.env`` added by mistake, is not among them; a file changed since is there as committed."""
+    files = {}
+    for record in _git(root, "ls-tree", "-r", "-z", "-l", "--full-tree", "HEAD").split(b"\0"):
+        if not record:
+            continue
+        meta, path = record.decode("utf-8").split("\t", 1)
+        mode, kind, blob, size = meta.split()
+        if kind == "blob":  # not a submodule's commit
+            files[path] = Committed(mode, blob, int(size))
+    return files
+
+
+def tracked_files(root: Path = REPO) -> list[str]:
+    """The paths of the last commit's files."""
+    return list(committed_files(root))
+
+
+def blob_content(root: Path, blob: str) -> bytes:
+    return _git(root, "cat-file", "blob", blob)
 
 
 def looks_secret(path: str) -> bool:
@@ -87,17 +125,31 @@ def looks_secret(path: str) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in SECRET_NAMES)
 
 
-def check_safe(root: Path, path: str) -> None:
-    """Refuse a file that looks like a secret, and a link that leads out of the repository."""
+def _refuse_secret(path: str) -> None:
     if looks_secret(path):
         raise DeployError(f"{path} looks like a secret ({', '.join(SECRET_NAMES)}): it is not uploaded to a Space. "
                           "Remove it from git (git rm --cached) and deploy again.")
-    file = root / path
-    if file.is_symlink():
-        target = file.resolve()
-        if not target.is_relative_to(root.resolve()):
+
+
+def resolve(root: Path, files: dict[str, Committed], path: str) -> Committed:
+    """What is uploaded as ``path``: its committed blob, or for a committed link the blob of the file it
+    leads to, which must be a file of the same commit that may be uploaded itself (links followed inside
+    the commit only, never on the disk)."""
+    _refuse_secret(path)
+    entry, seen = files[path], [path]
+    while entry.is_link:
+        target = blob_content(root, entry.blob).decode("utf-8", errors="replace")
+        where = posixpath.normpath(posixpath.join(posixpath.dirname(seen[-1]), target))
+        if posixpath.isabs(target) or where == ".." or where.startswith("../"):
             raise DeployError(f"{path} is a link to {target}, outside the repository: a deployment uploads only "
                               "the repository's own files. Replace the link with the file, or remove it.")
+        if where not in files or where.startswith(EXCLUDED) or where in seen:
+            raise DeployError(f"{path} is a link to {where}, which is not a file this deployment uploads (or the "
+                              "links go round in a circle): replace the link with the file, or remove it.")
+        _refuse_secret(where)
+        entry = files[where]
+        seen.append(where)
+    return entry
 
 
 def needs_lfs(path: str) -> bool:
@@ -105,23 +157,21 @@ def needs_lfs(path: str) -> bool:
 
 
 def plan_upload(root: Path = REPO, hardware: str = "cpu-basic") -> Upload:
-    """What a deployment uploads: the tracked files that exist, less tests, benchmarks and CI, plus the
-    Space's .gitattributes (and on ZeroGPU a requirements.txt with a supported torch)."""
-    files = [p for p in tracked_files(root) if not p.startswith(EXCLUDED) and (root / p).is_file()
-             and p != ".gitattributes"]
-    for p in files:
-        check_safe(root, p)
-        size = (root / p).stat().st_size
-        if size > MAX_PLAIN_BYTES and not needs_lfs(p):
-            raise DeployError(f"{p} is {size / 1e6:.1f} MB: the Hub refuses files over 10 MB outside Git LFS, and "
-                              f"no LFS rule ({', '.join(LFS_PATTERNS)}) covers it.")
+    """What a deployment uploads: the last commit's files, less tests, benchmarks and CI, plus the Space's
+    .gitattributes (and on ZeroGPU a requirements.txt with a supported torch)."""
+    committed = committed_files(root)
+    files = {p: resolve(root, committed, p) for p in committed
+             if not p.startswith(EXCLUDED) and p != ".gitattributes"}
+    for p, entry in files.items():
+        if entry.size > MAX_PLAIN_BYTES and not needs_lfs(p):
+            raise DeployError(f"{p} is {entry.size / 1e6:.1f} MB: the Hub refuses files over 10 MB outside Git "
+                              f"LFS, and no LFS rule ({', '.join(LFS_PATTERNS)}) covers it.")
     extra = {".gitattributes": SPACE_GITATTRIBUTES.encode()}
-    if hardware == ZERO_GPU:
-        reqs = (root / "requirements.txt").read_text(encoding="utf-8")
+    if hardware == ZERO_GPU and "requirements.txt" in files:
+        reqs = blob_content(root, files.pop("requirements.txt").blob).decode("utf-8")
         extra["requirements.txt"] = (TORCH_LINE.sub(ZERO_GPU_TORCH, reqs).rstrip("\n") +
                                      f"\n# ZeroGPU's own package (demo.runtime.zerogpu)\n{ZERO_GPU_SPACES}\n").encode()
-        files = [p for p in files if p != "requirements.txt"]
-    return Upload(tuple(files), extra)
+    return Upload(files, extra)
 
 
 def _hub_error(exc: Exception, hardware: str = "cpu-basic") -> DeployError:
@@ -146,14 +196,13 @@ def _hub_error(exc: Exception, hardware: str = "cpu-basic") -> DeployError:
 
 def deploy(space_id: str, hardware: str = "cpu-basic", private: bool = False, token: str | None = None,
            root: Path = REPO, dry_run: bool = False, log=print) -> str | None:
-    """Upload the working tree to ``space_id`` (created if it does not exist); returns the Space's URL."""
+    """Upload the last commit's files to ``space_id`` (created if it does not exist); returns the Space's URL."""
     if not isinstance(space_id, str) or not SPACE_ID.match(space_id):
         raise DeployError(f"the Space must be named OWNER/NAME, got {str(space_id)[:60]!r}")
     if hardware not in HARDWARE:
         raise DeployError(f"hardware must be one of {', '.join(HARDWARE)}; got {str(hardware)[:30]!r}")
     upload = plan_upload(root, hardware)
-    total = sum((root / p).stat().st_size for p in upload.files) + sum(map(len, upload.extra.values()))
-    log(f"{len(upload.paths)} files, {total / 1e6:.1f} MB, for {space_id} on {hardware}")
+    log(f"{len(upload.paths)} files, {upload.total_bytes / 1e6:.1f} MB, for {space_id} on {hardware}")
     if dry_run:
         for p in upload.paths:
             log(f"  {p}")
@@ -170,8 +219,8 @@ def deploy(space_id: str, hardware: str = "cpu-basic", private: bool = False, to
         url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True,
                               space_hardware=cast(Any, hardware))
         stale = set(api.list_repo_files(space_id, repo_type="space")) - set(upload.paths)
-        operations: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(root / p))
-                                 for p in upload.files]
+        operations: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=blob_content(root, f.blob))
+                                 for p, f in upload.files.items()]
         operations += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data) for p, data in upload.extra.items()]
         operations += [CommitOperationDelete(path_in_repo=p) for p in sorted(stale)]
         api.create_commit(space_id, operations, repo_type="space", commit_message="Deploy GPT Explorer")

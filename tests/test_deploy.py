@@ -128,7 +128,15 @@ def test_a_file_only_staged_is_not_uploaded(tmp_path):
     git_repo(tmp_path)
     (tmp_path / "notes.txt").write_text("draft\n")
     subprocess.run(["git", "add", "notes.txt"], cwd=tmp_path, check=True)
-    assert deploy.plan_upload(tmp_path).files == ("app.py", "requirements.txt")
+    assert list(deploy.plan_upload(tmp_path).files) == ["app.py", "requirements.txt"]
+
+
+def test_the_upload_is_what_the_commit_holds_not_a_later_change(tmp_path):
+    git_repo(tmp_path)
+    (tmp_path / "app.py").write_text("print('app')\nHF_TOKEN = 'hf_pasted_while_debugging'\n")  # not committed
+    upload = deploy.plan_upload(tmp_path)
+    assert deploy.blob_content(tmp_path, upload.files["app.py"].blob) == b"print('app')\n"
+    assert upload.total_bytes == len("print('app')\n") + len("gradio\n") + len(deploy.SPACE_GITATTRIBUTES)
 
 
 @pytest.mark.parametrize("name", [".env", "server.pem", "id_rsa", "deploy.key", ".netrc"])
@@ -153,3 +161,29 @@ def test_a_link_out_of_the_repository_is_refused(tmp_path):
                    cwd=repo, check=True)
     with pytest.raises(deploy.DeployError, match="outside the repository"):
         deploy.plan_upload(repo)
+
+
+def commit_link(repo: Path, name: str, target: str) -> None:
+    (repo / name).symlink_to(target)
+    subprocess.run(["git", "add", name], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "link"],
+                   cwd=repo, check=True)
+
+
+@pytest.mark.parametrize("target", [".env", ".git/config", "sub/../.env", "missing.txt", "loop.txt"])
+def test_a_link_inside_the_repository_to_a_file_not_uploaded_is_refused(tmp_path, target):
+    """A link to a secret the commit does not hold (.env beside it, git's own config) would upload it."""
+    git_repo(tmp_path)
+    (tmp_path / ".env").write_text("HF_TOKEN=hf_secret\n")  # not committed
+    if target == "loop.txt":
+        commit_link(tmp_path, "loop.txt", "notes.txt")
+    commit_link(tmp_path, "notes.txt", target)
+    with pytest.raises(deploy.DeployError, match="not a file this deployment uploads|looks like a secret"):
+        deploy.plan_upload(tmp_path)
+
+
+def test_a_link_to_a_committed_file_uploads_that_files_content(tmp_path):
+    git_repo(tmp_path)
+    commit_link(tmp_path, "main.py", "app.py")
+    upload = deploy.plan_upload(tmp_path)
+    assert upload.files["main.py"] == upload.files["app.py"] and not upload.files["main.py"].is_link
