@@ -732,6 +732,36 @@ def test_exports_are_capped_in_bytes_oldest_first(tmp_path):
         folder.write("huge", {"csv": "x" * 3000})
 
 
+def test_a_new_process_removes_the_export_folders_that_processes_no_longer_running_left(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from demo.core import exports
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(ended.stdout)  # a process that ran and ended (its id is not reused this soon)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    left = tmp_path / f"{exports.PREFIX}{gone}-abc"
+    (left / "x").mkdir(parents=True)
+    (left / "x" / "view.csv").write_text("token,p\n")
+    running = tmp_path / f"{exports.PREFIX}{os.getppid()}-def"  # this test's parent process runs
+    running.mkdir()
+    other = tmp_path / f"{exports.PREFIX}notapid"
+    other.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = tmp_path / f"{exports.PREFIX}{gone}-link"
+    link.symlink_to(outside, target_is_directory=True)
+
+    folder = ExportFolder()
+    root = folder.root
+    assert not left.exists() and running.is_dir() and other.is_dir() and outside.is_dir() and link.is_symlink()
+    assert root.parent == tmp_path and root.name.startswith(f"{exports.PREFIX}{os.getpid()}-")
+    folder.clear()  # what the process does as it exits
+    assert not root.exists()
+
+
 def test_exports_are_served_from_their_folder_not_copied_into_gradios_cache(class_app):
     """Gradio copies a file an event returns into its own cache, uncapped, unless it lies in a static
     path: the export folder is one, so each export is written once, inside the folder's caps."""

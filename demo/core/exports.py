@@ -7,11 +7,15 @@ next write, and the folder is capped twice: in bytes (``max_bytes``) and by the 
 (``min_free_bytes`` always stay free); the oldest exports go first, and an export that still does not
 fit is refused with a sentence. A write that fails part-way leaves nothing behind. The page serves
 the files from this folder itself (``demo.ui.page`` declares it a static path), so each export is
-written once: no copy goes into Gradio's own file cache.
+written once: no copy goes into Gradio's own file cache. The folder goes when the process exits, and
+a process that starts removes the folders of this user's app processes that no longer run (a crash or
+a kill leaves its folder behind), so restarts do not add up on the disk.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import csv
 import io
 import os
@@ -31,6 +35,7 @@ def csv_text(rows) -> str:
     csv.writer(buf).writerows(rows)
     return buf.getvalue()
 
+PREFIX = "gpt-explorer-exports-"  # then the process's id: gpt-explorer-exports-<pid>-<random>
 EXPORT_KEEP_S = 15 * 60
 EXPORT_MAX_BYTES = 256 * 2**20
 EXPORT_MIN_FREE_BYTES = 1 * 2**30  # exports never take the disk's last GB (the app, its logs and models need it)
@@ -53,7 +58,9 @@ class ExportFolder:
     @property
     def root(self) -> Path:
         if self._root is None:
-            self._root = Path(tempfile.mkdtemp(prefix="gpt-explorer-exports-"))
+            remove_orphans(Path(tempfile.gettempdir()))
+            self._root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+            atexit.register(self.clear)
         self._check(self._root)
         return self._root
 
@@ -137,3 +144,32 @@ def _size(folder: str) -> int:
             if entry.is_file(follow_symlinks=False):
                 total += entry.stat(follow_symlinks=False).st_size
     return total
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it runs
+        return True
+    return True
+
+
+def remove_orphans(base: Path) -> list[str]:
+    """Remove the export folders in ``base`` of this user's app processes that no longer run; the names
+    removed. A folder of a running process, another user's, a link, or a name not of this form stays."""
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(base) as entries:
+        for entry in entries:
+            pid = entry.name[len(PREFIX):].split("-", 1)[0]
+            if not entry.name.startswith(PREFIX) or not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+    return removed
