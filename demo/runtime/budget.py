@@ -3,9 +3,14 @@
 Before a load, the cost is estimated from the parameter count (a local checkpoint's safetensors
 headers, or the catalogue's ``parameters`` for a Hub model) times the bytes a parameter takes in the
 precision asked for. In 8 and 4 bits the embeddings and layer norms stay in 16 or 32 bits: GPT-2
-small's weights take 231.7 MB in int8 on a CPU (1.9 bytes a parameter), hence 2 and 1.5 bytes a
-parameter there. After a load, the cost is what the process grew by while loading (on a CPU,
-bitsandbytes adds working memory beyond the weights), or the weights' footprint when that is more.
+small's weights take 231.7 MB in int8 (1.9 bytes a parameter), hence 2 and 1.5 bytes a parameter on
+a GPU. On a CPU, an 8- or 4-bit load costs the process far more than its weights (bitsandbytes' CPU
+code, and working memory the load keeps): measured under the app's heap policy
+(:mod:`demo.runtime.memory`), the process grew by 487 MB for an int8 load of a GPT-2-small-size
+model (92.1 M parameters), 458 MB in nf4 (359 MB in fp32), and by 99 MB for the bundled model's
+int8 load (5.4 M parameters). So on a CPU those precisions count 5 bytes a parameter and 80 MB
+more. After a load, the cost is what the process grew by while loading, or the weights' footprint
+when that is more.
 """
 
 from __future__ import annotations
@@ -18,16 +23,21 @@ from pathlib import Path
 from demo.runtime.catalog import ModelSpec
 
 BYTES_PER_PARAMETER = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 2.0, "nf4": 1.5}
+CPU_QUANTIZED = ("int8", "nf4")  # precisions whose load on a CPU costs more than their weights
+CPU_QUANTIZED_BYTES_PER_PARAMETER = 5.0
+CPU_QUANTIZED_FIXED_BYTES = 80 * 2**20
 MAX_HEADER_BYTES = 100 * 2**20  # a safetensors header larger than this is not read
 
 
 def parameter_count(spec: ModelSpec) -> int | None:
-    """Parameters of a catalogue model: the catalogue's figure, else counted from a local checkpoint's
-    safetensors headers (without reading the weights); None when neither is known."""
+    """Parameters of a catalogue model: the catalogue's figure, else counted from its safetensors headers
+    (a local checkpoint's, or the Hub's: without reading the weights); None when none is known."""
     if spec.parameters:
         return int(spec.parameters)
     folder = spec.local_path
-    if folder is None or not folder.is_dir():
+    if folder is None:
+        return hub_parameter_count(spec.source)
+    if not folder.is_dir():
         return None
     total = 0
     for shard in sorted(Path(folder).glob("*.safetensors")):
@@ -43,10 +53,26 @@ def parameter_count(spec: ModelSpec) -> int | None:
     return total or None
 
 
-def estimate_bytes(spec: ModelSpec, precision: str) -> int | None:
-    """What loading ``spec`` in ``precision`` will take, about; None when its size is unknown."""
+def hub_parameter_count(repo_id: str) -> int | None:
+    """A Hub model's parameters, from the headers of its safetensors files (a few kB read, not the
+    weights); None offline, without a network, or for a model without safetensors."""
+    try:
+        from huggingface_hub import get_safetensors_metadata
+
+        counts = get_safetensors_metadata(repo_id, timeout=10).parameter_count
+    except Exception:  # offline, no network, no such model, no safetensors: the size is unknown
+        return None
+    return sum(counts.values()) or None
+
+
+def estimate_bytes(spec: ModelSpec, precision: str, device: str = "cpu") -> int | None:
+    """What loading ``spec`` in ``precision`` on ``device`` will take, about; None when its size is unknown."""
     n = parameter_count(spec)
-    return int(n * BYTES_PER_PARAMETER.get(precision, 4.0)) if n else None
+    if not n:
+        return None
+    if device == "cpu" and precision in CPU_QUANTIZED:
+        return int(n * CPU_QUANTIZED_BYTES_PER_PARAMETER + CPU_QUANTIZED_FIXED_BYTES)
+    return int(n * BYTES_PER_PARAMETER.get(precision, 4.0))
 
 
 def rss_bytes() -> int | None:

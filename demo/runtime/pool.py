@@ -280,10 +280,13 @@ class ModelManager:
         used in the last ``recent_s`` seconds stay)."""
         if self.memory_mb is None:
             return
-        need = estimate_bytes(find_spec(self.catalog, key[0]), key[1])
-        if need is None:
-            return
+        need = estimate_bytes(find_spec(self.catalog, key[0]), key[1], self.device)
         budget = int(self.memory_mb * 2**20)
+        if need is None:
+            raise ModelLoadError(f"{key[0]} ({key[1]}) is of unknown size (the catalogue gives no \"parameters\" for "
+                                 "it and its safetensors headers could not be read), so this server cannot check that "
+                                 f"it fits its memory for models ({budget / 2**20:,.0f} MB): choose another model. "
+                                 "(Operators: give it \"parameters\" in the catalogue.)")
         what = f"{key[0]} ({key[1]}) needs about {need / 2**20:,.0f} MB"
         if need > budget:
             raise ModelLoadError(f"{what}, more than this server's memory for models ({budget / 2**20:,.0f} MB, "
@@ -329,8 +332,7 @@ class ModelManager:
             idle = [k for k in self._models if self._may_evict(k, keep, spare_recent)]
             if not idle:
                 break
-            del self._models[idle[0]]
-            self._cost.pop(idle[0], None)
+            del self._models[idle[0]]  # its cost stays known, should load() put it back
             freed = True
         if freed:
             gc.collect()
