@@ -525,3 +525,22 @@ def test_undo_across_a_hand_edit(manager, tiny_loaded, cache):
     assert back[0] == edited and back[1]["ids"] == prompt_ids(tiny_loaded, edited)
     back = h.undo(back[0], back[1], 5, "", *balanced)
     assert back[0] == PROMPT and back[1]["ids"] == prompt_ids(tiny_loaded)
+
+
+def test_the_undo_history_a_session_keeps_is_bounded_in_steps_and_characters(manager, tiny_loaded, cache,
+                                                                              monkeypatch):
+    """Every session's state stays on the server: a script appending to a long text must not make it large."""
+    import demo.ui.tabs.next_token as tab
+
+    monkeypatch.setattr(tab, "MAX_HISTORY_CHARS", 3 * len(PROMPT) + 20)
+    h = NextTokenHandlers(manager, cache)
+    balanced = as_list(PRESETS["Balanced"])
+    out, texts = h.refresh(PROMPT, None, 5, "", *balanced), []
+    for _ in range(6):
+        texts.append(out[0] if texts else PROMPT)
+        out = h.append("most likely", texts[-1], out[1], 5, "", None, *balanced)
+    history = out[1]["history"]
+    assert [step["text"] for step in history] == texts[-len(history):]  # the latest steps
+    assert 1 <= len(history) < 6 and sum(len(step["text"]) for step in history) <= tab.MAX_HISTORY_CHARS
+    back = h.undo(out[0], out[1], 5, "", *balanced)
+    assert back[0] == texts[-1]

@@ -30,7 +30,8 @@ from demo.ui.inputs import PRESET_TARGETS, NumberSlider, preset_radio, preset_va
 
 DEFAULT_TEXT = "It was a dark and stormy night, and"
 MAX_BARS = 50
-MAX_HISTORY = 200
+MAX_HISTORY = 200  # undo steps a session keeps, the latest ones
+MAX_HISTORY_CHARS = 100_000  # and the characters of their texts, in all (a session's state stays small)
 
 INTRO = """Each time a GPT writes a token, it gives **every token of its vocabulary** a probability of coming next.
 The light bars are the model's own probabilities; the dark bars are what is left after the sampling
@@ -102,6 +103,17 @@ def appended_text(loaded: LoadedModel, text: str, ids: list[int], token_id: int)
     return text + loaded.decode([int(token_id)])
 
 
+def _latest(history: list[UndoEntry]) -> list[UndoEntry]:
+    """The latest undo steps, within MAX_HISTORY steps and MAX_HISTORY_CHARS characters of text."""
+    kept, chars = [], 0
+    for step in reversed(history[-MAX_HISTORY:]):
+        chars += len(step["text"])
+        if chars > MAX_HISTORY_CHARS:
+            break
+        kept.append(step)
+    return kept[::-1]
+
+
 class NextTokenHandlers:
     """The tab's server functions. ``state`` is a per-session dict: the text shown, its token ids
     (kept so a button appends exactly one token even when the text would re-tokenize differently) and
@@ -138,7 +150,7 @@ class NextTokenHandlers:
     def _state(loaded: LoadedModel, text, ids, state, history=None) -> NextTokenState:
         if history is None:
             history = list(state.get("history", [])) if isinstance(state, dict) else []
-        return {"model": loaded.name, "text": text, "ids": list(ids), "history": history[-MAX_HISTORY:]}
+        return {"model": loaded.name, "text": text, "ids": list(ids), "history": _latest(history)}
 
     def analyse(self, text, state, top_n, settings: list, query="") -> tuple[dict, NextTokenState, list[dict]]:
         """(view data, new state, look-up results) for a text and settings."""
