@@ -404,3 +404,16 @@ def test_the_notice_does_not_tell_whether_the_text_was_in_the_shared_cache(handl
     first = handlers.analyse(text, None, "head", 0, 0, "mean-heads", None, "layer").notice
     again = handlers.analyse(text, None, "head", 0, 0, "mean-heads", None, "layer").notice
     assert first == again and "computed in" in first and "cache" not in first.lower()
+
+
+def test_a_view_out_of_range_does_not_tell_whether_another_visitors_text_is_in_the_cache(handlers):
+    """The private switch event sent by a session that analysed nothing, with out-of-range layers: the
+    same message whether the text was analysed by somebody else or not."""
+    seen, unseen = "A text somebody else analysed.", "A text nobody analysed, ever."
+    handlers.analyse(seen, None, "head", 0, 0, "mean-heads", None, "layer")
+    messages = []
+    for text in (seen, unseen):
+        with pytest.raises(gr.Error) as caught:
+            handlers.switch(None, text, "head", 99, 0, "mean-heads", None, "layer")
+        messages.append(str(caught.value.message))
+    assert messages[0] == messages[1] and "model changed" not in messages[0]

@@ -209,7 +209,9 @@ class AttentionHandlers:
     def switch(self, analysed, text, view, layer, head, aggregate, token, scope) -> Shown:
         """Another layer / head / view of the analysed text (cached: no forward pass)."""
         source = analysed or text
-        fresh = self.cache.peek("attention", self.manager.require(current_session()), source) is None
+        # only this session's own analysed text can tell it the model changed: whether another text is in
+        # the shared cache is nobody's business
+        fresh = bool(analysed) and self.cache.peek("attention", self.manager.require(current_session()), source) is None
         result, _ = self.fetch(source)
         try:
             v = page_view(result, view, layer, head, aggregate, token, scope)
