@@ -707,6 +707,11 @@ def test_one_address_keeps_a_quarter_of_a_large_group_free_for_others():
     assert client_address(request("10.0.0.7"), forwarded_for=True) == "10.0.0.7"  # a school's own proxy
     assert client_address(request("not-an-address, 192.168.1.5"), forwarded_for=True) == "192.168.1.5"
     assert client_address(request("81.2.69.160"), forwarded_for=False) == "127.0.0.1"  # not trusted: the socket
+    # an IPv6 line is one visitor however many of its /64's addresses a client takes
+    a, b = (client_address(request(f"2a00:1450:4001:81b::{n}, 10.0.0.9"), forwarded_for=True) for n in ("1", "beef"))
+    assert a == b == "2a00:1450:4001:81b::/64"
+    assert client_address(request("2a00:1450:4001:81c::1"), forwarded_for=True) != a  # another line
+    assert client_address(request("::ffff:81.2.69.160"), forwarded_for=True) == "81.2.69.160"
 
 
 # ----------------------------------------------------------------------------- exports

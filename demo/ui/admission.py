@@ -20,7 +20,8 @@ The client address is the connection's, or behind proxies that set ``X-Forwarded
 Face Space; ``forwarded_for``) the rightmost public address in that header: each proxy appends the
 address it saw, so entries to the right of it are the proxies' own private hops and entries to the
 left of it are whatever the client claimed. When every entry is private (a school network behind a
-local proxy), the rightmost one.
+local proxy), the rightmost one. An IPv6 client counts by its /64 network: one home or phone line
+gets a whole /64, so a client could otherwise take a fresh address for every request.
 
 It reads Gradio's queue internals (``event_queue_per_concurrency_id``, ``active_jobs``, each event's
 ``request`` and ``session_hash``), which the tested Gradio release has; where they are missing,
@@ -42,8 +43,8 @@ MAX_REMEMBERED = 10_000  # turns remembered (address or session, per group); a f
 
 
 def client_address(request: Any, forwarded_for: bool) -> str:
-    """The client's address: behind trusted proxies the rightmost public X-Forwarded-For entry (else
-    the rightmost entry), otherwise the connection's."""
+    """The client's address (an IPv6 one as its /64 network): behind trusted proxies the rightmost public
+    X-Forwarded-For entry (else the rightmost entry), otherwise the connection's."""
     if forwarded_for:
         headers = getattr(request, "headers", None) or {}
         forwarded = headers.get("x-forwarded-for", "") if hasattr(headers, "get") else ""
@@ -51,13 +52,27 @@ def client_address(request: Any, forwarded_for: bool) -> str:
         for entry in reversed(entries):
             try:
                 if ipaddress.ip_address(entry).is_global:
-                    return entry
+                    return _as_visitor(entry)
             except ValueError:  # not an address: a proxy's name, or garbage a client sent
                 continue
         if entries:
-            return entries[-1]
+            return _as_visitor(entries[-1])
     client = getattr(request, "client", None)
-    return str(getattr(client, "host", None) or "unknown")
+    return _as_visitor(str(getattr(client, "host", None) or "unknown"))
+
+
+def _as_visitor(address: str) -> str:
+    """An address as the admission counts it: an IPv6 one by its /64 network (an IPv4 one written in
+    IPv6 as itself), anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
 
 
 def group_share(limit: int | None) -> int | None:
