@@ -115,7 +115,7 @@ def problem_with(outcome: tuple[str, object], baseline_shape: list[str]) -> str 
             return f"an error without a message: {value!r}"
         if "Traceback" in value or value.startswith("Something went wrong"):
             return f"an unhandled exception reached the user: {value[:300]!r}"
-        if len(value) > MAX_MESSAGE and not value.startswith("Value: "):  # Gradio's own choice check: see below
+        if len(value) > MAX_MESSAGE:
             return f"an error message of {len(value):,} characters"
         return None
     if kind == "complete":
@@ -249,6 +249,21 @@ def test_every_event_reached_by_its_fn_index_answers_with_a_sentence(live_app):
     assert not problems, "\n".join(problems)
     assert demo.manager.require().name == "gutenberg-gpt"
     assert wait_until(lambda: not live_generation_threads())
+
+
+def test_no_choice_of_the_page_echoes_a_megabyte_back(live_app):
+    """Every Radio and Dropdown, as a private event reaches it: a value not among its choices gets a short
+    sentence (Gradio's own check quotes the whole value)."""
+    import gradio as gr
+
+    choices = [b for b in live_app[0].blocks.values() if isinstance(b, (gr.Radio, gr.Dropdown))
+               and not getattr(b, "allow_custom_value", False)]  # such a value reaches the handler's own check
+    assert len(choices) >= 5
+    for block in choices:
+        with pytest.raises(gr.Error) as caught:
+            block.preprocess(TEXTS["1 MB"])
+        message = str(caught.value.message)
+        assert 20 < len(message) <= 200, (block.label, message[:300])
 
 
 def test_prompt_past_the_context_window_keeps_its_end(client):

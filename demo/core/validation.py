@@ -21,9 +21,11 @@ MAX_TEXT_CHARS = 50_000  # a prompt or analysed text; well past any bundled mode
 _SHOWN = 40  # at most this many characters of a rejected value are quoted back
 
 
-def _quote(value) -> str:
+def quoted(value) -> str:
+    """A rejected value as an error message shows it: at most 40 characters of its repr."""
     text = repr(value)
     return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+
 
 
 # ----------------------------------------------------------------------------- numbers, booleans, seeds
@@ -112,7 +114,7 @@ def check_choice(name: str, value, options: Mapping[str, str] | list[str], defau
         for key, label in labels.items():
             if v in (key.lower(), label.lower()):
                 return key
-    raise ValidationError(f"{name} must be one of {', '.join(labels)}; got {_quote(value)}")
+    raise ValidationError(f"{name} must be one of {', '.join(labels)}; got {quoted(value)}")
 
 
 def well_formed(text: str) -> str:

@@ -12,7 +12,7 @@ from gradio.helpers import Examples
 
 from demo.core.errors import ValidationError
 from demo.core.sampling import DEFAULT_PRESET, PRESETS, SETTINGS, SamplingParams
-from demo.core.validation import Setting, check_choice, check_number
+from demo.core.validation import Setting, check_choice, check_number, quoted
 from demo.ui.common import to_gr_error
 
 
@@ -138,3 +138,29 @@ def examples(samples: list, **kwargs) -> Examples:
 
     dataset.preprocess = checked  # type: ignore[method-assign]
     return made
+
+
+def short_choice_errors(blocks: gr.Blocks) -> int:
+    """Make every stock Radio and Dropdown of ``blocks`` refuse a value that is not one of its choices
+    with a short sentence: Gradio's own check quotes the whole value (a private event sent with a
+    megabyte of text would get a megabyte back). Returns how many it changed."""
+    changed = 0
+    for block in blocks.blocks.values():
+        if not isinstance(block, (gr.Radio, gr.Dropdown)) or isinstance(block, ChoiceDropdown):
+            continue
+        block.preprocess = _short_errors(block, block.preprocess)  # type: ignore[method-assign]
+        changed += 1
+    return changed
+
+
+def _short_errors(block, preprocess):
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error as exc:
+            if len(str(exc.message)) <= 200:
+                raise
+            raise gr.Error(f"{block.label or 'the value'} must be one of the choices shown; got {quoted(payload)}",
+                           print_exception=False) from None
+
+    return checked

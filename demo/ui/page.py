@@ -15,7 +15,7 @@ from demo.core.validation import check_text
 from demo.runtime.pool import ModelManager
 from demo.ui import share
 from demo.ui.common import PRIVATE, AppContext, current_session, is_sessionless, user_errors
-from demo.ui.inputs import ChoiceDropdown
+from demo.ui.inputs import ChoiceDropdown, short_choice_errors
 from demo.ui.tabs import about as about_tab
 from demo.ui.tabs import attention as attention_tab
 from demo.ui.tabs import generate as generate_tab
@@ -242,4 +242,5 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             models.length_limit, max_new, max_new, **PRIVATE)
         model_status.change(models.length_limit, max_new, max_new, **PRIVATE)
         demo.unload(models.forget)
+    short_choice_errors(demo)
     return demo
