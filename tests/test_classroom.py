@@ -693,6 +693,34 @@ def test_a_flood_of_fresh_sessions_from_one_address_leaves_another_address_next(
     assert [a for a, _ in turns[:3]] == ["10.0.0.7", "10.0.0.7", "10.0.0.8"], turns  # the student's went third
 
 
+def test_stops_are_counted_apart_from_work_with_a_small_cap_of_their_own():
+    """A Stop never waits behind a visitor's own work limit, and a flood of Stops cannot fill the queue."""
+    from types import SimpleNamespace
+
+    from demo.ui.admission import STOPS_PER_SESSION, FairAdmission
+
+    def request(host):
+        return SimpleNamespace(headers={}, client=SimpleNamespace(host=host))
+
+    def event(group, session, host="81.2.69.160"):
+        return SimpleNamespace(concurrency_id=group, session_hash=session, request=request(host))
+
+    fns = {0: SimpleNamespace(concurrency_id="stop"), 1: SimpleNamespace(concurrency_id="model")}
+    waiting = [event("stop", "s1") for _ in range(STOPS_PER_SESSION)] + [event("model", "s1") for _ in range(3)]
+    queue = SimpleNamespace(blocks=SimpleNamespace(fns=fns), active_jobs=[None],
+                            event_queue_per_concurrency_id={"all": SimpleNamespace(queue=waiting)})
+    fair = FairAdmission(queue, session_limit=3, address_limit=64)
+
+    def why(fn_index, session):
+        return fair.check(SimpleNamespace(fn_index=fn_index, session_hash=session), request("81.2.69.160"))
+
+    assert why(0, "s2") is None  # another visitor's Stop: in, and s1's work does not count against it
+    assert "Stops waiting" in why(0, "s1")  # s1 has as many Stops waiting as one may
+    assert "requests waiting or running" in why(1, "s1")  # s1's work is at its own limit, Stops not counted
+    waiting[:STOPS_PER_SESSION] = []
+    assert why(0, "s1") is None  # s1 can stop its work whatever the work's count
+
+
 def test_one_address_keeps_a_quarter_of_a_large_group_free_for_others():
     from demo.ui.admission import client_address, group_share
 

@@ -8,7 +8,9 @@ on a Blocks' queue:
 * **Admission.** A request is refused, with a sentence, when its visitor already has
   ``session_limit`` requests waiting or running (a browser tab or an API client's session), or its
   client address has ``address_limit`` (a whole class behind one school router shares an address, so
-  that limit is larger). Stops are never refused.
+  that limit is larger). Stops are counted apart, with a small cap of their own (``STOPS_PER_SESSION``
+  waiting or running a visitor: one Stop stops all that visitor started before it, so more add nothing),
+  so a flood of Stops cannot fill the queue and work never keeps a visitor from stopping it.
 * **Turns.** When a concurrency group has room, it starts the waiting request of the visitor whose
   turn it is instead of the oldest request: the address with the fewest requests running in that
   group, and among equals the one served longest ago (round robin); within the address, the session
@@ -38,7 +40,8 @@ from collections.abc import Iterable
 from typing import Any
 
 log = logging.getLogger("gpt_explorer")
-EXEMPT_GROUPS = frozenset({"stop"})  # a Stop only notes a request: never refused, never counted
+EXEMPT_GROUPS = frozenset({"stop"})  # a Stop only notes a request: counted apart from work, capped on its own
+STOPS_PER_SESSION = 4
 MAX_REMEMBERED = 10_000  # turns remembered (address or session, per group); a forgotten one counts as never served
 
 
@@ -109,16 +112,20 @@ class FairAdmission:
     def check(self, body: Any, request: Any) -> str | None:
         """Why this request is refused, or None. Counts what its visitor has waiting or running."""
         fn = self.queue.blocks.fns.get(getattr(body, "fn_index", None))
-        if fn is None or getattr(fn, "concurrency_id", None) in EXEMPT_GROUPS:
+        if fn is None:
             return None
+        stop = getattr(fn, "concurrency_id", None) in EXEMPT_GROUPS
         address, session = client_address(request, self.forwarded_for), getattr(body, "session_hash", None)
         per_address = per_session = 0
         for event in (*self._running(), *self._waiting()):
-            if event.concurrency_id in EXEMPT_GROUPS:
+            if (event.concurrency_id in EXEMPT_GROUPS) != stop:  # Stops and work are counted apart
                 continue
             a, s = self.visitor(event)
             per_address += a == address
             per_session += session is not None and a == address and s == session
+        if stop and per_session >= STOPS_PER_SESSION:
+            return (f"You already have {per_session} Stops waiting on this server: each stops everything you "
+                    "started before it, so wait for them.")
         if per_session >= self.session_limit:
             return (f"You already have {per_session} requests waiting or running on this server (the most one "
                     "page or client may have): wait for them to finish, then try again.")
