@@ -460,6 +460,11 @@ def test_the_direct_route_around_the_queue_is_closed(class_app):
         r = httpx.post(url + path, json=body, timeout=60)
         assert r.status_code == 404 and "join the queue" in r.text, (path, r.status_code, r.text[:200])
     assert not demo.api_open
+    # Gradio still runs an event marked queue=False on the direct route (the page sends it there: an instant
+    # reaction such as showing a view's controls): none of those may run a model
+    direct = {getattr(fn.fn, "__name__", None) for fn in demo.fns.values() if fn.fn is not None and not fn.queue}
+    instant = {"<lambda>", "load_example", "pick_token", "restore", "row_b_controls", "view_controls"}
+    assert direct <= instant <= MODEL_FREE, direct - instant  # a new one: make sure it is as cheap, then add it
 
 
 def test_the_queue_polls_seldom_while_a_model_works_and_often_when_idle(class_app):
