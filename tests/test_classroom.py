@@ -827,7 +827,9 @@ def test_a_new_process_removes_the_export_folders_that_processes_no_longer_runni
     root = folder.root
     assert not left.exists() and running.is_dir() and other.is_dir() and outside.is_dir() and link.is_symlink()
     assert root.parent == tmp_path and root.name.startswith(f"{exports.PREFIX}{os.getpid()}-")
-    folder.clear()  # what the process does as it exits
+    folder._clear_at_exit(os.getpid() + 1)  # a forked child (a ZeroGPU worker) exiting: its parent's folder stays
+    assert root.is_dir()
+    folder._clear_at_exit(os.getpid())  # what the process does as it exits
     assert not root.exists()
 
 

@@ -19,7 +19,7 @@ from demo.core.sampling import PRESETS, validate_sampling
 from demo.core.settings import Settings
 from demo.runtime import zerogpu
 from demo.runtime.catalog import ModelSpec
-from demo.runtime.generation import stream_generate, validate_request
+from demo.runtime.generation import live_generation_threads, stream_generate, validate_request
 from demo.runtime.loading import load_model
 from demo.runtime.pool import ModelManager
 from demo.runtime.zerogpu import ANALYSIS_S, slice_duration
@@ -103,6 +103,9 @@ def test_sliced_generation_draws_the_same_tokens_as_one_generation(zero):
                      dict(do_sample=False, no_repeat_ngram_size=3)):
         request = validate_request(TEXT, 60, validate_sampling(**sampling))
         whole = list(stream_generate(loaded, request))[-1]
+        # the reference ran in this process: its decode loop's thread must be gone before a worker is forked
+        # (a thread inside torch at the fork would leave the worker a lock nobody releases)
+        assert wait_until(lambda: not live_generation_threads()), "the decode loop never ended"
         sliced = list(sliced_generate(ctx).generate(*generate_args(60, **sampling)))
         assert [t["id"] for t in sliced[-1][2]["tokens"]] == [c.token_id for c in whole.chosen], sampling
         assert sliced[-1][0] == whole.text and len(sliced) > 1  # several slices, one text

@@ -60,7 +60,7 @@ class ExportFolder:
         if self._root is None:
             remove_orphans(Path(tempfile.gettempdir()))
             self._root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
-            atexit.register(self.clear)
+            atexit.register(self._clear_at_exit, os.getpid())
         self._check(self._root)
         return self._root
 
@@ -131,6 +131,10 @@ class ExportFolder:
             shutil.rmtree(path, ignore_errors=True)
             total -= size
             short -= size
+
+    def _clear_at_exit(self, pid: int) -> None:
+        if os.getpid() == pid:  # not in a forked child (a ZeroGPU worker): the folder is its parent's
+            self.clear()
 
     def clear(self) -> None:
         if self._root is not None and self._root.is_dir() and not self._root.is_symlink():
