@@ -19,9 +19,11 @@ call took (``seconds``).
 
 from __future__ import annotations
 
+import faulthandler
 import inspect
 import multiprocessing
 import pickle
+import sys
 import threading
 import time
 
@@ -116,6 +118,7 @@ class FakeSpaces:
             if message is None:  # the app closes its workers
                 return
             args, kwargs = message
+            faulthandler.dump_traceback_later(60, file=sys.__stderr__)  # a call that hangs shows where
             try:
                 if inspect.isgeneratorfunction(task):
                     for item in task(*args, **kwargs):
@@ -126,6 +129,8 @@ class FakeSpaces:
                 send("error", exc if isinstance(exc, gr.Error) else
                      gr.Error(type(exc).__name__, title="ZeroGPU worker error", print_exception=False))
                 continue
+            finally:
+                faulthandler.cancel_dump_traceback_later()
             send(_END)
 
     def close(self):
