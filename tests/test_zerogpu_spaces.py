@@ -6,8 +6,10 @@ visitors reach it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -87,7 +89,7 @@ def space(tmp_path_factory):
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "zerogpu_space.py"), "--port", str(port),
                                  "--add-model", f"tiny={tiny}"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)  # its GPU workers join its group
     url = f"http://127.0.0.1:{port}/"
 
     def up() -> bool:
@@ -101,11 +103,13 @@ def space(tmp_path_factory):
         assert wait_until(up, timeout_s=300), log.read_text()[-4000:]
         yield url, api, log
     finally:
-        proc.terminate()
-        try:
+        # the app and the GPU workers the package forked (which outlive it unless stopped too)
+        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         print(f"\nZeroGPU bookings (s), in order: {api.bookings}")
         print("\n".join(line for line in log.read_text().splitlines() if "ZeroGPU" in line or "serving" in line))
 
