@@ -221,11 +221,12 @@ def test_rows_join_and_leave_between_passes_without_disturbing_the_others(bundle
         return thread
 
     # each later request arrives while the model is held mid-way through the ones before it
-    threads = [submit(0)]
-    for i in (1, 2):
-        with ModelGate(bundled_loaded.model, hold_at=3) as gate:
+    with ModelGate(bundled_loaded.model, hold_at=3) as gate:
+        threads = [submit(0)]
+        for i in (1, 2):
             assert gate.wait_held()
             threads.append(submit(i))
+            gate.hold(after=2)  # this pass goes on; the second one after it waits
     for t in threads:
         t.join()
     assert scheduler.max_batch == 3, "the later requests should have joined the running batch"
@@ -320,7 +321,9 @@ def test_a_model_loads_once_however_many_visitors_ask_at_once(pool_specs, monkey
     got, waits = [], []
     threads = [threading.Thread(target=lambda s=s: got.append(manager.load(
         "b", "fp32", session=s, visitor=True, progress=lambda f, msg: waits.append(msg)))) for s in "xyz"]
-    for t in threads:
+    threads[0].start()
+    assert wait_until(lambda: "b" in calls)  # the first visitor's load has begun (and holds b's lock)
+    for t in threads[1:]:
         t.start()
     assert wait_until(lambda: sum("being loaded for another visitor" in w for w in waits) == 2)
     others_wait.set()
@@ -725,6 +728,15 @@ def test_stops_are_counted_apart_from_work_with_a_small_cap_of_their_own():
     waiting[:STOPS_PER_SESSION] = []
     assert why(0, "s1") is None  # s1 can stop its work whatever the work's count
 
+    class FullQueue(SimpleNamespace):
+        def __len__(self):
+            return sum(len(q.queue) for q in self.event_queue_per_concurrency_id.values())
+
+    full = FullQueue(**vars(queue))  # the operator's queue size (3) is reached by s1's work
+    fair = FairAdmission(full, session_limit=3, address_limit=64, work_limit=3)
+    assert "Queue is full" in why(1, "s2")  # work from anyone else waits for room
+    assert why(0, "s2") is None  # a Stop still gets in, in the places kept for Stops
+
 
 def test_one_address_keeps_a_quarter_of_a_large_group_free_for_others():
     from demo.ui.admission import client_address, group_share
@@ -801,35 +813,44 @@ def test_exports_are_capped_in_bytes_oldest_first(tmp_path):
         folder.write("huge", {"csv": "x" * 3000})
 
 
-def test_a_new_process_removes_the_export_folders_that_processes_no_longer_running_left(tmp_path, monkeypatch):
-    import subprocess
-    import sys
+def test_a_new_process_removes_the_export_folders_no_running_process_holds(tmp_path, monkeypatch):
+    import fcntl
     import tempfile
 
     from demo.core import exports
 
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    gone = int(ended.stdout)  # a process that ran and ended (its id is not reused this soon)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    left = tmp_path / f"{exports.PREFIX}{gone}-abc"
-    (left / "x").mkdir(parents=True)
-    (left / "x" / "view.csv").write_text("token,p\n")
-    running = tmp_path / f"{exports.PREFIX}{os.getppid()}-def"  # this test's parent process runs
-    running.mkdir()
-    other = tmp_path / f"{exports.PREFIX}notapid"
-    other.mkdir()
+
+    def folder(name: str, holder: bool = True) -> Path:
+        path = tmp_path / f"{exports.PREFIX}{name}"
+        (path / "x").mkdir(parents=True)
+        (path / "x" / "view.csv").write_text("token,p\n")
+        if holder:
+            (path / exports.HOLDER).touch()
+        return path
+
+    left = folder(f"{os.getpid()}-left")  # a process that ended (even one that had this process's id)
+    held = folder("123-held")
+    fd = os.open(held / exports.HOLDER, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a running process holds it, whatever its id
+    unmarked = folder("456-new", holder=False)  # being made, or an older release's: left alone
     outside = tmp_path / "outside"
     outside.mkdir()
-    link = tmp_path / f"{exports.PREFIX}{gone}-link"
+    (outside / exports.HOLDER).touch()
+    link = tmp_path / f"{exports.PREFIX}789-link"
     link.symlink_to(outside, target_is_directory=True)
 
-    folder = ExportFolder()
-    root = folder.root
-    assert not left.exists() and running.is_dir() and other.is_dir() and outside.is_dir() and link.is_symlink()
+    made = ExportFolder()
+    root = made.root
+    assert not left.exists() and held.is_dir() and unmarked.is_dir() and outside.is_dir() and link.is_symlink()
     assert root.parent == tmp_path and root.name.startswith(f"{exports.PREFIX}{os.getpid()}-")
-    folder._clear_at_exit(os.getpid() + 1)  # a forked child (a ZeroGPU worker) exiting: its parent's folder stays
+    assert exports.remove_orphans(tmp_path) == []  # the new folder is held too
+    made.write("view", {"csv": "x"})
+    assert (root / exports.HOLDER).exists()  # an export's clean-up keeps it
+    os.close(fd)
+    made._clear_at_exit(os.getpid() + 1)  # a forked child (a ZeroGPU worker) exiting: its parent's folder stays
     assert root.is_dir()
-    folder._clear_at_exit(os.getpid())  # what the process does as it exits
+    made._clear_at_exit(os.getpid())  # what the process does as it exits
     assert not root.exists()
 
 

@@ -8,8 +8,10 @@ next write, and the folder is capped twice: in bytes (``max_bytes``) and by the 
 fit is refused with a sentence. A write that fails part-way leaves nothing behind. The page serves
 the files from this folder itself (``demo.ui.page`` declares it a static path), so each export is
 written once: no copy goes into Gradio's own file cache. The folder goes when the process exits, and
-a process that starts removes the folders of this user's app processes that no longer run (a crash or
-a kill leaves its folder behind), so restarts do not add up on the disk.
+a process that starts removes the folders that no running process holds (a crash or a kill leaves its
+folder behind), so restarts do not add up on the disk: each process holds a lock (``flock``) on a file
+in its folder for as long as it lives, which the system releases when it ends, whatever its process
+id or namespace.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import csv
+import fcntl
 import io
 import os
 import shutil
@@ -36,6 +39,7 @@ def csv_text(rows) -> str:
     return buf.getvalue()
 
 PREFIX = "gpt-explorer-exports-"  # then the process's id: gpt-explorer-exports-<pid>-<random>
+HOLDER = ".held"  # the file of a folder whose lock its process holds while it lives
 EXPORT_KEEP_S = 15 * 60
 EXPORT_MAX_BYTES = 256 * 2**20
 EXPORT_MIN_FREE_BYTES = 1 * 2**30  # exports never take the disk's last GB (the app, its logs and models need it)
@@ -54,12 +58,17 @@ class ExportFolder:
         self._root = Path(root) if root is not None else None
         self.keep_s, self.max_bytes, self.min_free_bytes = keep_s, max_bytes, min_free_bytes
         self._lock = threading.Lock()
+        self._held: int | None = None  # the open lock file of the folder this object made
 
     @property
     def root(self) -> Path:
         if self._root is None:
             remove_orphans(Path(tempfile.gettempdir()))
-            self._root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+            root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+            self._held = os.open(root / HOLDER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                                 0o600)
+            fcntl.flock(self._held, fcntl.LOCK_EX)  # kept until the process ends: the folder is in use
+            self._root = root
             atexit.register(self._clear_at_exit, os.getpid())
         self._check(self._root)
         return self._root
@@ -114,7 +123,8 @@ class ExportFolder:
             for entry in entries:
                 try:
                     if not entry.is_dir(follow_symlinks=False):
-                        os.unlink(entry.path)
+                        if entry.name != HOLDER:
+                            os.unlink(entry.path)
                         continue
                     age = now - entry.stat(follow_symlinks=False).st_mtime
                     if age > self.keep_s:
@@ -150,30 +160,35 @@ def _size(folder: str) -> int:
     return total
 
 
-def _running(pid: int) -> bool:
+def _unheld(folder: str) -> bool:
+    """Whether no process holds ``folder``'s lock: its process has ended. A folder without the file (being
+    made, or left by an older release) counts as held."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(os.path.join(folder, HOLDER), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
         return False
-    except OSError:  # another user's process: it runs
-        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # another process holds it
+        return False
+    finally:
+        os.close(fd)
     return True
 
 
 def remove_orphans(base: Path) -> list[str]:
-    """Remove the export folders in ``base`` of this user's app processes that no longer run; the names
-    removed. A folder of a running process, another user's, a link, or a name not of this form stays."""
+    """Remove the export folders in ``base`` that no running process holds; the names removed. A held
+    folder, another user's, a link, or a name not of this form stays."""
     removed = []
     with contextlib.suppress(OSError), os.scandir(base) as entries:
         for entry in entries:
-            pid = entry.name[len(PREFIX):].split("-", 1)[0]
-            if not entry.name.startswith(PREFIX) or not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            if not entry.name.startswith(PREFIX):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and _unheld(entry.path):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.name)
     return removed

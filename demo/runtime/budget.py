@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from demo.runtime.catalog import ModelSpec
@@ -53,16 +54,28 @@ def parameter_count(spec: ModelSpec) -> int | None:
     return total or None
 
 
+HUB_ANSWER_KEPT_S = 600  # a Hub model's size (or that it is unknown) is asked again after this
+_hub_counts: dict[str, tuple[float, int | None]] = {}
+
+
 def hub_parameter_count(repo_id: str) -> int | None:
     """A Hub model's parameters, from the headers of its safetensors files (a few kB read, not the
-    weights); None offline, without a network, or for a model without safetensors."""
+    weights); None offline, without a network, or for a model without safetensors. Each answer is
+    kept for HUB_ANSWER_KEPT_S."""
+    kept = _hub_counts.get(repo_id)
+    if kept is not None and time.monotonic() - kept[0] < HUB_ANSWER_KEPT_S:
+        return kept[1]
     try:
         from huggingface_hub import get_safetensors_metadata
 
         counts = get_safetensors_metadata(repo_id, timeout=10).parameter_count
+        count = sum(counts.values()) or None
     except Exception:  # offline, no network, no such model, no safetensors: the size is unknown
-        return None
-    return sum(counts.values()) or None
+        count = None
+    if len(_hub_counts) >= 256:
+        _hub_counts.clear()
+    _hub_counts[repo_id] = (time.monotonic(), count)
+    return count
 
 
 def estimate_bytes(spec: ModelSpec, precision: str, device: str = "cpu") -> int | None:

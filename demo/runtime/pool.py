@@ -253,11 +253,13 @@ class ModelManager:
                     loaded = self._models.get(key)
                 if loaded is None:
                     try:
+                        # the estimate may ask the Hub for a model's size: not while holding every load up
+                        need = self._estimate(key) if visitor else None
                         if self._load_slot.locked() and progress:
                             progress(0.01, "another model is loading on this server: waiting for it to finish")
                         with self._load_slot:
                             if visitor:
-                                self._check_room(key)
+                                self._check_room(key, need)
                             before = rss_bytes()
                             loaded = self.run_load(load_model, find_spec(self.catalog, key[0]), key[1], self.device,
                                                     progress)
@@ -274,13 +276,15 @@ class ModelManager:
                         self._evict(keep=key, spare_recent=visitor)
         return loaded
 
-    def _check_room(self, key: ModelKey) -> None:
+    def _estimate(self, key: ModelKey) -> int | None:
+        return estimate_bytes(find_spec(self.catalog, key[0]), key[1], self.device)
+
+    def _check_room(self, key: ModelKey, need: int | None) -> None:
         """ModelLoadError when a visitor's load cannot fit the budget: larger than all of it, or larger
         than what is left once every model that may go has gone (the default, models in use and models
         used in the last ``recent_s`` seconds stay)."""
         if self.memory_mb is None:
             return
-        need = estimate_bytes(find_spec(self.catalog, key[0]), key[1], self.device)
         budget = int(self.memory_mb * 2**20)
         if need is None:
             raise ModelLoadError(f"{key[0]} ({key[1]}) is of unknown size (the catalogue gives no \"parameters\" for "

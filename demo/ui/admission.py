@@ -10,7 +10,8 @@ on a Blocks' queue:
   client address has ``address_limit`` (a whole class behind one school router shares an address, so
   that limit is larger). Stops are counted apart, with a small cap of their own (``STOPS_PER_SESSION``
   waiting or running a visitor: one Stop stops all that visitor started before it, so more add nothing),
-  so a flood of Stops cannot fill the queue and work never keeps a visitor from stopping it.
+  so a flood of Stops cannot fill the queue and work never keeps a visitor from stopping it: work is
+  refused once the operator's queue size is reached, and Stops have ``STOP_RESERVE`` places beyond it.
 * **Turns.** When a concurrency group has room, it starts the waiting request of the visitor whose
   turn it is instead of the oldest request: the address with the fewest requests running in that
   group, and among equals the one served longest ago (round robin); within the address, the session
@@ -42,6 +43,7 @@ from typing import Any
 log = logging.getLogger("gpt_explorer")
 EXEMPT_GROUPS = frozenset({"stop"})  # a Stop only notes a request: counted apart from work, capped on its own
 STOPS_PER_SESSION = 4
+STOP_RESERVE = 32  # places in the queue beyond its size that only Stops may take
 MAX_REMEMBERED = 10_000  # turns remembered (address or session, per group); a forgotten one counts as never served
 
 
@@ -88,8 +90,10 @@ def group_share(limit: int | None) -> int | None:
 
 
 class FairAdmission:
-    def __init__(self, queue: Any, session_limit: int, address_limit: int, forwarded_for: bool = False):
+    def __init__(self, queue: Any, session_limit: int, address_limit: int, forwarded_for: bool = False,
+                 work_limit: int | None = None):
         self.queue, self.session_limit, self.address_limit = queue, session_limit, address_limit
+        self.work_limit = work_limit  # waiting requests beyond which work (not a Stop) is refused
         self.forwarded_for = forwarded_for
         self.refused = 0
         self._started = 0  # a counter: when each address and session last got a turn, per group
@@ -123,6 +127,8 @@ class FairAdmission:
             a, s = self.visitor(event)
             per_address += a == address
             per_session += session is not None and a == address and s == session
+        if not stop and self.work_limit is not None and len(self.queue) >= self.work_limit:
+            return f"Queue is full: {len(self.queue)} requests are waiting on this server. Try again in a moment."
         if stop and per_session >= STOPS_PER_SESSION:
             return (f"You already have {per_session} Stops waiting on this server: each stops everything you "
                     "started before it, so wait for them.")
@@ -187,7 +193,10 @@ def install(demo: Any, session_limit: int, address_limit: int, forwarded_for: bo
     if queue is None or not all(hasattr(queue, name) for name in needed):
         log.warning("this Gradio release's queue is not the one fair admission knows: first come, first served")
         return None
-    fair = FairAdmission(queue, session_limit, address_limit, forwarded_for)
+    work_limit = queue.max_size
+    if work_limit is not None:  # Gradio refuses anything past max_size: Stops get places beyond the work's
+        queue.max_size = work_limit + STOP_RESERVE
+    fair = FairAdmission(queue, session_limit, address_limit, forwarded_for, work_limit)
     original_push, original_get_events = queue.push, queue.get_events
 
     async def push(body, request, username):

@@ -140,27 +140,47 @@ def examples(samples: list, **kwargs) -> Examples:
     return made
 
 
+def _short(block, preprocess, payload):
+    try:
+        return preprocess(payload)
+    except gr.Error as exc:
+        if len(str(exc.message)) <= 200:
+            raise
+        raise gr.Error(f"{block.label or 'the value'} must be one of the choices shown; got {quoted(payload)}",
+                       print_exception=False) from None
+
+
+class ShortErrorRadio(gr.Radio):
+    """A Radio whose refusal of a value not among its choices is a short sentence (Gradio's own quotes
+    the whole value). Rendered as a plain Radio."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return _short(self, super().preprocess, payload)
+
+
+class ShortErrorDropdown(gr.Dropdown):
+    """A Dropdown like :class:`ShortErrorRadio`."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        return _short(self, super().preprocess, payload)
+
+
 def short_choice_errors(blocks: gr.Blocks) -> int:
     """Make every stock Radio and Dropdown of ``blocks`` refuse a value that is not one of its choices
     with a short sentence: Gradio's own check quotes the whole value (a private event sent with a
-    megabyte of text would get a megabyte back). Returns how many it changed."""
+    megabyte of text would get a megabyte back). Each becomes the subclass above, so a copy Gradio makes
+    for a session when an event updates it is one too. Returns how many it changed."""
     changed = 0
     for block in blocks.blocks.values():
-        if not isinstance(block, (gr.Radio, gr.Dropdown)) or isinstance(block, ChoiceDropdown):
+        if type(block) is gr.Radio:
+            block.__class__ = ShortErrorRadio
+        elif type(block) is gr.Dropdown:
+            block.__class__ = ShortErrorDropdown
+        else:
             continue
-        block.preprocess = _short_errors(block, block.preprocess)  # type: ignore[method-assign]
         changed += 1
     return changed
-
-
-def _short_errors(block, preprocess):
-    def checked(payload):
-        try:
-            return preprocess(payload)
-        except gr.Error as exc:
-            if len(str(exc.message)) <= 200:
-                raise
-            raise gr.Error(f"{block.label or 'the value'} must be one of the choices shown; got {quoted(payload)}",
-                           print_exception=False) from None
-
-    return checked
