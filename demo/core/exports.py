@@ -64,10 +64,14 @@ class ExportFolder:
     def root(self) -> Path:
         if self._root is None:
             remove_orphans(Path(tempfile.gettempdir()))
-            root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
-            self._held = os.open(root / HOLDER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+            # made under a name remove_orphans passes over, and named an export folder only once its lock is
+            # held: another process starting meanwhile cannot take it for a dead one's
+            made = Path(tempfile.mkdtemp(prefix=f".{PREFIX}new-"))
+            self._held = os.open(made / HOLDER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
                                  0o600)
             fcntl.flock(self._held, fcntl.LOCK_EX)  # kept until the process ends: the folder is in use
+            root = made.with_name(f"{PREFIX}{os.getpid()}-{made.name.rsplit('-', 1)[-1]}")
+            os.rename(made, root)
             self._root = root
             atexit.register(self._clear_at_exit, os.getpid())
         self._check(self._root)

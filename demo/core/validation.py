@@ -27,7 +27,6 @@ def quoted(value) -> str:
     return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
 
 
-
 # ----------------------------------------------------------------------------- numbers, booleans, seeds
 
 

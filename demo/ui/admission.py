@@ -119,6 +119,8 @@ class FairAdmission:
         if fn is None:
             return None
         stop = getattr(fn, "concurrency_id", None) in EXEMPT_GROUPS
+        if not stop and self.work_limit is not None and len(self.queue) >= self.work_limit:
+            return f"Queue is full: {len(self.queue)} requests are waiting on this server. Try again in a moment."
         address, session = client_address(request, self.forwarded_for), getattr(body, "session_hash", None)
         per_address = per_session = 0
         for event in (*self._running(), *self._waiting()):
@@ -127,8 +129,6 @@ class FairAdmission:
             a, s = self.visitor(event)
             per_address += a == address
             per_session += session is not None and a == address and s == session
-        if not stop and self.work_limit is not None and len(self.queue) >= self.work_limit:
-            return f"Queue is full: {len(self.queue)} requests are waiting on this server. Try again in a moment."
         if stop and per_session >= STOPS_PER_SESSION:
             return (f"You already have {per_session} Stops waiting on this server: each stops everything you "
                     "started before it, so wait for them.")
