@@ -197,15 +197,6 @@ def wait_for_output(page, condition_js: str, timeout_s: float = 120) -> str:
     return output_text(page)
 
 
-def visible_plots(page, within: str | None = None):
-    sel = f"{within} .js-plotly-plot" if within else ".js-plotly-plot"
-    return [h for h in page.query_selector_all(sel) if h.is_visible()]
-
-
-def plot_summary(page, handle) -> dict:
-    return page.evaluate("g => window.__plotSummary(g)", handle)
-
-
 def wait_for_plot_with_data(page, within: str | None = None, timeout_s: float = 90) -> dict:
     """Wait until a visible plotly figure (inside `within`, else anywhere) shows data; its summary."""
     sel = f"{within} .js-plotly-plot" if within else ".js-plotly-plot"

@@ -103,8 +103,8 @@ def test_sliced_generation_draws_the_same_tokens_as_one_generation(zero):
                      dict(do_sample=False, no_repeat_ngram_size=3)):
         request = validate_request(TEXT, 60, validate_sampling(**sampling))
         whole = list(stream_generate(loaded, request))[-1]
-        # the reference ran in this process: its decode loop's thread must be gone before a worker is forked
-        # (a thread inside torch at the fork would leave the worker a lock nobody releases)
+        # the reference ran in this process: its decode loop's thread is gone before a worker is forked (a
+        # thread inside torch at the fork is one way a worker could inherit a lock nobody releases)
         assert wait_until(lambda: not live_generation_threads()), "the decode loop never ended"
         sliced = list(sliced_generate(ctx).generate(*generate_args(60, **sampling)))
         assert [t["id"] for t in sliced[-1][2]["tokens"]] == [c.token_id for c in whole.chosen], sampling
