@@ -145,6 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-streams", action="store_true")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--server-log", default=None, metavar="FILE",
+                   help="write the app's log here (e.g. the thread counts its decode loop chose)")
     p.add_argument("--gpt2-small-random", action="store_true",
                    help="a randomly initialised GPT-2-small-size model (12 x 768, vocab 8192) built here, no download")
     p.add_argument("--server-cpus", default=None, metavar="LIST",
@@ -158,7 +160,8 @@ def main(argv=None) -> int:
         cmd = ["taskset", "-c", args.server_cpus, *cmd]
     gradio_tmp = Path(tempfile.gettempdir()) / "gradio"
     tmp_before = folder_mb(gradio_tmp) if gradio_tmp.exists() else 0.0
-    server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(args.server_log, "w") if args.server_log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/"
     figures: dict = {"model": args.model or "gutenberg-gpt", "precision": args.precision, "tokens": args.tokens}
     try:
@@ -195,6 +198,8 @@ def main(argv=None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if args.server_log:
+            log.close()
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0

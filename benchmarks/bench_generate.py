@@ -12,11 +12,14 @@ rounds, so a slow spell of a shared machine falls on both; each figure is the me
 runs, and each side's best run is printed too. The client is the light one (benchmarks/light_client.py:
 plain HTTP and SSE), so it takes little of the cores the server needs. ``--threads N`` runs both
 sides with N torch threads (the server through GPT_EXPLORER_THREADS); without it each side keeps its
-default. ``--raw-threads 1 2`` runs raw ``generate`` at each of those thread counts in every round,
-and the served stream is held against the fastest of them (by median): the best the model itself
-does on these cores, whatever the server's thread policy.
+default (the server's policy: every core, and decode passes at the count its loop timed faster;
+``--server-log FILE`` keeps the app's log, where each choice is written). ``--raw-threads 1 2``
+runs raw ``generate`` at each of those thread counts in every round, and the served stream is held
+against the fastest of them (by median): the best the model itself does on these cores, whatever the
+server's thread policy.
 
-    python benchmarks/bench_generate.py --threads 2 --raw-threads 1 2   # the policy against raw at 1 and 2
+    python benchmarks/bench_generate.py --raw-threads 1 2             # the policy against raw at 1 and 2
+    python benchmarks/bench_generate.py --threads 2 --raw-threads 1 2   # a fixed 2 threads against the same
     taskset -c 0 python benchmarks/bench_generate.py                    # one core (server and raw)
 """
 
@@ -184,6 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--raw-threads", type=int, nargs="+", default=None, metavar="N",
                    help="raw generate at each of these thread counts, every round (default: as --threads); the "
                         "served stream is compared with the fastest of them")
+    p.add_argument("--server-log", default=None, metavar="FILE",
+                   help="write the app's log here (e.g. the thread counts its decode loop chose)")
     p.add_argument("--gpt2-small-random", action="store_true",
                    help="a randomly initialised GPT-2-small-size model (12 x 768, vocab 8192) built here, no download")
     args = p.parse_args(argv)
@@ -200,7 +205,8 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
         env["GPT_EXPLORER_THREADS"] = str(args.threads)
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(args.server_log, "w") if args.server_log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
     try:
         wait_for(f"http://127.0.0.1:{port}/", server)
         manager = ModelManager(load_catalog(extra=extra))
@@ -210,6 +216,8 @@ def main(argv=None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if args.server_log:
+            log.close()
     info = loaded.info()
     raw = max(raws.values(), key=lambda r: r["tokens_per_s"])  # the fastest thread count, by its median
     ratio = client["tokens_per_s"] / raw["tokens_per_s"]

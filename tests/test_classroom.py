@@ -940,18 +940,113 @@ def test_new_settings_come_from_the_environment_with_clear_errors():
     assert Settings.from_env({"GPT_EXPLORER_THREADS": "3"}).threads == 3
 
 
-def test_torch_threads_follow_the_policy_unless_the_operator_sets_them():
+def test_torch_threads_follow_the_policy_unless_the_operator_sets_them(monkeypatch):
     import torch
 
     from demo.runtime import threads
 
+    monkeypatch.setattr(threads, "POLICY", threads._Policy())
     assert [threads.serving_threads(n) for n in (1, 2, 4, 16)] == [1, 2, 4, 16]  # every core (measured best)
     before = torch.get_num_threads()
     try:
         assert threads.apply(3) == 3 and torch.get_num_threads() == 3  # GPT_EXPLORER_THREADS=3
+        assert threads.serving_count() == 3 and threads.pass_threads_for("cpu") is None  # as the operator says
         assert threads.apply(None) == threads.serving_threads(threads.available_cores())
+        assert threads.pass_threads_for("cpu") is not None  # the policy times its decode passes
     finally:
         torch.set_num_threads(before)
+
+
+def _in_a_thread_of_its_own(fn):
+    """``fn()`` in a thread that ends with it (torch keeps a thread count per thread)."""
+    from demo.runtime import threads
+
+    return threads.run_apart(fn)
+
+
+def test_a_decode_loop_runs_each_size_of_batch_at_the_thread_count_its_timed_passes_found_faster():
+    from demo.runtime.threads import PassThreads
+
+    assert PassThreads(1).counts == [1] and PassThreads(2).counts == [1, 2]
+    assert PassThreads(6).counts == [1, 2, 4, 6] and PassThreads(16).counts == [1, 2, 4, 8, 16]
+
+    def run():
+        import torch
+
+        now = [0.0]
+        # one row: 1 thread is faster; 16 rows: 2 threads; the first pass after a change costs 50 ms more
+        # (the team resizes), which must not count against the count changed to
+        cost = {1: {1: 0.004, 2: 0.005}, 16: {1: 0.030, 2: 0.020}}
+        tuner = PassThreads(2, clock=lambda: now[0])
+        tuner.start()
+        seen = []
+
+        def passes(rows, n):
+            for _ in range(n):
+                before = torch.get_num_threads()
+                tuner.begin(rows)
+                count = torch.get_num_threads()
+                seen.append((rows, count))
+                now[0] += cost[rows][count] + (0.05 if count != before else 0.0)
+
+        passes(1, 7)  # rows join and leave in the middle of a measurement
+        passes(16, 30)
+        passes(1, 30)
+        assert tuner.chosen(1) == 1 and tuner.chosen(16) == 2
+        assert {c for r, c in seen if r == 1} == {1, 2}  # both were timed
+        assert seen[-10:] == [(1, 1)] * 10  # then the faster stands
+        tuner.full()  # reading prompts: every thread, and that time counts for no pass
+        assert torch.get_num_threads() == 2
+        now[0] += 10.0
+        passes(16, 1)
+        assert seen[-1] == (16, 2)
+
+        cost[1] = {1: 0.006, 2: 0.003}  # the machine changed: one row is now faster on 2 threads
+        passes(1, 10)
+        assert tuner.chosen(1) == 1, "a choice stands for a while"
+        now[0] += PassThreads.STANDS_S
+        passes(1, 30)
+        assert tuner.chosen(1) == 2 and seen[-5:] == [(1, 2)] * 5
+        return True
+
+    assert _in_a_thread_of_its_own(run)
+
+
+def test_the_policy_tunes_decode_passes_only_on_a_cpu_and_without_an_operator_setting(tiny_loaded, monkeypatch):
+    import torch
+
+    from demo.runtime import threads
+
+    own = torch.get_num_threads()
+    monkeypatch.setattr(threads, "POLICY", threads._Policy())
+    assert threads.pass_threads_for("cpu") is None  # apply() not called: tools and tests keep torch's count
+    monkeypatch.setattr(threads.POLICY, "count", 2)
+    monkeypatch.setattr(threads.POLICY, "tuned", True)
+    assert threads.pass_threads_for("cuda") is None
+    assert threads.pass_threads_for("cpu").counts == [1, 2]
+
+    # a decode pass's count changes only the decode loop's thread; model work elsewhere runs at the
+    # serving count even where the count last set in the process (which a new thread takes) was 1
+    _in_a_thread_of_its_own(lambda: torch.set_num_threads(1))
+    assert threads.run_apart(torch.get_num_threads) == 2
+    assert tiny_loaded.device_name == "CPU (2 threads)"
+
+    counts = []  # (thread, count) of every pass
+    scheduler = BatchScheduler(tiny_loaded)
+    assert scheduler.threads is not None
+    real_begin = scheduler.threads.begin
+
+    def begin(rows):
+        real_begin(rows)
+        counts.append((threading.current_thread().name, torch.get_num_threads()))
+
+    monkeypatch.setattr(scheduler.threads, "begin", begin)
+    ids, _ = prepare_prompt(tiny_loaded, "Once upon a time", 40)
+    drain(scheduler.submit(ids, validate_sampling(do_sample=False), 40))
+    assert {c for _, c in counts} == {1, 2} and all(t.startswith("gpt-explorer-generate") for t, _ in counts)
+    assert scheduler.threads.chosen(1) in (1, 2)
+    assert torch.get_num_threads() == own  # the test's own thread untouched
+    _in_a_thread_of_its_own(lambda: torch.set_num_threads(own))  # what later threads take
 
 
 def test_model_work_outside_the_decode_loop_runs_in_a_thread_that_ends(tiny_path, monkeypatch):

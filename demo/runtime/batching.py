@@ -44,7 +44,7 @@ from transformers import DynamicCache, LogitsProcessorList
 
 from demo.core.sampling import ChosenToken, SamplingParams, TokenChooser, build_processors, describe_tokens, pick_tokens
 from demo.runtime.loading import LoadedModel
-from demo.runtime.threads import run_apart
+from demo.runtime.threads import pass_threads_for, run_apart
 
 log = logging.getLogger("gpt_explorer")
 THREAD_PREFIX = "gpt-explorer-generate"  # the decode loops' threads (see generation.live_generation_threads)
@@ -248,6 +248,7 @@ class BatchScheduler:
         self._said_lock = threading.Lock()  # held while _unsaid changes or tokens are handed on (the loop, a Stop)
         self._said_at = 0.0  # when the last bunch was handed on
         self._changed = False  # a row joined or ended since then
+        self.threads = pass_threads_for(loaded.model.device.type)  # the count of each pass, on a CPU
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int) -> Ticket:
         """Queue a generation (``params`` with its seed resolved when sampling); ids already fit the
@@ -304,6 +305,8 @@ class BatchScheduler:
 
     def _run(self) -> None:
         batch = _Batch()
+        if self.threads:
+            self.threads.start()
         while True:
             with self._lock:
                 room = self.max_rows - len(batch)
@@ -316,6 +319,8 @@ class BatchScheduler:
                 with torch.inference_mode():
                     self._drop(batch)
                     for group in _prefill_groups([r for r in admitted if not r.cancelled.is_set()]):
+                        if self.threads:
+                            self.threads.full()
                         self._admit(batch, group)
                     self._drop(batch)
                     self._running = list(batch.requests)
@@ -362,6 +367,8 @@ class BatchScheduler:
         last = torch.cat([r.history[:, r.length - 1:r.length] for r in requests])
         positions = batch.mask.sum(dim=1, keepdim=True)
         batch.mask = torch.cat([batch.mask, torch.ones((len(requests), 1), dtype=torch.long, device=device)], dim=1)
+        if self.threads:
+            self.threads.begin(len(requests))
         out = self.loaded.model(input_ids=last, attention_mask=batch.mask, position_ids=positions, use_cache=True,
                                 **{self._cache_arg: batch.cache})
         batch.cache = cache_of(out)

@@ -26,6 +26,7 @@ from demo.core.errors import ModelLoadError, ValidationError
 from demo.core.settings import PRECISIONS
 from demo.core.validation import check_choice
 from demo.runtime.catalog import ModelSpec
+from demo.runtime.threads import serving_count
 
 
 class OncePerMessage(logging.Filter):
@@ -121,7 +122,7 @@ class LoadedModel:
     def device_name(self) -> str:
         if self.device == "cuda":
             return f"GPU ({torch.cuda.get_device_name()})"
-        return f"CPU ({torch.get_num_threads()} threads)"
+        return f"CPU ({serving_count()} threads)"
 
     def info(self) -> dict:
         return {
