@@ -965,14 +965,14 @@ def _in_a_thread_of_its_own(fn):
 
 
 def test_a_decode_loop_runs_each_size_of_batch_at_the_thread_count_its_timed_passes_found_faster():
+    import torch
+
     from demo.runtime.threads import PassThreads
 
     assert PassThreads(1).counts == [1] and PassThreads(2).counts == [1, 2]
     assert PassThreads(6).counts == [1, 2, 4, 6] and PassThreads(16).counts == [1, 2, 4, 8, 16]
 
     def run():
-        import torch
-
         now = [0.0]
         # one row: 1 thread is faster; 16 rows: 2 threads; the first pass after a change costs 50 ms more
         # (the team resizes), which must not count against the count changed to
@@ -1007,9 +1007,22 @@ def test_a_decode_loop_runs_each_size_of_batch_at_the_thread_count_its_timed_pas
         now[0] += PassThreads.STANDS_S
         passes(1, 30)
         assert tuner.chosen(1) == 2 and seen[-5:] == [(1, 2)] * 5
+
+        # new prompts read before every pass (full() each time): no pass can be timed, yet the
+        # measurement ends, on every core (though 1 thread is faster here), instead of staying on a
+        # count it cannot time
+        cost[4] = {1: 0.001, 2: 0.002}
+        for _ in range(PassThreads.ROUNDS * len(tuner.counts) * PassThreads.BLOCK + 1):
+            tuner.full()
+            passes(4, 1)
+        assert tuner.chosen(4) == 2
         return True
 
-    assert _in_a_thread_of_its_own(run)
+    own = torch.get_num_threads()
+    try:
+        assert _in_a_thread_of_its_own(run)
+    finally:
+        _in_a_thread_of_its_own(lambda: torch.set_num_threads(own))  # the count later threads take
 
 
 def test_the_policy_tunes_decode_passes_only_on_a_cpu_and_without_an_operator_setting(tiny_loaded, monkeypatch):
@@ -1042,11 +1055,13 @@ def test_the_policy_tunes_decode_passes_only_on_a_cpu_and_without_an_operator_se
 
     monkeypatch.setattr(scheduler.threads, "begin", begin)
     ids, _ = prepare_prompt(tiny_loaded, "Once upon a time", 40)
-    drain(scheduler.submit(ids, validate_sampling(do_sample=False), 40))
+    try:
+        drain(scheduler.submit(ids, validate_sampling(do_sample=False), 40))
+    finally:
+        _in_a_thread_of_its_own(lambda: torch.set_num_threads(own))  # the count later threads take
     assert {c for _, c in counts} == {1, 2} and all(t.startswith("gpt-explorer-generate") for t, _ in counts)
     assert scheduler.threads.chosen(1) in (1, 2)
     assert torch.get_num_threads() == own  # the test's own thread untouched
-    _in_a_thread_of_its_own(lambda: torch.set_num_threads(own))  # what later threads take
 
 
 def test_model_work_outside_the_decode_loop_runs_in_a_thread_that_ends(tiny_path, monkeypatch):

@@ -84,7 +84,9 @@ def serving_count() -> int:
 
 def use_serving_count() -> None:
     """Give the calling thread the serving count. torch keeps a count per thread, and a new thread
-    takes the count last set anywhere, which may be a decode loop's choice for its own passes."""
+    takes the count last set anywhere, which may be a decode loop's choice for its own passes. (It
+    takes it at its first torch call, which may overwrite a count set before it: hence the reading
+    first, here and in :meth:`PassThreads.start`.)"""
     n = serving_count()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
@@ -102,7 +104,8 @@ class PassThreads:
     on one machine and slower on another, while 16 streams went faster with 2 on both (README
     *Measured speed*, CPU threads). torch keeps the count per thread, so a choice here changes only
     the decode loop's thread. The pass after a change is not timed (the OpenMP team resizes), nor one
-    followed by other work (reading new prompts)."""
+    followed by other work (reading new prompts); a size none of whose passes could be timed gets
+    every core."""
 
     BLOCK = 4
     ROUNDS = 3
@@ -130,13 +133,18 @@ class PassThreads:
         size's measurement, and this pass gets its count."""
         now = self._clock()
         if self._timing is not None:
-            self._record(*self._timing, now)
+            last, count, started = self._timing
+            if last.chosen is None:
+                last.times.setdefault(count, []).append(now - started)
         size = self._sizes.setdefault(rows.bit_length(), _Size(rows=1 << (rows.bit_length() - 1)))
         if size.chosen is not None and now - size.chosen_at >= self.STANDS_S:
-            size.chosen, size.times, size.timed = None, {}, 0  # measured again
+            size.chosen, size.times, size.passes = None, {}, 0  # measured again
+        if size.chosen is None and size.passes >= self.ROUNDS * len(self.counts) * self.BLOCK:
+            self._choose(size, now)
         measuring = size.chosen is None and len(self.counts) > 1
-        if measuring:
-            count = self.counts[(size.timed // (self.BLOCK - 1)) % len(self.counts)]
+        if measuring:  # blocks of passes at each count in turn; a pass not timed still takes its place
+            count = self.counts[(size.passes // self.BLOCK) % len(self.counts)]
+            size.passes += 1
         else:
             count = size.chosen or self.counts[0]
         changed = self._set(count)
@@ -147,20 +155,16 @@ class PassThreads:
         self._set(self.most)
         self._timing = None
 
-    def _record(self, size: _Size, count: int, started: float, now: float) -> None:
-        if size.chosen is not None:
-            return
-        size.times.setdefault(count, []).append(now - started)
-        size.timed += 1
-        if size.timed < self.ROUNDS * len(self.counts) * (self.BLOCK - 1):
-            return
-        medians = {c: statistics.median(size.times.get(c) or [float("inf")]) for c in self.counts}
-        size.chosen, size.chosen_at = min(self.counts, key=medians.__getitem__), now
+    def _choose(self, size: _Size, now: float) -> None:
+        """The count with the shortest median period; every core if no pass could be timed (new
+        prompts read before each one)."""
+        medians = {c: statistics.median(t) for c, t in size.times.items() if t}
+        size.chosen, size.chosen_at = (min(medians, key=medians.__getitem__) if medians else self.most), now
         if size.chosen != size.last:  # the first choice of a size, then (debug) each change
             label = str(size.rows) if size.rows == 1 else f"{size.rows}-{2 * size.rows - 1}"
             log.log(logging.INFO if size.last is None else logging.DEBUG,
                     "decode passes of %s row(s): %d torch thread(s) (median period %s)", label, size.chosen,
-                    ", ".join(f"{c} threads {m * 1000:.2f} ms" for c, m in medians.items()))
+                    ", ".join(f"{c} threads {m * 1000:.2f} ms" for c, m in sorted(medians.items())) or "none timed")
             size.last = size.chosen
 
     def _set(self, count: int) -> bool:
@@ -177,7 +181,7 @@ class _Size:
     """One batch size's measurement (times by count) and choice."""
 
     times: dict[int, list[float]] = field(default_factory=dict)
-    timed: int = 0
+    passes: int = 0  # passes run while measuring
     chosen: int | None = None
     chosen_at: float = 0.0
     last: int | None = None  # the choice before (a change is logged)
