@@ -13,8 +13,10 @@ standing host up to 2 ZeroGPU Spaces (PRO: 10); and the Hub may answer even cpu-
 It uploads the files of the last commit, as that commit holds them (the app, the bundled model, the
 README whose front matter configures the Space) except the tests, benchmarks and CI scripts, as one
 commit through ``huggingface_hub``: a file only staged, or changed and not committed, is not uploaded
-(nor its change). It refuses files named like secrets, and a committed link unless it leads to
-another file of the commit that may be uploaded (whose content then goes in its place). It adds a
+(nor its change). A file the commit keeps in Git LFS (a checkout set up that way) is uploaded with the
+content its pointer names, from git's LFS store (``git lfs pull`` fetches it), never as the pointer.
+It refuses files named like secrets, and a committed link unless it leads to another file of the
+commit that may be uploaded (whose content then goes in its place). It adds a
 ``.gitattributes`` that puts large binary files in Git LFS (the Hub refuses files over 10 MB
 outside LFS). Pushing this repository's history instead would be refused:
 old commits hold larger model shards as plain blobs. On ZeroGPU hardware ``requirements.txt`` is
@@ -28,17 +30,20 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import posixpath
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 EXCLUDED = ("tests/", "benchmarks/", ".ci/", ".github/")
 MAX_PLAIN_BYTES = 10_000_000  # the Hub refuses larger files outside Git LFS
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"  # how a Git LFS pointer file begins
+LFS_POINTER_MAX = 1024  # bytes: a pointer is smaller (the Git LFS specification)
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gz", "*.zip", "*.tar", "*.parquet")
 SPACE_GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
 HARDWARE = ("cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "a10g-small", "a10g-large", "a100-large",
@@ -64,11 +69,13 @@ class DeployError(Exception):
 
 @dataclass(frozen=True)
 class Committed:
-    """A file of the last commit: git's mode (120000: a link, whose content is the path it leads to), blob, size."""
+    """A file of the last commit: git's mode (120000: a link, whose content is the path it leads to), blob, size;
+    for a file kept in Git LFS, the local copy of its content (``lfs``) and that content's size."""
 
     mode: str
     blob: str
     size: int
+    lfs: str | None = None
 
     @property
     def is_link(self) -> bool:
@@ -120,6 +127,55 @@ def blob_content(root: Path, blob: str) -> bytes:
     return _git(root, "cat-file", "blob", blob)
 
 
+def _small_blobs(root: Path, blobs: list[str]) -> dict[str, bytes]:
+    """The content of each of ``blobs`` (small ones), read by one ``git cat-file --batch``."""
+    if not blobs:
+        return {}
+    try:
+        out = subprocess.run(["git", "cat-file", "--batch"], cwd=root, input="".join(b + "\n" for b in blobs).encode(),
+                             capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise DeployError(f"git could not read the committed files of {root}: {exc}") from None
+    contents, at = {}, 0
+    for blob in blobs:
+        header_end = out.index(b"\n", at)
+        size = int(out[at:header_end].split()[2])
+        contents[blob] = out[header_end + 1:header_end + 1 + size]
+        at = header_end + 1 + size + 1
+    return contents
+
+
+def with_lfs_content(root: Path, files: dict[str, Committed]) -> dict[str, Committed]:
+    """``files`` with each committed Git LFS pointer (a checkout whose large files are kept in LFS)
+    standing for the content it names, from git's LFS store: uploading the pointer would give the
+    Space a model file of 130 bytes. A pointer whose content is not here is refused with the way out."""
+    small = _small_blobs(root, sorted({f.blob for f in files.values() if f.size < LFS_POINTER_MAX}))
+    pointers = {p: f for p, f in files.items() if small.get(f.blob, b"").startswith(LFS_POINTER)}
+    if not pointers:
+        return files
+    store = Path(_git(root, "rev-parse", "--git-common-dir").decode().strip())
+    store = (store if store.is_absolute() else root / store) / "lfs" / "objects"
+    out = dict(files)
+    for path, entry in pointers.items():
+        fields = dict(line.split(" ", 1) for line in small[entry.blob].decode("ascii", "replace").splitlines()
+                      if " " in line)
+        oid = fields.get("oid", "").removeprefix("sha256:")
+        stored = store / oid[:2] / oid[2:4] / oid
+        if not re.fullmatch(r"[0-9a-f]{64}", oid) or not stored.is_file() or _sha256(stored) != oid:
+            raise DeployError(f"{path} is kept in Git LFS and its content is not in this checkout (only its "
+                              "pointer is): run `git lfs pull`, then deploy again.")
+        out[path] = replace(entry, size=stored.stat().st_size, lfs=str(stored))
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def looks_secret(path: str) -> bool:
     name = Path(path).name.lower()
     return any(fnmatch.fnmatch(name, pattern) for pattern in SECRET_NAMES)
@@ -160,8 +216,8 @@ def plan_upload(root: Path = REPO, hardware: str = "cpu-basic") -> Upload:
     """What a deployment uploads: the last commit's files, less tests, benchmarks and CI, plus the Space's
     .gitattributes (and on ZeroGPU a requirements.txt with a supported torch)."""
     committed = committed_files(root)
-    files = {p: resolve(root, committed, p) for p in committed
-             if not p.startswith(EXCLUDED) and p != ".gitattributes"}
+    files = with_lfs_content(root, {p: resolve(root, committed, p) for p in committed
+                                    if not p.startswith(EXCLUDED) and p != ".gitattributes"})
     for p, entry in files.items():
         if entry.size > MAX_PLAIN_BYTES and not needs_lfs(p):
             raise DeployError(f"{p} is {entry.size / 1e6:.1f} MB: the Hub refuses files over 10 MB outside Git "
@@ -219,7 +275,7 @@ def deploy(space_id: str, hardware: str = "cpu-basic", private: bool = False, to
         url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True,
                               space_hardware=cast(Any, hardware))
         stale = set(api.list_repo_files(space_id, repo_type="space")) - set(upload.paths)
-        operations: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=blob_content(root, f.blob))
+        operations: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=f.lfs or blob_content(root, f.blob))
                                  for p, f in upload.files.items()]
         operations += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data) for p, data in upload.extra.items()]
         operations += [CommitOperationDelete(path_in_repo=p) for p in sorted(stale)]

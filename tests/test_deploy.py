@@ -3,6 +3,7 @@ outside Git LFS, and clear failures without a token or a network (no Hub is reac
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -187,3 +188,37 @@ def test_a_link_to_a_committed_file_uploads_that_files_content(tmp_path):
     commit_link(tmp_path, "main.py", "app.py")
     upload = deploy.plan_upload(tmp_path)
     assert upload.files["main.py"] == upload.files["app.py"] and not upload.files["main.py"].is_link
+
+
+def commit_lfs_pointer(repo: Path, name: str, content: bytes, stored: bool) -> None:
+    """Commit ``name`` as Git LFS keeps it: a pointer in the commit and (``stored``) the content in
+    git's LFS store, laid out as the Git LFS specification says (no git-lfs needed)."""
+    oid = hashlib.sha256(content).hexdigest()
+    (repo / name).write_bytes(f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {len(content)}\n"
+                              .encode())
+    if stored:
+        where = repo / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+        where.parent.mkdir(parents=True)
+        where.write_bytes(content)
+    subprocess.run(["git", "add", name], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "lfs"],
+                   cwd=repo, check=True)
+
+
+def test_a_file_kept_in_git_lfs_is_uploaded_with_its_content_not_its_pointer(tmp_path):
+    git_repo(tmp_path)
+    weights = os.urandom(4096)
+    commit_lfs_pointer(tmp_path, "model.safetensors", weights, stored=True)
+    upload = deploy.plan_upload(tmp_path)
+    entry = upload.files["model.safetensors"]
+    assert entry.lfs and Path(entry.lfs).read_bytes() == weights and entry.size == len(weights)
+    assert upload.files["app.py"].lfs is None  # plain files as committed
+    plain = len("print('app')\n") + len("gradio\n") + len(deploy.SPACE_GITATTRIBUTES)
+    assert upload.total_bytes == len(weights) + plain
+
+
+def test_a_git_lfs_pointer_without_its_content_is_refused_with_the_way_out(tmp_path):
+    git_repo(tmp_path)
+    commit_lfs_pointer(tmp_path, "model.safetensors", b"weights never fetched", stored=False)
+    with pytest.raises(deploy.DeployError, match="kept in Git LFS.*git lfs pull"):
+        deploy.plan_upload(tmp_path)
