@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_generate import app_command, free_port, wait_for
+from bench_generate import app_command, free_port, start_app, wait_for
 
 PROMPT = "It was a dark and stormy night, and the"
 LONG_TEXT = ("It was a dark and stormy night, and the old captain sat by the fire, telling the boy of the sea. " * 40)
@@ -160,8 +159,7 @@ def main(argv=None) -> int:
         cmd = ["taskset", "-c", args.server_cpus, *cmd]
     gradio_tmp = Path(tempfile.gettempdir()) / "gradio"
     tmp_before = folder_mb(gradio_tmp) if gradio_tmp.exists() else 0.0
-    log = open(args.server_log, "w") if args.server_log else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
+    server = start_app(cmd, log_path=args.server_log)
     url = f"http://127.0.0.1:{port}/"
     figures: dict = {"model": args.model or "gutenberg-gpt", "precision": args.precision, "tokens": args.tokens}
     try:
@@ -198,8 +196,6 @@ def main(argv=None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
-        if args.server_log:
-            log.close()
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0

@@ -78,6 +78,15 @@ def save_gpt2_small_random(path: Path) -> Path:
     return path
 
 
+def start_app(cmd: list[str], env: dict | None = None, log_path: str | None = None) -> subprocess.Popen:
+    """Start the app with ``cmd``; its output goes to ``log_path`` (the app's log: e.g. the thread counts
+    its decode loop chose), else nowhere."""
+    if not log_path:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log_path, "w") as out:  # the app keeps its own copy of the file
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
+
+
 def app_command(args, port: int) -> tuple[list[str], list[str]]:
     """The command that serves the app for a benchmark (``args``: --model, --precision,
     --gpt2-small-random), and the catalogue entries it adds. Sets ``args.model`` for the random model."""
@@ -205,8 +214,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
         env["GPT_EXPLORER_THREADS"] = str(args.threads)
-    log = open(args.server_log, "w") if args.server_log else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
+    server = start_app(cmd, env, args.server_log)
     try:
         wait_for(f"http://127.0.0.1:{port}/", server)
         manager = ModelManager(load_catalog(extra=extra))
@@ -216,8 +224,6 @@ def main(argv=None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
-        if args.server_log:
-            log.close()
     info = loaded.info()
     raw = max(raws.values(), key=lambda r: r["tokens_per_s"])  # the fastest thread count, by its median
     ratio = client["tokens_per_s"] / raw["tokens_per_s"]
