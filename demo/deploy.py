@@ -96,9 +96,9 @@ class Upload:
         return sum(f.size for f in self.files.values()) + sum(map(len, self.extra.values()))
 
 
-def _git(root: Path, *args: str) -> bytes:
+def _git(root: Path, *args: str, input: bytes | None = None) -> bytes:
     try:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, check=True).stdout
+        return subprocess.run(["git", *args], cwd=root, input=input, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         raise DeployError(f"{root} is not a git checkout with a commit (the upload is the files of the last "
                           f"commit): {exc}") from None
@@ -131,11 +131,7 @@ def _small_blobs(root: Path, blobs: list[str]) -> dict[str, bytes]:
     """The content of each of ``blobs`` (small ones), read by one ``git cat-file --batch``."""
     if not blobs:
         return {}
-    try:
-        out = subprocess.run(["git", "cat-file", "--batch"], cwd=root, input="".join(b + "\n" for b in blobs).encode(),
-                             capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise DeployError(f"git could not read the committed files of {root}: {exc}") from None
+    out = _git(root, "cat-file", "--batch", input="".join(b + "\n" for b in blobs).encode())
     contents, at = {}, 0
     for blob in blobs:
         header_end = out.index(b"\n", at)
@@ -169,11 +165,8 @@ def with_lfs_content(root: Path, files: dict[str, Committed]) -> dict[str, Commi
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def looks_secret(path: str) -> bool:
