@@ -275,6 +275,24 @@ def test_the_last_update_goes_as_soon_as_the_generation_ends_whatever_the_pace(b
     assert took < 300, f"the last update waited for the pace ({took:.1f} s)"
 
 
+def test_between_updates_the_stream_is_not_woken_by_each_token(bundled_loaded, monkeypatch):
+    """Every wake-up of the stream's thread takes Python's lock from the decode loop: once an update has
+    gone, the stream sleeps until the next is due (or the generation ends), whatever tokens come meanwhile."""
+    import demo.runtime.generation as generation
+    from demo.runtime.batching import Ticket
+
+    waits = []
+    real_wait = Ticket.wait
+    monkeypatch.setattr(Ticket, "wait", lambda self, seconds: waits.append(seconds) or real_wait(self, seconds))
+    monkeypatch.setattr(generation, "update_interval", lambda streams: 600.0)
+    stream = stream_generate(bundled_loaded, validate_request("The old man", 40, validate_sampling(seed=1)))
+    first = next(stream)  # the first token's update goes at once; the next is due in 10 minutes
+    waits.clear()
+    rest = list(stream)
+    assert first.n_tokens >= 1 and len(rest) == 1 and rest[0].done and rest[0].n_tokens == 40
+    assert not waits, f"woken for tokens {len(waits)} times before the next update was due"
+
+
 def test_8_bit_generations_batch_too(tiny_loaded_int8):
     reqs = requests(12)
     batched, scheduler = submit_all_at_once(tiny_loaded_int8, reqs)

@@ -219,10 +219,10 @@ def stream_samples(loaded: LoadedModel, requests: list[GenerationRequest], poll_
                 yield [f.update() for f in followers]
                 pending, due = False, now + update_interval(scheduler.streams)
                 continue
-            # with tokens waiting for their update: sleep until it is due (tokens that come meanwhile share
-            # it), woken at once by an end; else wait for the next event of a running generation
+            # before the next update is due: sleep until it is (tokens that come meanwhile share it), woken
+            # at once by an end only, not by each token; once it is due: wait for the next token
             lead = next(f for f in followers if f.end is None)
-            if pending:
+            if now < due:
                 lead.ticket.wait_end(min(poll_s, due - now))
             else:
                 pending |= lead.absorb(lead.ticket.wait(poll_s))
