@@ -9,7 +9,11 @@ same work. Raw: time to first token (TTFT) is a 1-token ``generate``; decode spe
 (N-1) / (T(N) - T(1)). Client: TTFT is submit → first streamed update; decode speed is
 (N-1) / (last update - first update). The two sides take turns, one run each per round for --repeats
 rounds, so a slow spell of a shared machine falls on both; each figure is the median of its side's
-runs, and each side's best run is printed too. The client is the light one (benchmarks/light_client.py:
+runs, and each side's best run is printed too. The served/raw ratio comes with a 95 % interval from
+resampling the rounds (bootstrap, rounds kept whole): how far another run of as many rounds may land
+on the same machine. On a 2-core VM a 200-token run of either side moved 13-15 % (one standard
+deviation) from round to round, and that interval was about 21 points wide with 9 rounds, 16 with 15
+and 7 with 40. The client is the light one (benchmarks/light_client.py:
 plain HTTP and SSE), so it takes little of the cores the server needs. ``--threads N`` runs both
 sides with N torch threads (the server through GPT_EXPLORER_THREADS); without it each side keeps its
 default (the server's policy: every core, and decode passes at the count its loop timed faster;
@@ -182,6 +186,18 @@ def paired_figures(loaded, url: str, prompt: str, n: int, rounds: int,
              "runs": [r[1] for r in runs]})
 
 
+def ratio_interval(served: list[float], raw: list[float], draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval of median(served) / median(raw), resampling whole rounds (the i-th served
+    and raw runs together)."""
+    import numpy as np
+
+    s, r = np.asarray(served), np.asarray(raw)
+    picks = np.random.default_rng(seed).integers(0, len(s), size=(draws, len(s)))
+    ratios = np.median(s[picks], axis=1) / np.median(r[picks], axis=1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="catalogue name (default: the bundled model)")
@@ -227,6 +243,7 @@ def main(argv=None) -> int:
     info = loaded.info()
     raw = max(raws.values(), key=lambda r: r["tokens_per_s"])  # the fastest thread count, by its median
     ratio = client["tokens_per_s"] / raw["tokens_per_s"]
+    low, high = ratio_interval(client["runs"], raw["runs"])
     overhead = client["ttft_ms"] - raw["ttft_ms"]
     server_threads = args.threads or "its default"
     print(f"model {info['name']} · {info['device']} · {info['precision']} · {args.tokens} new tokens, greedy, "
@@ -241,7 +258,8 @@ def main(argv=None) -> int:
     of_best = client["tokens_per_s"] / raw["best_tokens_per_s"]
     best_of_best = client["best_tokens_per_s"] / raw["best_tokens_per_s"]
     against = f" (against raw at {raw['threads']} threads, the fastest)" if len(raws) > 1 else ""
-    print(f"served/raw tokens/s (medians){against}: {ratio:.1%} (goal >= 90%)   served median / best raw run: "
+    print(f"served/raw tokens/s (medians){against}: {ratio:.1%} (95% interval {low:.1%}-{high:.1%}; goal >= 90%)   "
+          f"served median / best raw run: "
           f"{of_best:.1%}   best served / best raw run: {best_of_best:.1%}   TTFT overhead: {overhead:+.1f} ms "
           f"(goal <= 50 ms)")
     print(f"raw's own median / its best run: {raw['tokens_per_s'] / raw['best_tokens_per_s']:.1%} (what a server "
@@ -251,7 +269,8 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"model": info, "tokens": args.tokens, "server_threads": args.threads,
                                                "raw": raw, "raw_by_threads": list(raws.values()), "client": client,
-                                               "ratio": ratio, "ttft_overhead_ms": overhead}, indent=1))
+                                               "ratio": ratio, "ratio_interval_95": [low, high],
+                                               "ttft_overhead_ms": overhead}, indent=1))
     return 0
 
 
