@@ -281,15 +281,27 @@ def test_between_updates_the_stream_is_not_woken_by_each_token(bundled_loaded, m
     import demo.runtime.generation as generation
     from demo.runtime.batching import Ticket
 
+    monkeypatch.setattr(generation, "update_interval", lambda streams: 600.0)  # the next update: in 10 minutes
     waits = []
-    real_wait = Ticket.wait
-    monkeypatch.setattr(Ticket, "wait", lambda self, seconds: waits.append(seconds) or real_wait(self, seconds))
-    monkeypatch.setattr(generation, "update_interval", lambda streams: 600.0)
-    stream = stream_generate(bundled_loaded, validate_request("The old man", 40, validate_sampling(seed=1)))
-    first = next(stream)  # the first token's update goes at once; the next is due in 10 minutes
-    waits.clear()
-    rest = list(stream)
-    assert first.n_tokens >= 1 and len(rest) == 1 and rest[0].done and rest[0].n_tokens == 40
+    real_wait, real_wait_end = Ticket.wait, Ticket.wait_end
+    with ModelGate(bundled_loaded.model, hold_at=2) as gate:  # the prompt's pass gives the first token; then held
+        stream = stream_generate(bundled_loaded, validate_request("The old man", 40, validate_sampling(seed=1)))
+        first = next(stream)  # the first token's update goes at once
+        assert first.n_tokens == 1 and not first.done
+
+        def wait(self, seconds):  # the stream waits for tokens: the rest of the generation then comes
+            waits.append(seconds)
+            gate.release()
+            return real_wait(self, seconds)
+
+        def wait_end(self, seconds):  # the stream sleeps until its next update or the end
+            gate.release()
+            return real_wait_end(self, seconds)
+
+        monkeypatch.setattr(Ticket, "wait", wait)
+        monkeypatch.setattr(Ticket, "wait_end", wait_end)
+        rest = list(stream)
+    assert len(rest) == 1 and rest[0].done and rest[0].n_tokens == 40
     assert not waits, f"woken for tokens {len(waits)} times before the next update was due"
 
 
