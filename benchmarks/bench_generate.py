@@ -10,11 +10,12 @@ same work. Raw: time to first token (TTFT) is a 1-token ``generate``; decode spe
 (N-1) / (last update - first update). The two sides take turns, one run each per round for --repeats
 rounds, so a slow spell of a shared machine falls on both; each figure is the median of its side's
 runs, and each side's best run is printed too. The served/raw ratio comes with a 95 % interval from
-resampling the rounds (bootstrap, rounds kept whole): how far another run of as many rounds may land
-on the same machine. On a 2-core VM a 200-token run of either side moved 13-15 % (one standard
-deviation) from round to round, and that interval was about 21 points wide with 9 rounds, 16 with 15
-and 7 with 40. The client is the light one (benchmarks/light_client.py:
-plain HTTP and SSE), so it takes little of the cores the server needs. ``--threads N`` runs both
+resampling the rounds (bootstrap, rounds kept whole): the uncertainty of this run's ratio (another
+run's ratio may fall outside it; the interval leaves out that the faster raw thread count was picked
+by its median). On a 2-core VM a 200-token run of either side moved 13-15 % (one standard deviation)
+from round to round, and that interval was 11-14 points wide with 40 rounds (about 21 with 9). The
+client is the light one (benchmarks/light_client.py: plain HTTP and SSE), so it takes little of the
+cores the server needs. ``--threads N`` runs both
 sides with N torch threads (the server through GPT_EXPLORER_THREADS); without it each side keeps its
 default (the server's policy: every core, and decode passes at the count its loop timed faster;
 ``--server-log FILE`` keeps the app's log, where each choice is written). ``--raw-threads 1 2``

@@ -77,8 +77,8 @@ def live_generation_threads() -> list[threading.Thread]:
 # message; tokens that arrive meanwhile share one), so the server's time goes to the model. Every
 # update and every wake-up of the stream takes Python's lock from the decode loop, whose small
 # forward passes are mostly Python. (The README's *CPU threads* has the served stream at 70 % of raw
-# with 50 updates a second, woken at each token, and 87 % with this pace, woken only when an update
-# is due or the generation ends.)
+# with 50 updates a second, woken at each token, and 87 % with this pace, woken at the first token
+# after each update; since then the stream wakes only when an update is due or the generation ends.)
 MAX_UPDATES_PER_S = 20
 UPDATES_PER_S = 40
 
