@@ -13,7 +13,8 @@ runs, and each side's best run is printed too. The served/raw ratio comes with a
 resampling the rounds (bootstrap, rounds kept whole): the uncertainty of this run's ratio (another
 run's ratio may fall outside it; the interval leaves out that the faster raw thread count was picked
 by its median). On a 2-core VM a 200-token run of either side moved 13-15 % (one standard deviation)
-from round to round, and that interval was 11-14 points wide with 40 rounds (about 21 with 9). The
+from round to round in a noisy spell, and that interval was 11-14 points wide with 40 rounds (about
+21 with 9); in a calmer spell, 4-6 % and 4-6 points. The
 client is the light one (benchmarks/light_client.py: plain HTTP and SSE), so it takes little of the
 cores the server needs. ``--threads N`` runs both
 sides with N torch threads (the server through GPT_EXPLORER_THREADS); without it each side keeps its
